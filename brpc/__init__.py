@@ -1,0 +1,42 @@
+"""brpc: bidirectional gRPC over a single QUIC connection.
+
+A client :func:`dial`\\ s a :class:`Server`; over that one connection the client
+calls the server's services and the server's handlers call services the client
+exposes, all with ordinary grpclib-generated stubs and service bases.
+"""
+
+from ._control import ALPN, PROTOCOL_VERSION, HelloLimits
+from .client import ClientConn, ConnState, ReconnectPolicy, dial
+from .context import current_connection
+from .errors import (
+    BrpcError,
+    CloseCode,
+    ConnectError,
+    DeadlineExceededError,
+    HandshakeError,
+    ProtocolViolation,
+    RefusedError,
+)
+from .server import ClientInfo, Server
+
+__all__ = [
+    "ALPN",
+    "PROTOCOL_VERSION",
+    "BrpcError",
+    "ClientConn",
+    "ClientInfo",
+    "CloseCode",
+    "ConnState",
+    "ConnectError",
+    "DeadlineExceededError",
+    "HandshakeError",
+    "HelloLimits",
+    "ProtocolViolation",
+    "ReconnectPolicy",
+    "RefusedError",
+    "Server",
+    "current_connection",
+    "dial",
+]
+
+__version__ = "0.1.0"

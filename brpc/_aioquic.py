@@ -1,0 +1,83 @@
+"""The only module that touches aioquic's private attributes.
+
+aioquic (tested with the 1.7 series, pinned in pyproject.toml) lacks a few
+public hooks brpc needs. Each function below reaches into one private detail
+and documents which; ``tests/test_aioquic_adapter.py`` exercises every one of
+them against real :class:`QuicConnection` objects so that an aioquic upgrade
+that moves them fails loudly there rather than subtly elsewhere.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aioquic.quic.connection import QuicConnection, QuicConnectionState
+from aioquic.quic.events import ConnectionTerminated
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+__all__ = [
+    "close_event",
+    "is_stream_known",
+    "peer_certificate",
+    "send_buffer_size",
+    "set_peer_bidi_stream_limit",
+]
+
+
+def send_buffer_size(quic: QuicConnection, stream_id: int) -> int:
+    """Bytes written to ``stream_id`` that the peer has not acknowledged yet.
+
+    aioquic buffers stream data without bound until it is acknowledged
+    (``QuicStream.sender._buffer``, trimmed as ACKs arrive); this is the number
+    write backpressure is based on. Unknown or discarded streams hold nothing.
+    """
+    stream = quic._streams.get(stream_id)
+    if stream is None:
+        return 0
+    return len(stream.sender._buffer)
+
+
+def is_stream_known(quic: QuicConnection, stream_id: int) -> bool:
+    """Whether aioquic still holds state for ``stream_id`` (not yet discarded)."""
+    return stream_id in quic._streams
+
+
+def set_peer_bidi_stream_limit(quic: QuicConnection, limit: int) -> None:
+    """Let the peer open up to ``limit`` concurrent bidirectional streams.
+
+    aioquic hard-codes 128 (``_local_max_streams_bidi``). The value is sent in
+    the transport parameters, so this must be called before the handshake
+    starts: right after the connection object is made.
+    """
+    if limit < 1:
+        raise ValueError("the bidirectional stream limit must be at least 1")
+    quic._local_max_streams_bidi.value = limit
+
+
+def close_event(quic: QuicConnection) -> ConnectionTerminated | None:
+    """How the connection is ending, as soon as it starts ending.
+
+    aioquic reports :class:`ConnectionTerminated` only when the closing or
+    draining period is over (three probe timeouts later). The close reason is
+    known earlier (``_close_event``); reading it lets brpc fail calls promptly
+    when the peer closes.
+    """
+    event = quic._close_event
+    if event is None and quic._state in (
+        QuicConnectionState.CLOSING,
+        QuicConnectionState.DRAINING,
+        QuicConnectionState.TERMINATED,
+    ):
+        return ConnectionTerminated(error_code=0, frame_type=None, reason_phrase="")
+    return event
+
+
+def peer_certificate(quic: QuicConnection) -> x509.Certificate | None:
+    """The certificate the peer presented in the TLS handshake, if any."""
+    tls = getattr(quic, "tls", None)
+    if tls is None:
+        return None
+    certificate: x509.Certificate | None = tls._peer_certificate
+    return certificate

@@ -1,0 +1,109 @@
+"""TLS settings of brpc's QUIC connections and the words for their failures.
+
+Builds the aioquic :class:`QuicConfiguration` for each side (ALPN, certificates,
+verification, timeouts, datagram size) and turns a failed handshake into a
+sentence that says what went wrong and for which host name.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.packet import QuicErrorCode
+from aioquic.tls import AlertDescription
+
+from ._control import ALPN
+from ._session import SessionClosed
+
+__all__ = ["client_configuration", "describe_handshake_failure", "server_configuration"]
+
+_CRYPTO_ERROR = int(QuicErrorCode.CRYPTO_ERROR)
+PathLike = str | os.PathLike[str]
+
+
+def _check_file(path: PathLike, what: str) -> str:
+    text = os.fspath(path)
+    if not os.path.isfile(text):
+        raise FileNotFoundError(
+            f"{what} {text!r} does not exist (make development ones with 'python -m brpc.certs')"
+        )
+    return text
+
+
+def client_configuration(
+    *,
+    server_name: str,
+    ca: PathLike | None,
+    certfile: PathLike | None,
+    keyfile: PathLike | None,
+    idle_timeout: float,
+    max_datagram_size: int,
+) -> QuicConfiguration:
+    configuration = QuicConfiguration(
+        is_client=True,
+        alpn_protocols=[ALPN],
+        server_name=server_name,
+        idle_timeout=idle_timeout,
+        max_datagram_size=max_datagram_size,
+        verify_mode=ssl.CERT_REQUIRED,
+    )
+    if ca is not None:
+        configuration.load_verify_locations(cafile=_check_file(ca, "CA file"))
+    if certfile is not None:
+        configuration.load_cert_chain(
+            _check_file(certfile, "certificate file"),
+            _check_file(keyfile, "key file") if keyfile is not None else None,
+        )
+    elif keyfile is not None:
+        raise ValueError("keyfile was given without certfile")
+    return configuration
+
+
+def server_configuration(
+    *,
+    certfile: PathLike,
+    keyfile: PathLike | None,
+    idle_timeout: float,
+    max_datagram_size: int,
+) -> QuicConfiguration:
+    configuration = QuicConfiguration(
+        is_client=False,
+        alpn_protocols=[ALPN],
+        idle_timeout=idle_timeout,
+        max_datagram_size=max_datagram_size,
+    )
+    configuration.load_cert_chain(
+        _check_file(certfile, "certificate file"),
+        _check_file(keyfile, "key file") if keyfile is not None else None,
+    )
+    return configuration
+
+
+def _alert_name(error_code: int) -> str | None:
+    if _CRYPTO_ERROR <= error_code < _CRYPTO_ERROR + 0x100:
+        try:
+            return AlertDescription(error_code - _CRYPTO_ERROR).name
+        except ValueError:
+            return f"alert {error_code - _CRYPTO_ERROR}"
+    return None
+
+
+def describe_handshake_failure(closed: SessionClosed, *, target: str, server_name: str) -> str:
+    """Explain why the handshake with ``target`` failed, from the client's side."""
+    alert = _alert_name(closed.error_code) if closed.transport_error else None
+    reason = closed.reason or "no reason given"
+    if alert is not None and closed.local:
+        if alert in ("bad_certificate", "certificate_expired", "unknown_ca"):
+            return (
+                f"TLS handshake with {target} failed: the server's certificate did not "
+                f"verify for server name {server_name!r}: {reason} (TLS alert {alert})"
+            )
+        return f"TLS handshake with {target} failed: {reason} (TLS alert {alert})"
+    if alert is not None:
+        hint = ""
+        if alert == "no_application_protocol":
+            hint = f"; the server does not speak {ALPN}"
+        return f"server {target} refused the TLS handshake: {reason} (TLS alert {alert}){hint}"
+    return f"could not connect to {target}: {closed.describe()}"

@@ -1,0 +1,85 @@
+"""Exceptions brpc raises and the codes it closes connections with.
+
+Failures of calls are always :class:`grpclib.exceptions.GRPCError` with the
+gRPC status that fits (UNAVAILABLE when the connection is gone,
+DEADLINE_EXCEEDED when a deadline passes, ...). The exceptions here describe
+failures to establish or keep a connection.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+__all__ = [
+    "BrpcError",
+    "CloseCode",
+    "ConnectError",
+    "DeadlineExceededError",
+    "HandshakeError",
+    "ProtocolViolation",
+    "RefusedError",
+]
+
+
+class CloseCode(enum.IntEnum):
+    """Application error codes brpc puts in a QUIC CONNECTION_CLOSE frame."""
+
+    #: Orderly close by either side.
+    NO_ERROR = 0x0
+    #: The peer broke the brpc protocol (malformed control message, stream
+    #: opened before the hello, oversized hello, ...).
+    PROTOCOL_VIOLATION = 0x1
+    #: The server refused the client's hello; the reason says why.
+    REFUSED = 0x2
+    #: The sender is shutting down.
+    GOING_AWAY = 0x3
+    #: The client did not send its hello in time.
+    HELLO_TIMEOUT = 0x4
+    #: An unexpected error inside brpc.
+    INTERNAL_ERROR = 0x5
+    #: A newer connection with the same client name replaced this one.
+    REPLACED = 0x6
+    #: The peer did not finish the TLS handshake in time.
+    HANDSHAKE_TIMEOUT = 0x7
+
+
+class BrpcError(Exception):
+    """Base class of brpc's own exceptions."""
+
+
+class ConnectError(BrpcError, ConnectionError):
+    """A connection could not be established: network, timeout, TLS or refusal."""
+
+
+class HandshakeError(ConnectError):
+    """The QUIC/TLS handshake failed: certificate verification, ALPN, version."""
+
+
+class RefusedError(ConnectError):
+    """The server completed the handshake but refused the client's hello."""
+
+    def __init__(self, message: str, *, code: str, reason: str) -> None:
+        super().__init__(message)
+        #: Refusal code name, for example ``"UNAUTHENTICATED"``.
+        self.code = code
+        #: The server's reason, as the server wrote it.
+        self.reason = reason
+
+
+class ProtocolViolation(BrpcError):
+    """The peer sent something the brpc protocol does not allow."""
+
+
+class DeadlineExceededError(GRPCError, TimeoutError):
+    """A call's deadline passed.
+
+    It is a :class:`GRPCError` with status ``DEADLINE_EXCEEDED`` (gRPC
+    semantics) and also a :class:`TimeoutError`, which is what plain grpclib
+    raises, so code written for either keeps working.
+    """
+
+    def __init__(self, message: str = "Deadline exceeded") -> None:
+        super().__init__(Status.DEADLINE_EXCEEDED, message)

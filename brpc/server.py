@@ -1,0 +1,515 @@
+"""The accepting side: :class:`Server` and its view of each client, :class:`ClientInfo`.
+
+A :class:`Server` listens on one UDP port. For every QUIC connection it runs
+the handshake, waits for the client's hello on the control stream, checks it
+and answers with a connection ID (or a refusal). From then on:
+
+- calls the client makes on lanes it opens are served by ``handlers``; inside
+  a handler :meth:`Server.client_from_context` returns a stub bound to the
+  calling client's own connection, found from the stream the call arrived on;
+- the server calls the client's services through ``ClientInfo.stub`` (or
+  ``ClientInfo.channel``), on lanes the server opens;
+- when the connection ends, calls in flight to that client fail with
+  UNAVAILABLE and the client leaves the server's table of clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+from aioquic.asyncio.server import QuicServer
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import QuicErrorCode
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Server as GrpclibServer
+from grpclib.server import Stream
+
+from . import _aioquic
+from ._calls import InstrumentedServable, SizeLimitedCodec, current_link, instrument
+from ._channel import LinkChannel
+from ._control import PROTOCOL_VERSION, HelloLimits, check_client_hello
+from ._control_stream import ControlProtocol
+from ._grpclib import server_h2_stream
+from ._link import Link, LinkSettings, PeerInfo
+from ._session import QuicSession, SessionClosed, SessionOptions
+from ._target import format_target
+from ._tls import server_configuration
+from .errors import CloseCode, ProtocolViolation
+from .v1 import control_pb2 as pb
+
+if TYPE_CHECKING:
+    import os
+
+    from grpclib._typing import IServable
+
+__all__ = ["ClientInfo", "Server"]
+
+log = logging.getLogger(__name__)
+
+C = TypeVar("C")
+
+_CONTROL_MESSAGE_LIMIT = 64 << 10
+# Streams a client may have open towards the server at once: control + lanes.
+_MAX_CLIENT_STREAMS = 64
+
+
+class _ClientChannel(LinkChannel):
+    """The server's channel to one client: lanes on that client's link."""
+
+    def __init__(self, link: Link, *, lanes: int, max_message_size: int) -> None:
+        super().__init__(
+            link.peer.name or link.connection_id, lanes=lanes, max_message_size=max_message_size
+        )
+        self._link = link
+        link.add_close_callback(lambda _: self.close_lanes())
+
+    async def open_lane(self, protocol: asyncio.Protocol) -> None:
+        self._link.open_lane(protocol)
+
+    def loss_reason(self) -> str:
+        return self._link.loss_reason()
+
+    def is_lost(self) -> bool:
+        return self._link.closed is not None
+
+
+class ClientInfo(Generic[C]):
+    """A connected client as the server sees it.
+
+    ``stub`` calls the client's services over this client's own connection;
+    everything else describes the client. The object stays valid after the
+    client leaves (``closed`` becomes true and calls fail with UNAVAILABLE).
+    """
+
+    def __init__(self, link: Link, server: Server[C], *, lanes: int) -> None:
+        self._link = link
+        self._server = server
+        self.channel: Channel = _ClientChannel(
+            link, lanes=lanes, max_message_size=link.max_message_size
+        )
+        self._stub: C | None = None
+
+    @property
+    def connection_id(self) -> str:
+        return self._link.connection_id
+
+    @property
+    def name(self) -> str:
+        return self._link.peer.name
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return self._link.peer.labels
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        return self._link.peer.services
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        return self._link.peer.address
+
+    @property
+    def connected_at(self) -> float:
+        """Wall-clock time (``time.time()``) the client's hello was accepted."""
+        return self._link.peer.connected_at
+
+    @property
+    def stub(self) -> C:
+        """The server's ``client_stub`` bound to this client's connection."""
+        if self._stub is None:
+            factory = self._server.client_stub
+            if factory is None:
+                raise RuntimeError(
+                    "this Server was made without client_stub=...; pass the generated stub "
+                    "class (for example client_stub=NamerStub) to call clients"
+                )
+            self._stub = factory(self.channel)
+        return self._stub
+
+    @property
+    def closed(self) -> bool:
+        return self._link.closed is not None
+
+    @property
+    def close_reason(self) -> str | None:
+        closed = self._link.closed
+        return closed.describe() if closed is not None else None
+
+    @property
+    def calls_in_flight(self) -> int:
+        """Calls from this client being handled right now."""
+        return self._link.calls_in
+
+    async def ping(self) -> float:
+        """Round-trip time to the client over the control stream, in seconds."""
+        return await self._link.ping()
+
+    def close(self, reason: str = "closed by the server") -> None:
+        """Disconnect this client; its calls in flight fail."""
+        self._link.close(CloseCode.NO_ERROR, reason)
+
+    async def wait_closed(self) -> None:
+        await self._link.closed_event.wait()
+
+    def __repr__(self) -> str:
+        name = f" {self.name!r}" if self.name else ""
+        state = " closed" if self.closed else ""
+        return f"<ClientInfo{name} id={self.connection_id} {self.address}{state}>"
+
+
+class _IncomingConnection:
+    """One QUIC connection accepted by the server, before and after its hello."""
+
+    def __init__(self, server: Server[Any]) -> None:
+        self.server = server
+        self.session: QuicSession | None = None
+        self.control: ControlProtocol | None = None
+        self.link: Link | None = None
+        self._hello_timer: asyncio.TimerHandle | None = None
+        self._accepting = False
+
+    # -- SessionHandler ------------------------------------------------------------
+
+    def handshake_completed(self, session: QuicSession) -> None:
+        timeout = self.server._hello_timeout
+        self._hello_timer = asyncio.get_running_loop().call_later(timeout, self._hello_timed_out)
+
+    def stream_opened(
+        self, session: QuicSession, stream_id: int
+    ) -> tuple[asyncio.Protocol, Any] | None:
+        if self.link is not None:
+            return self.link.incoming_lane()
+        if self.control is None and stream_id == 0:
+            self.control = ControlProtocol(
+                max_message_size=_CONTROL_MESSAGE_LIMIT,
+                on_message=self._hello_received,
+                on_violation=self._violation,
+                on_closed=self._control_closed,
+            )
+            return self.control, None
+        self._violation(ProtocolViolation(f"stream {stream_id} opened before the hello exchange"))
+        return None
+
+    def session_closed(self, session: QuicSession, closed: SessionClosed) -> None:
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+        self.server._connections.discard(self)
+        if self.link is not None:
+            self.link.session_closed(closed)
+        else:
+            log.info(
+                "connection from %s: %s", session.get_extra_info("peername"), closed.describe()
+            )
+
+    # -- hello ---------------------------------------------------------------------
+
+    def _hello_received(self, envelope: pb.Envelope) -> None:
+        kind = envelope.WhichOneof("message")
+        if self._accepting:
+            self._violation(ProtocolViolation(f"{kind} message before the hello was answered"))
+        elif kind != "client_hello":
+            self._violation(ProtocolViolation(f"expected a ClientHello, got {kind or 'nothing'}"))
+        else:
+            self._accepting = True
+            self._accept(envelope.client_hello)
+
+    def _accept(self, hello: pb.ClientHello) -> None:
+        server, session, control = self.server, self.session, self.control
+        assert session is not None and control is not None
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+        if hello.protocol_version != PROTOCOL_VERSION:
+            self._refuse(
+                pb.Refusal.UNSUPPORTED_VERSION,
+                f"protocol version {hello.protocol_version} is not supported; "
+                f"this server speaks {PROTOCOL_VERSION}",
+            )
+            return
+        problem = check_client_hello(hello, server._hello_limits)
+        if problem is not None:
+            self._refuse(pb.Refusal.INVALID_HELLO, problem)
+            return
+        if server._closing:
+            self._refuse(pb.Refusal.UNAVAILABLE, "the server is shutting down")
+            return
+        connection_id = secrets.token_hex(16)
+        peer = PeerInfo(
+            name=hello.name,
+            labels=dict(hello.labels),
+            services=tuple(hello.services),
+            address=session.get_extra_info("peername"),
+            connected_at=time.time(),
+        )
+        label = (
+            f"client {hello.name!r} ({connection_id})" if hello.name else f"client {connection_id}"
+        )
+        link = Link(
+            session,
+            control,
+            connection_id=connection_id,
+            peer=peer,
+            serving=server._grpc,
+            settings=server._link_settings,
+            describe=label,
+        )
+        info: ClientInfo[Any] = ClientInfo(link, server, lanes=server._link_settings.lanes)
+        link.handle = info
+        self.link = link
+        server._register(info)
+        control.send(
+            pb.Envelope(
+                server_hello=pb.ServerHello(
+                    protocol_version=PROTOCOL_VERSION,
+                    connection_id=connection_id,
+                    limits=server._limits_message(),
+                )
+            )
+        )
+        log.info("%s connected from %s", label, peer.address)
+
+    def _refuse(self, code: pb.Refusal.Code, reason: str) -> None:
+        assert self.session is not None and self.control is not None
+        name = pb.Refusal.Code.Name(code)
+        log.info(
+            "refused connection from %s (%s): %s",
+            self.session.get_extra_info("peername"),
+            name,
+            reason,
+        )
+        self.control.send(pb.Envelope(refusal=pb.Refusal(code=code, reason=reason)))
+        self.session.close(CloseCode.REFUSED, f"{name}: {reason}")
+
+    def _violation(self, exc: ProtocolViolation) -> None:
+        if self.session is not None:
+            log.info("closing connection from %s: %s", self.session.get_extra_info("peername"), exc)
+            self.session.close(CloseCode.PROTOCOL_VIOLATION, str(exc))
+
+    def _control_closed(self, exc: Exception | None) -> None:
+        if self.link is None and self.session is not None:
+            self.session.close(
+                CloseCode.PROTOCOL_VIOLATION, "control stream closed before the hello"
+            )
+
+    def _hello_timed_out(self) -> None:
+        if self.link is None and self.session is not None and not self._accepting:
+            timeout = self.server._hello_timeout
+            self.session.close(CloseCode.HELLO_TIMEOUT, f"no hello within {timeout} s")
+
+
+class Server(Generic[C]):
+    """A brpc server: serves ``handlers`` and calls its clients' services.
+
+    ``client_stub`` is the generated stub class of the service the clients
+    serve (for example ``NamerStub``); :meth:`client_from_context` and
+    :attr:`ClientInfo.stub` return instances of it bound to one client.
+    """
+
+    def __init__(
+        self,
+        handlers: Collection[IServable],
+        *,
+        client_stub: Callable[[Channel], C] | None = None,
+        certfile: str | os.PathLike[str],
+        keyfile: str | os.PathLike[str] | None = None,
+        lanes: int = 1,
+        max_message_size: int = 4 << 20,
+        max_concurrent_calls: int = 1000,
+        max_connections: int = 10000,
+        keepalive_interval: float | None = 5.0,
+        dead_peer_timeout: float = 15.0,
+        handshake_timeout: float = 10.0,
+        hello_timeout: float = 10.0,
+        max_datagram_size: int = 1200,
+        hello_limits: HelloLimits | None = None,
+    ) -> None:
+        if max_message_size < 1:
+            raise ValueError("max_message_size must be positive")
+        if max_connections < 1 or max_concurrent_calls < 1:
+            raise ValueError("max_connections and max_concurrent_calls must be positive")
+        if keepalive_interval is not None and not 0 < keepalive_interval < dead_peer_timeout:
+            raise ValueError("keepalive_interval must be positive and below dead_peer_timeout")
+        self.client_stub = client_stub
+        self._configuration = server_configuration(
+            certfile=certfile,
+            keyfile=keyfile,
+            idle_timeout=dead_peer_timeout,
+            max_datagram_size=max_datagram_size,
+        )
+        self._session_options = SessionOptions(
+            keepalive_interval=keepalive_interval, handshake_timeout=handshake_timeout
+        )
+        self._link_settings = LinkSettings(
+            lanes=lanes,
+            max_message_size=max_message_size,
+            max_concurrent_calls=max_concurrent_calls,
+        )
+        self._keepalive_interval = keepalive_interval
+        self._dead_peer_timeout = dead_peer_timeout
+        self._max_connections = max_connections
+        self._hello_timeout = hello_timeout
+        self._hello_limits = hello_limits or HelloLimits()
+        self._grpc = GrpclibServer(
+            [InstrumentedServable(instrument(handlers))],
+            codec=SizeLimitedCodec(max_message_size),
+        )
+        #: grpclib's event dispatcher: ``grpclib.events.listen(server, RecvRequest, cb)`` works.
+        self.__dispatch__ = self._grpc.__dispatch__
+        self._clients: dict[str, ClientInfo[C]] = {}
+        self._connections: set[_IncomingConnection] = set()
+        self._quic: QuicServer | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+        self._closing = False
+        self._closed = asyncio.Event()
+        self._host = ""
+        self._port = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self, host: str, port: int = 0) -> None:
+        """Listen on UDP ``host:port``; port 0 picks a free one (see :attr:`port`)."""
+        if self._quic is not None:
+            raise RuntimeError("the server is already started")
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: QuicServer(
+                configuration=self._configuration, create_protocol=self._new_session
+            ),
+            local_addr=(host, port),
+        )
+        self._udp = transport
+        self._quic = protocol
+        self._host, self._port = transport.get_extra_info("sockname")[:2]
+        log.info("brpc server listening on %s", self.address)
+
+    @property
+    def port(self) -> int:
+        """The UDP port the server listens on (after :meth:`start`)."""
+        return self._port
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def address(self) -> str:
+        """``host:port`` the server listens on, suitable for :func:`brpc.dial`."""
+        return format_target(self._host, self._port)
+
+    async def serve_forever(self) -> None:
+        """Wait until the server is closed."""
+        if self._quic is None:
+            raise RuntimeError("call start() before serve_forever()")
+        await self._closed.wait()
+
+    def close(self) -> None:
+        """Stop accepting connections and close every connection."""
+        if self._closing:
+            return
+        self._closing = True
+        for connection in list(self._connections):
+            if connection.session is not None:
+                connection.session.close(CloseCode.GOING_AWAY, "server is shutting down")
+        if self._udp is not None:
+            self._udp.close()
+        self._closed.set()
+
+    async def wait_closed(self) -> None:
+        """Wait until :meth:`close` finished."""
+        await self._closed.wait()
+
+    async def __aenter__(self) -> Server[C]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        self.close()
+        await self.wait_closed()
+
+    # -- clients ---------------------------------------------------------------------
+
+    def client_from_context(self, stream: Stream[Any, Any]) -> C:
+        """The stub bound to the client whose call ``stream`` is.
+
+        Identity comes from the connection the call arrived on, never from
+        anything the client sent. Raises ``GRPCError`` (FAILED_PRECONDITION)
+        outside a call a brpc client made to this server, and
+        ``GRPCError(UNAVAILABLE)`` once that client is gone.
+        """
+        info = self._client_of(stream)
+        if info.closed:
+            raise GRPCError(
+                Status.UNAVAILABLE,
+                f"the calling client ({info.connection_id}) has disconnected: {info.close_reason}",
+            )
+        return info.stub
+
+    def _client_of(self, stream: Stream[Any, Any]) -> ClientInfo[C]:
+        if not isinstance(stream, Stream):
+            raise TypeError(f"expected the handler's grpclib.server.Stream, got {stream!r}")
+        transport = server_h2_stream(stream)._transport
+        context = transport.get_extra_info("context")
+        link = context.get(current_link) if context is not None else None
+        info = link.handle if link is not None else None
+        if not isinstance(info, ClientInfo) or info._server is not self:
+            raise GRPCError(
+                Status.FAILED_PRECONDITION,
+                "client_from_context() needs the stream of a call that a brpc client made "
+                "to this server",
+            )
+        return cast(ClientInfo[C], info)
+
+    def clients_snapshot(self) -> list[ClientInfo[C]]:
+        """The clients connected right now."""
+        return list(self._clients.values())
+
+    def __iter__(self) -> Iterator[ClientInfo[C]]:
+        return iter(self.clients_snapshot())
+
+    # -- internals -------------------------------------------------------------------
+
+    def _new_session(self, quic: QuicConnection, stream_handler: Any = None) -> QuicSession:
+        connection = _IncomingConnection(self)
+        _aioquic.set_peer_bidi_stream_limit(quic, _MAX_CLIENT_STREAMS)
+        session = QuicSession(quic, handler=connection, options=self._session_options)
+        connection.session = session
+        if self._closing:
+            session.refuse_with = (QuicErrorCode.CONNECTION_REFUSED, "server is shutting down")
+        elif len(self._connections) >= self._max_connections:
+            session.refuse_with = (
+                QuicErrorCode.CONNECTION_REFUSED,
+                f"server is at its limit of {self._max_connections} connections",
+            )
+        else:
+            self._connections.add(connection)
+        return session
+
+    def _register(self, info: ClientInfo[C]) -> None:
+        self._clients[info.connection_id] = info
+        info._link.add_close_callback(lambda _: self._unregister(info))
+
+    def _unregister(self, info: ClientInfo[C]) -> None:
+        if self._clients.get(info.connection_id) is info:
+            del self._clients[info.connection_id]
+            log.info("client %s disconnected: %s", info.connection_id, info.close_reason)
+
+    def _limits_message(self) -> pb.Limits:
+        settings = self._link_settings
+        return pb.Limits(
+            max_message_size=settings.max_message_size,
+            max_concurrent_calls=settings.max_concurrent_calls,
+            keepalive_interval_ms=int((self._keepalive_interval or 0) * 1000),
+            dead_peer_timeout_ms=int(self._dead_peer_timeout * 1000),
+        )

@@ -1,0 +1,80 @@
+"""Shared fixtures: development certificates, servers on loopback, dialled clients."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import brpc
+from brpc.certs import DevCertificates, write_dev_certificates
+
+ServerFactory = Callable[..., Awaitable[brpc.Server[Any]]]
+DialFactory = Callable[..., Awaitable[brpc.ClientConn]]
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> DevCertificates:
+    """A CA, a server certificate for loopback and client certificates."""
+    return write_dev_certificates(
+        tmp_path_factory.mktemp("certs"), client_names=("client", "other-client")
+    )
+
+
+@pytest.fixture
+async def make_server(certs: DevCertificates) -> AsyncIterator[ServerFactory]:
+    """Start servers on 127.0.0.1 (port 0); close them after the test."""
+    servers: list[brpc.Server[Any]] = []
+
+    async def factory(
+        handlers: Iterable[Any] = (), *, host: str = "127.0.0.1", **options: Any
+    ) -> brpc.Server[Any]:
+        options.setdefault("certfile", certs.server_cert)
+        options.setdefault("keyfile", certs.server_key)
+        server: brpc.Server[Any] = brpc.Server(list(handlers), **options)
+        await server.start(host, 0)
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.fixture
+async def connect(certs: DevCertificates) -> AsyncIterator[DialFactory]:
+    """Dial a server with the test CA; close the connections after the test."""
+    conns: list[brpc.ClientConn] = []
+
+    async def factory(target: brpc.Server[Any] | str, **options: Any) -> brpc.ClientConn:
+        options.setdefault("ca", certs.ca)
+        address = target if isinstance(target, str) else target.address
+        conn = await brpc.dial(address, **options)
+        conns.append(conn)
+        return conn
+
+    yield factory
+    for conn in conns:
+        await conn.close()
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until ``predicate()`` holds, re-checking on every loop iteration."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0)
+
+
+@pytest.fixture
+def cert_paths(certs: DevCertificates) -> dict[str, Path]:
+    return {
+        "ca": certs.ca,
+        "server_cert": certs.server_cert,
+        "server_key": certs.server_key,
+        "client_cert": certs.client_cert,
+        "client_key": certs.client_key,
+    }
