@@ -1,0 +1,146 @@
+"""Connection set-up time and server memory per idle client.
+
+Set-up time is measured from the start of dialing until the first call over
+the new connection returns: handshake, hello exchange, lane opening and one
+small call. Client to server, the dialing process times it alone. Server to
+client, the client notes when it started dialing and the server when its
+first call to that client returned; both read ``time.monotonic``
+(``CLOCK_MONOTONIC``, one clock for every process on the machine).
+
+Memory is the growth of the server process's resident set size while idle
+clients are connected, measured by the server process itself after a
+garbage collection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+
+import psutil
+
+from .endpoints import BenchConnection, BenchServer, connect
+from .load import small_request
+from .spec import TransportSpec
+
+__all__ = [
+    "STOP_NAME",
+    "answer_connects",
+    "call_clients",
+    "connect_many",
+    "measure_connects",
+    "resident_set_size",
+]
+
+#: Name of the last probe connection of a server-to-client set-up run.
+STOP_NAME = "connect-stop"
+_PROBE_PREFIX = "connect-"
+_DIAL_CONCURRENCY = 16
+
+
+async def measure_connects(
+    spec: TransportSpec,
+    port: int,
+    *,
+    warmup: float,
+    window: float,
+    server_calls_first: bool,
+) -> dict[str, float]:
+    """Dial, call once, close, over and over; return when each measured dial started.
+
+    With ``server_calls_first`` the connection serves Echo and this side
+    only waits for the server to call it and hang up (see
+    :func:`answer_connects`); the result maps connection names to dial start
+    times. Otherwise the first call goes to the server and the result maps
+    names to set-up durations.
+    """
+    clock = time.monotonic
+    measure_from = clock() + warmup
+    end = measure_from + window
+    results: dict[str, float] = {}
+    index = 0
+    while (started := clock()) < end:
+        name = f"{_PROBE_PREFIX}{index}"
+        index += 1
+        conn = await connect(spec, port, name=name, serve=server_calls_first)
+        try:
+            if server_calls_first:
+                await conn.wait_closed()
+                value = started
+            else:
+                await conn.caller.unary(small_request())
+                value = clock() - started
+        finally:
+            await conn.close()
+        if started >= measure_from:
+            results[name] = value
+    if server_calls_first:
+        last = await connect(spec, port, name=STOP_NAME, serve=True)
+        await last.wait_closed()
+        await last.close()
+    return results
+
+
+async def answer_connects(server: BenchServer) -> dict[str, float]:
+    """Server side of server-to-client set-up: call every new probe client once.
+
+    Polls the client table on every turn of the event loop (brpc has no
+    connect callback), calls each new client, notes when the call returned
+    and disconnects it. Returns those times by client name once the client
+    named :data:`STOP_NAME` connected.
+    """
+    answered: dict[str, float] = {}
+    request = small_request()
+    while True:
+        for name in server.client_names():
+            if not name.startswith(_PROBE_PREFIX) or name in answered:
+                continue
+            caller = server.client_named(name)
+            if caller is None:
+                continue
+            await caller.unary(request)
+            answered[name] = time.monotonic()
+            server.disconnect(name)
+            if name == STOP_NAME:
+                del answered[name]
+                return answered
+        await asyncio.sleep(0)
+
+
+async def connect_many(
+    spec: TransportSpec, port: int, *, prefix: str, count: int, call: bool, serve: bool
+) -> list[BenchConnection]:
+    """Open ``count`` connections named ``prefix-N``, each making one call if ``call``."""
+    gate = asyncio.Semaphore(_DIAL_CONCURRENCY)
+
+    async def one(index: int) -> BenchConnection:
+        async with gate:
+            conn = await connect(spec, port, name=f"{prefix}-{index}", serve=serve)
+            if call:
+                await conn.caller.unary(small_request())
+            return conn
+
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+async def call_clients(server: BenchServer, prefix: str) -> int:
+    """Call every connected client whose name starts with ``prefix`` once."""
+    gate = asyncio.Semaphore(_DIAL_CONCURRENCY)
+    request = small_request()
+
+    async def one(name: str) -> None:
+        caller = server.client_named(name)
+        if caller is not None:
+            async with gate:
+                await caller.unary(request)
+
+    names = [name for name in server.client_names() if name.startswith(prefix)]
+    await asyncio.gather(*(one(name) for name in names))
+    return len(names)
+
+
+def resident_set_size() -> int:
+    """This process's RSS in bytes, after a full garbage collection."""
+    gc.collect()
+    return int(psutil.Process().memory_info().rss)
