@@ -24,10 +24,13 @@ import contextvars
 import ipaddress
 import itertools
 import logging
+import socket
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol, QuicStreamHandler
+from aioquic.asyncio.server import QuicServer
 from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection, stream_is_client_initiated
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
@@ -36,7 +39,14 @@ from . import _aioquic
 from ._stream_transport import QuicStreamTransport
 from .errors import CloseCode
 
-__all__ = ["QuicSession", "SessionClosed", "SessionHandler", "SessionOptions"]
+__all__ = [
+    "BatchingQuicServer",
+    "DatagramBatch",
+    "QuicSession",
+    "SessionClosed",
+    "SessionHandler",
+    "SessionOptions",
+]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +67,10 @@ class SessionOptions:
     write_low_water: int = 256 << 10
     #: Required ALPN; the session closes if the handshake negotiated another.
     alpn: str | None = None
+    #: Datagrams read from the socket per wake-up before one transmit; 1 reads
+    #: one at a time. Batching only applies where the session reads its own
+    #: socket (the dialing side) or under a :class:`BatchingQuicServer`.
+    read_batch: int = 1
 
 
 @dataclass(frozen=True)
@@ -144,11 +158,18 @@ class QuicSession(QuicConnectionProtocol):
         #: When set, the connection is closed with this transport error code and
         #: reason as soon as its first datagram is processed (over a limit, ...).
         self.refuse_with: tuple[int, str] | None = None
+        #: Set by a :class:`BatchingQuicServer`: datagrams it hands over while
+        #: it drains its socket are transmitted for once the drain ends.
+        self.batch: DatagramBatch | None = None
+        self._transmit_deferred = False
+        self._drain: socket.socket | None = None
 
     # -- asyncio.DatagramProtocol ----------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._udp = cast(asyncio.DatagramTransport, transport)
+        if self._owns_transport and self.options.read_batch > 1:
+            self._drain = _dup_socket(self._udp)
         super().connection_made(transport)
         if self.options.handshake_timeout is not None:
             self._later(self.options.handshake_timeout, self._handshake_timed_out)
@@ -156,12 +177,58 @@ class QuicSession(QuicConnectionProtocol):
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         if self.closed is not None and self.terminated.is_set():
             return
+        batch = self.batch
+        if batch is not None and batch.active:
+            batch.add(self)
+            self._transmit_deferred = True
+        elif self._drain is not None:
+            self._receive_batch(data, addr, self._drain)
+            return
         try:
             super().datagram_received(data, addr)
         except Exception:
             log.exception("failed to process a datagram; closing the connection")
             self.close(CloseCode.INTERNAL_ERROR, "internal error")
             return
+        if self._transmit_deferred:
+            return  # the batch flushes
+        self._after_receive()
+
+    def flush_batch(self) -> None:
+        """Transmit what the datagrams of a batch called for."""
+        if self._transmit_deferred:
+            self._transmit_deferred = False
+            self.transmit()
+            self._after_receive()
+
+    def _receive_batch(self, data: bytes | str, addr: Any, drain: socket.socket) -> None:
+        """Process ``data`` and the datagrams already waiting behind it, then transmit once."""
+        self._transmit_deferred = True
+        budget_end = time.perf_counter() + _BATCH_BUDGET
+        try:
+            for read in range(1, self.options.read_batch + 1):
+                super().datagram_received(data, addr)
+                if (
+                    self.closed is not None
+                    or read == self.options.read_batch
+                    or time.perf_counter() > budget_end
+                ):
+                    break
+                try:
+                    data, addr = drain.recvfrom(_MAX_DATAGRAM)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    self.error_received(exc)
+                    break
+        except Exception:
+            self._transmit_deferred = False
+            log.exception("failed to process a datagram; closing the connection")
+            self.close(CloseCode.INTERNAL_ERROR, "internal error")
+            return
+        self.flush_batch()
+
+    def _after_receive(self) -> None:
         if self.refuse_with is not None and self.closed is None:
             code, reason = self.refuse_with
             self.close(code, reason, transport_error=True)
@@ -187,6 +254,8 @@ class QuicSession(QuicConnectionProtocol):
     # -- aioquic hooks -------------------------------------------------------------
 
     def transmit(self) -> None:
+        if self._transmit_deferred:
+            return
         self._flush_handle = None
         if self._udp is None or self._udp.is_closing():
             return
@@ -272,6 +341,12 @@ class QuicSession(QuicConnectionProtocol):
             if _aioquic.is_stream_known(self.quic, sid):
                 self._retired.add(sid)
             self._retired = {s for s in self._retired if _aioquic.is_stream_known(self.quic, s)}
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._drain is not None:
+            self._drain.close()
+            self._drain = None
+        super().connection_lost(exc)
 
     def abort(self) -> None:
         """Drop the connection without waiting for the closing period."""
@@ -446,6 +521,87 @@ class QuicSession(QuicConnectionProtocol):
             transport.connection_terminated(error)
         self._streams.clear()
         self.handler.session_closed(self, closed)
+
+
+class DatagramBatch:
+    """The sessions that received datagrams during one drain of a shared socket."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self._sessions: dict[QuicSession, None] = {}
+
+    def add(self, session: QuicSession) -> None:
+        self._sessions[session] = None
+
+    def flush(self) -> None:
+        sessions, self._sessions = self._sessions, {}
+        for session in sessions:
+            try:
+                session.flush_batch()
+            except Exception:
+                log.exception("failed to transmit after a batch of datagrams")
+
+
+class BatchingQuicServer(QuicServer):
+    """A :class:`QuicServer` that reads up to ``read_batch`` waiting datagrams per
+    wake-up and lets each session transmit once for all of them, at the end."""
+
+    def __init__(self, *, read_batch: int, create_protocol: Any, **kwargs: Any) -> None:
+        self._read_batch = read_batch
+        self._batch = DatagramBatch()
+        self._drain: socket.socket | None = None
+
+        def create(*args: Any, **kw: Any) -> Any:
+            session = create_protocol(*args, **kw)
+            session.batch = self._batch
+            return session
+
+        super().__init__(create_protocol=create, **kwargs)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._drain = _dup_socket(cast(asyncio.DatagramTransport, transport))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._drain is not None:
+            self._drain.close()
+            self._drain = None
+        super().connection_lost(exc)
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        batch, drain = self._batch, self._drain
+        batch.active = True
+        budget_end = time.perf_counter() + _BATCH_BUDGET
+        try:
+            for read in range(1, self._read_batch + 1):
+                super().datagram_received(data, addr)
+                if drain is None or read == self._read_batch or time.perf_counter() > budget_end:
+                    break
+                try:
+                    data, addr = drain.recvfrom(_MAX_DATAGRAM)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    log.debug("UDP error on the server socket: %r", exc)
+                    break
+        finally:
+            batch.active = False
+            batch.flush()
+
+
+_MAX_DATAGRAM = 65535
+#: Early flush: a drain stops once it took this long (seconds). Datagrams of
+#: bulk data cost little each and batch well; datagrams carrying calls cost
+#: far more (their handlers are started), and holding those back until a long
+#: batch ends puts caller and callee into lock-step.
+_BATCH_BUDGET = 0.0005
+
+
+def _dup_socket(transport: asyncio.DatagramTransport) -> socket.socket:
+    """A second, non-blocking handle on ``transport``'s socket, to read waiting datagrams."""
+    sock = cast(socket.socket, transport.get_extra_info("socket").dup())
+    sock.setblocking(False)
+    return sock
 
 
 def _normalize_address(addr: Any) -> tuple[str, int] | None:

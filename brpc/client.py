@@ -122,6 +122,7 @@ class _DialOptions:
     keepalive_interval: float | None
     dead_peer_timeout: float
     max_datagram_size: int
+    read_batch: int
 
 
 class _Attempt:
@@ -465,7 +466,10 @@ class ClientConn(LinkChannel):
         _aioquic.set_peer_bidi_stream_limit(quic, _MAX_SERVER_STREAMS)
         attempt = _Attempt(self)
         session_options = SessionOptions(
-            keepalive_interval=options.keepalive_interval, handshake_timeout=None, alpn=ALPN
+            keepalive_interval=options.keepalive_interval,
+            handshake_timeout=None,
+            alpn=ALPN,
+            read_batch=options.read_batch,
         )
         _, session = await loop.create_datagram_endpoint(
             lambda: QuicSession(
@@ -614,6 +618,7 @@ def dial(
     keepalive_interval: float | None = 5.0,
     dead_peer_timeout: float = 15.0,
     max_datagram_size: int = 1200,
+    read_batch: int = 1,
 ) -> _Dial:
     """Connect to the brpc server at ``target`` (``host:port``).
 
@@ -634,6 +639,8 @@ def dial(
         raise ValueError("dead_peer_timeout must be positive")
     if keepalive_interval is not None and not 0 < keepalive_interval < dead_peer_timeout:
         raise ValueError("keepalive_interval must be positive and below dead_peer_timeout")
+    if read_batch < 1:
+        raise ValueError("read_batch must be at least 1")
     policy: ReconnectPolicy | None
     if reconnect is True:
         policy = ReconnectPolicy()
@@ -662,5 +669,6 @@ def dial(
         keepalive_interval=keepalive_interval,
         dead_peer_timeout=dead_peer_timeout,
         max_datagram_size=max_datagram_size,
+        read_batch=read_batch,
     )
     return _Dial(lambda: ClientConn(options))

@@ -39,7 +39,7 @@ from ._control import PROTOCOL_VERSION, HelloLimits, check_client_hello
 from ._control_stream import ControlProtocol
 from ._grpclib import server_h2_stream
 from ._link import Link, LinkSettings, PeerInfo
-from ._session import QuicSession, SessionClosed, SessionOptions
+from ._session import BatchingQuicServer, QuicSession, SessionClosed, SessionOptions
 from ._target import format_target
 from ._tls import server_configuration
 from .errors import CloseCode, ProtocolViolation
@@ -330,6 +330,7 @@ class Server(Generic[C]):
         hello_timeout: float = 10.0,
         max_datagram_size: int = 1200,
         hello_limits: HelloLimits | None = None,
+        read_batch: int = 1,
     ) -> None:
         if max_message_size < 1:
             raise ValueError("max_message_size must be positive")
@@ -337,6 +338,8 @@ class Server(Generic[C]):
             raise ValueError("max_connections and max_concurrent_calls must be positive")
         if keepalive_interval is not None and not 0 < keepalive_interval < dead_peer_timeout:
             raise ValueError("keepalive_interval must be positive and below dead_peer_timeout")
+        if read_batch < 1:
+            raise ValueError("read_batch must be at least 1")
         self.client_stub = client_stub
         self._configuration = server_configuration(
             certfile=certfile,
@@ -345,7 +348,9 @@ class Server(Generic[C]):
             max_datagram_size=max_datagram_size,
         )
         self._session_options = SessionOptions(
-            keepalive_interval=keepalive_interval, handshake_timeout=handshake_timeout
+            keepalive_interval=keepalive_interval,
+            handshake_timeout=handshake_timeout,
+            read_batch=read_batch,
         )
         self._link_settings = LinkSettings(
             lanes=lanes,
@@ -379,12 +384,18 @@ class Server(Generic[C]):
         if self._quic is not None:
             raise RuntimeError("the server is already started")
         loop = asyncio.get_running_loop()
-        transport, protocol = await loop.create_datagram_endpoint(
-            lambda: QuicServer(
-                configuration=self._configuration, create_protocol=self._new_session
-            ),
-            local_addr=(host, port),
-        )
+        read_batch = self._session_options.read_batch
+
+        def listener() -> QuicServer:
+            if read_batch > 1:
+                return BatchingQuicServer(
+                    read_batch=read_batch,
+                    configuration=self._configuration,
+                    create_protocol=self._new_session,
+                )
+            return QuicServer(configuration=self._configuration, create_protocol=self._new_session)
+
+        transport, protocol = await loop.create_datagram_endpoint(listener, local_addr=(host, port))
         self._udp = transport
         self._quic = protocol
         self._host, self._port = transport.get_extra_info("sockname")[:2]
