@@ -29,8 +29,8 @@ __all__ = ["main"]
 log = logging.getLogger("brpc.bench")
 
 SCHEMA = "brpc-bench/1"
-_FULL = {"reps": 3, "warmup": 1.0, "window": 4.0, "retries": 3}
-_QUICK = {"reps": 1, "warmup": 0.2, "window": 0.8, "retries": 0}
+_FULL = {"reps": 3, "warmup": 1.0, "window": 4.0, "retries": 3, "quiet_wait": 30.0}
+_QUICK = {"reps": 1, "warmup": 0.2, "window": 0.8, "retries": 0, "quiet_wait": 0.0}
 _DEFAULT_MEMORY_CLIENTS = 200
 
 
@@ -42,6 +42,13 @@ def _keys(text: str, known: Sequence[str], what: str) -> tuple[str, ...]:
             f"unknown {what} {', '.join(unknown) or '(none given)'}; choose from {', '.join(known)}"
         )
     return chosen
+
+
+def _variants(text: str) -> tuple[tuple[str, int], ...]:
+    try:
+        return tuning.parse_variants(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,6 +109,13 @@ def _parser() -> argparse.ArgumentParser:
         help=f"how often to measure again (default {_FULL['retries']}, {_QUICK['retries']} "
         "with --quick)",
     )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        metavar="SECONDS",
+        help="before each measurement, wait up to this long for other processes to leave the "
+        f"cores alone (default {_FULL['quiet_wait']:g}, {_QUICK['quiet_wait']:g} with --quick)",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the report as JSON here")
     knobs = parser.add_argument_group("brpc tuning")
     defaults = BrpcTuning()
@@ -116,12 +130,21 @@ def _parser() -> argparse.ArgumentParser:
         "--read-batch",
         type=int,
         default=defaults.read_batch,
-        help="datagrams read per wake-up before flushing (0: off)",
+        help="datagrams read per wake-up before one transmit (1: off)",
     )
     knobs.add_argument(
         "--tuning",
         action="store_true",
         help="instead of the comparison, measure brpc with each knob at several values",
+    )
+    knobs.add_argument(
+        "--variants",
+        type=_variants,
+        default=tuning.VARIANTS,
+        metavar="KNOB=N,...",
+        help="the knob values --tuning tries against the defaults (default: "
+        + ",".join(f"{k}={v}" for k, v in tuning.VARIANTS)
+        + ")",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log from the workers too")
     return parser
@@ -133,6 +156,7 @@ def _settings(args: argparse.Namespace) -> runner.Settings:
     warmup = args.warmup if args.warmup is not None else base["warmup"]
     window = args.window if args.window is not None else base["window"]
     retries = args.retries if args.retries is not None else int(base["retries"])
+    quiet_wait = args.quiet_wait if args.quiet_wait is not None else base["quiet_wait"]
     if reps < 1 or warmup < 0 or window <= 0 or args.memory_clients < 1 or retries < 0:
         raise SystemExit(
             "need --reps >= 1, --warmup >= 0, --window > 0, --memory-clients >= 1, --retries >= 0"
@@ -144,6 +168,7 @@ def _settings(args: argparse.Namespace) -> runner.Settings:
         memory_clients=args.memory_clients,
         max_noise=args.max_noise,
         retries=retries,
+        quiet_wait=max(0.0, quiet_wait),
         workloads=args.only,
         targets=tuple(t for t in TARGETS if t.key in args.targets),
         tuning=BrpcTuning(
@@ -177,7 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             keyfile=str(certificates.server_key),
         )
         if args.tuning:
-            sweep = tuning.run_sweep(settings, certs, worker_log_level=worker_log_level)
+            sweep = tuning.run_sweep(
+                settings, certs, worker_log_level=worker_log_level, variants=args.variants
+            )
             text = tuning.format_sweep(sweep, settings)
             report["tuning"] = tuning.sweep_json(sweep, settings)
         else:

@@ -107,14 +107,12 @@ class _BrpcConnection(BenchConnection):
 
 def _brpc_options(spec: TransportSpec) -> dict[str, Any]:
     tuning = spec.tuning
-    options: dict[str, Any] = {
+    return {
         "lanes": tuning.lanes,
         "max_datagram_size": tuning.max_datagram_size,
+        "read_batch": tuning.read_batch,
         "max_message_size": _MESSAGE_LIMIT,
     }
-    if tuning.read_batch:
-        options["read_batch"] = tuning.read_batch
-    return options
 
 
 # -- grpclib over TCP ----------------------------------------------------------------

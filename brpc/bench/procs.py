@@ -92,10 +92,9 @@ class WorkerProcess:
     def stop(self) -> None:
         """Stop the worker: a Stop command, then SIGTERM, then SIGKILL."""
         process = self._process
-        if process.is_alive():
+        if process.is_alive() and self._pending is None:
             try:
-                if self._pending is None:
-                    self.call(Stop(), timeout=_STOP_TIMEOUT)
+                self.call(Stop(), timeout=_STOP_TIMEOUT)
             except (WorkerError, OSError) as exc:
                 log.warning("%s did not stop cleanly: %s", self.name, exc)
             process.join(_STOP_TIMEOUT)

@@ -154,6 +154,7 @@ def settings_json(settings: Settings) -> dict[str, object]:
         "memory_clients": settings.memory_clients,
         "max_noise_cores": settings.max_noise,
         "retries": settings.retries,
+        "quiet_wait_s": settings.quiet_wait,
         "workloads": list(settings.workloads),
         "brpc_tuning": {
             "lanes": settings.tuning.lanes,

@@ -44,6 +44,8 @@ _MAIN = "main"
 _MEMORY_WARM_CLIENTS = 20
 #: Seconds for closed connections to be gone and idle ones to settle.
 _SETTLE = 0.5
+#: Seconds over which the machine's load is sampled while waiting for quiet.
+_QUIET_PROBE = 0.5
 #: Seconds a command may take beyond its warm-up and window.
 _COMMAND_SLACK = 120.0
 
@@ -72,6 +74,8 @@ class Settings:
     #: cores busy is taken again (up to ``retries`` times); the quietest counts.
     max_noise: float = 0.1
     retries: int = 0
+    #: Seconds to wait for the machine to quieten down before measuring.
+    quiet_wait: float = 0.0
 
 
 @dataclass
@@ -147,6 +151,7 @@ class _Session:
         best: Metrics | None = None
         attempts = 1 + (self.settings.retries if retry else 0)
         for attempt in range(1, attempts + 1):
+            self._wait_for_quiet(pids)
             meter = NoiseMeter(pids)
             metrics = dict(measure())
             noise = metrics["foreign_cores"] = meter.foreign_cores()
@@ -160,6 +165,16 @@ class _Session:
                 )
         assert best is not None
         return best
+
+    def _wait_for_quiet(self, pids: list[int]) -> None:
+        """Wait (up to ``quiet_wait`` seconds) until other processes leave the cores alone."""
+        deadline = time.monotonic() + self.settings.quiet_wait
+        while time.monotonic() < deadline:
+            meter = NoiseMeter(pids)
+            time.sleep(_QUIET_PROBE)
+            noise = meter.foreign_cores()
+            if math.isnan(noise) or noise <= self.settings.max_noise:
+                return
 
     def idle_memory(self) -> Metrics:
         count = self.settings.memory_clients

@@ -68,16 +68,21 @@ TARGETS = BRPC_TARGETS + BASELINES
 
 @dataclass(frozen=True)
 class BrpcTuning:
-    """brpc's tuning knobs, as passed to both ``brpc.Server`` and ``brpc.dial``."""
+    """brpc's tuning knobs, as passed to both ``brpc.Server`` and ``brpc.dial``.
+
+    The defaults are the library's own defaults.
+    """
 
     lanes: int = 1
     max_datagram_size: int = 1200
-    #: Datagrams drained from the socket per wake-up before one flush (0: off).
-    read_batch: int = 0
+    #: Datagrams read from the socket per wake-up before one transmit (1: off).
+    read_batch: int = 1
 
     def describe(self) -> str:
-        text = f"lanes={self.lanes} datagram={self.max_datagram_size}"
-        return f"{text} read_batch={self.read_batch}" if self.read_batch else text
+        return (
+            f"lanes={self.lanes} max_datagram_size={self.max_datagram_size} "
+            f"read_batch={self.read_batch}"
+        )
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from . import runner
 from .report import format_cell, results_json
 from .spec import BRPC_TARGETS, WORKLOADS, BrpcTuning
 
-__all__ = ["VARIANTS", "Sweep", "format_sweep", "run_sweep", "sweep_json"]
+__all__ = ["VARIANTS", "Sweep", "format_sweep", "parse_variants", "run_sweep", "sweep_json"]
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +46,33 @@ class Sweep:
     results: dict[str, runner.Results]
 
 
-def _variants() -> dict[str, BrpcTuning]:
+def parse_variants(text: str) -> tuple[tuple[str, int], ...]:
+    """``"read_batch=16,lanes=2"`` -> ``(("read_batch", 16), ("lanes", 2))``."""
+    knobs = {f.name for f in dataclasses.fields(BrpcTuning)}
+    variants = []
+    for part in text.split(","):
+        knob, _, value = part.strip().partition("=")
+        if knob not in knobs or not value.isdigit():
+            raise ValueError(f"expected KNOB=NUMBER with KNOB one of {', '.join(sorted(knobs))}")
+        variants.append((knob, int(value)))
+    return tuple(variants)
+
+
+def _tunings(variants: tuple[tuple[str, int], ...]) -> dict[str, BrpcTuning]:
     tunings = {"defaults": _DEFAULTS}
-    for knob, value in VARIANTS:
+    for knob, value in variants:
         tunings[f"{knob}={value}"] = dataclasses.replace(_DEFAULTS, **{knob: value})
     return tunings
 
 
 def run_sweep(
-    settings: runner.Settings, certs: runner.Certificates, *, worker_log_level: int
+    settings: runner.Settings,
+    certs: runner.Certificates,
+    *,
+    worker_log_level: int,
+    variants: tuple[tuple[str, int], ...] = VARIANTS,
 ) -> Sweep:
-    tunings = _variants()
+    tunings = _tunings(variants)
     results = {name: runner.Results() for name in tunings}
     workloads = tuple(w for w in settings.workloads if w in _LOADS) or _LOADS
     for rep in range(1, settings.reps + 1):
