@@ -56,22 +56,23 @@ def set_peer_bidi_stream_limit(quic: QuicConnection, limit: int) -> None:
     quic._local_max_streams_bidi.value = limit
 
 
-def close_event(quic: QuicConnection) -> ConnectionTerminated | None:
-    """How the connection is ending, as soon as it starts ending.
+def close_event(quic: QuicConnection) -> tuple[ConnectionTerminated, bool] | None:
+    """How the connection is ending, as soon as it starts ending, and whether
+    this side started it.
 
     aioquic reports :class:`ConnectionTerminated` only when the closing or
     draining period is over (three probe timeouts later). The close reason is
-    known earlier (``_close_event``); reading it lets brpc fail calls promptly
-    when the peer closes.
+    known earlier (``_close_event``), and the state tells who closed: CLOSING
+    when this side did (including its own TLS errors), DRAINING when the peer
+    did. Reading them lets brpc fail calls promptly and describe them right.
     """
-    event = quic._close_event
-    if event is None and quic._state in (
-        QuicConnectionState.CLOSING,
-        QuicConnectionState.DRAINING,
-        QuicConnectionState.TERMINATED,
-    ):
-        return ConnectionTerminated(error_code=0, frame_type=None, reason_phrase="")
-    return event
+    state = quic._state
+    if state not in (QuicConnectionState.CLOSING, QuicConnectionState.DRAINING):
+        return None
+    event = quic._close_event or ConnectionTerminated(
+        error_code=0, frame_type=None, reason_phrase=""
+    )
+    return event, state == QuicConnectionState.CLOSING
 
 
 def peer_certificate(quic: QuicConnection) -> x509.Certificate | None:

@@ -20,9 +20,11 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from grpclib.const import Handler, Status
-from grpclib.encoding.proto import ProtoCodec
+from grpclib.encoding.base import StatusDetailsCodecBase
+from grpclib.encoding.proto import ProtoCodec, ProtoStatusDetailsCodec, _googleapis_available
 from grpclib.exceptions import GRPCError
 from grpclib.metadata import Deadline
+from grpclib.server import Server
 
 from ._grpclib import limit_received_message_size, server_h2_stream
 
@@ -39,6 +41,8 @@ __all__ = [
     "current_link",
     "effective_deadline",
     "instrument",
+    "serving_server",
+    "status_details_codec",
 ]
 
 current_link: contextvars.ContextVar[Link | None] = contextvars.ContextVar(
@@ -118,6 +122,20 @@ def instrument(handlers: Iterable[IServable]) -> Mapping[str, Handler]:
                 raise ValueError(f"method {method} is served by more than one handler")
             mapping[method] = handler._replace(func=_wrap(method, handler.func))
     return mapping
+
+
+def status_details_codec() -> StatusDetailsCodecBase | None:
+    """grpclib's codec for google.rpc.Status details, when googleapis protos exist."""
+    return ProtoStatusDetailsCodec() if _googleapis_available() else None
+
+
+def serving_server(handlers: Iterable[IServable], max_message_size: int) -> Server:
+    """A grpclib server for incoming lanes: instrumented handlers, size-limited codec."""
+    return Server(
+        [InstrumentedServable(instrument(handlers))],
+        codec=SizeLimitedCodec(max_message_size),
+        status_details_codec=status_details_codec(),
+    )
 
 
 class InstrumentedServable:

@@ -18,11 +18,10 @@ from typing import TYPE_CHECKING
 
 from grpclib.client import Channel
 from grpclib.const import Cardinality
-from grpclib.encoding.proto import ProtoStatusDetailsCodec, _googleapis_available
 from grpclib.metadata import Deadline, _MetadataLike
 from grpclib.stream import _RecvType, _SendType
 
-from ._calls import SizeLimitedCodec
+from ._calls import SizeLimitedCodec, status_details_codec
 from ._lanes import LanePool
 
 if TYPE_CHECKING:
@@ -42,7 +41,7 @@ class LinkChannel(Channel):
             authority=authority,
             max_message_size=max_message_size,
             codec=SizeLimitedCodec(max_message_size),
-            status_details_codec=ProtoStatusDetailsCodec() if _googleapis_available() else None,
+            status_details_codec=status_details_codec(),
             dispatch=self.__dispatch__,
             open_stream=self.open_lane,
             loss_reason=self.loss_reason,

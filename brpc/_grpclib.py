@@ -29,11 +29,12 @@ from grpclib.client import Handler as ClientHandler
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.metadata import Deadline, _Metadata, _MetadataLike
-from grpclib.protocol import H2Protocol
+from grpclib.protocol import Connection, EventsProcessor, H2Protocol
 from grpclib.protocol import Stream as H2Stream
 from grpclib.server import Server
 from grpclib.server import Stream as ServerStream
 from grpclib.stream import _RecvType, _SendType
+from h2.connection import H2Connection
 from h2.settings import SettingCodes
 from multidict import MultiDict
 
@@ -76,18 +77,45 @@ def server_h2_stream(stream: ServerStream[Any, Any]) -> H2Stream:
 
 
 class _ServerLaneProtocol(H2Protocol):
-    """grpclib's server HTTP/2 protocol, announcing a concurrent-stream limit."""
+    """grpclib's server HTTP/2 protocol, announcing brpc's concurrent-stream limit.
+
+    h2 starts every connection with an inbound limit of 100 streams, enforced at
+    once, while a client may open streams before it has seen our SETTINGS; 200
+    concurrent calls on a fresh lane would kill it. So ``connection_made`` (the
+    same steps as grpclib's) announces ``max_concurrent_streams`` in the first
+    SETTINGS frame and lets h2 enforce twice that, so that streams opened before
+    the SETTINGS arrive survive. brpc's admission answers calls above the
+    announced limit with RESOURCE_EXHAUSTED.
+    """
 
     def __init__(self, template: H2Protocol, max_concurrent_streams: int) -> None:
         super().__init__(template.handler, template.config, template.h2_config)
         self._max_concurrent_streams = max_concurrent_streams
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self.connection._connection.update_settings(
-            {SettingCodes.MAX_CONCURRENT_STREAMS: self._max_concurrent_streams}
+        h2_conn = H2Connection(config=self.h2_config)
+        settings = h2_conn.local_settings
+        settings[SettingCodes.MAX_CONCURRENT_STREAMS] = self._max_concurrent_streams
+        settings.acknowledge()
+        h2_conn.initiate_connection()  # announces the limit
+        settings[SettingCodes.MAX_CONCURRENT_STREAMS] = 2 * self._max_concurrent_streams
+        settings.acknowledge()  # enforced, not announced
+
+        initial = settings.initial_window_size
+        conn_delta = self.config.http2_connection_window_size - initial
+        stream_delta = self.config.http2_stream_window_size - initial
+        if conn_delta:
+            h2_conn.increment_flow_control_window(conn_delta)
+        if stream_delta:
+            h2_conn.update_settings(
+                {SettingCodes.INITIAL_WINDOW_SIZE: self.config.http2_stream_window_size}
+            )
+        self.connection = Connection(
+            h2_conn, cast(asyncio.Transport, transport), config=self.config
         )
         self.connection.flush()
+        self.connection.initialize()
+        self.processor = EventsProcessor(self.handler, self.connection)
 
 
 def server_lane_protocol(server: Server, *, max_concurrent_streams: int) -> H2Protocol:
@@ -111,6 +139,24 @@ class CallStream(Stream[_SendType, _RecvType]):
     async def send_request(self, *, end: bool = False) -> None:
         await super().send_request(end=end)
         limit_received_message_size(self._stream, self._channel.max_message_size)
+
+    def _raise_for_content_type(self, headers_map: dict[str, str]) -> None:
+        # A trailers-only response carries the call's status; grpclib's own
+        # server omits content-type from some of them (unknown method), which
+        # must still read as UNIMPLEMENTED, not "missing content-type".
+        if "grpc-status" not in headers_map:
+            super()._raise_for_content_type(headers_map)
+
+    async def recv_initial_metadata(self) -> None:
+        try:
+            await super().recv_initial_metadata()
+        except GRPCError:
+            # grpclib raises on a bad :status or content-type before noting that
+            # the headers ended the response; without this, leaving the call
+            # would wait forever for trailers that will never come.
+            if self._stream.headers is not None:
+                self._trailers_only = True
+            raise
 
     async def __aexit__(
         self,

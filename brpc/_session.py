@@ -35,6 +35,7 @@ from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 from . import _aioquic
 from ._stream_transport import QuicStreamTransport
 from .errors import CloseCode
+from .testing.network import ImpairedTransport, NetworkConditions
 
 __all__ = ["QuicSession", "SessionClosed", "SessionHandler", "SessionOptions"]
 
@@ -57,6 +58,8 @@ class SessionOptions:
     write_low_water: int = 256 << 10
     #: Required ALPN; the session closes if the handshake negotiated another.
     alpn: str | None = None
+    #: Simulated loss and reordering (tests only).
+    network_conditions: NetworkConditions | None = None
 
 
 @dataclass(frozen=True)
@@ -149,11 +152,21 @@ class QuicSession(QuicConnectionProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._udp = cast(asyncio.DatagramTransport, transport)
+        conditions = self.options.network_conditions
+        if conditions is not None:
+            transport = ImpairedTransport(self._udp, conditions)
         super().connection_made(transport)
         if self.options.handshake_timeout is not None:
             self._later(self.options.handshake_timeout, self._handshake_timed_out)
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        conditions = self.options.network_conditions
+        if conditions is not None:
+            conditions.deliver(self._datagram_received, data, addr)
+        else:
+            self._datagram_received(data, addr)
+
+    def _datagram_received(self, data: bytes | str, addr: Any) -> None:
         if self.closed is not None and self.terminated.is_set():
             return
         try:
@@ -422,14 +435,15 @@ class QuicSession(QuicConnectionProtocol):
 
     def _check_closing(self) -> None:
         if self.closed is None:
-            event = _aioquic.close_event(self.quic)
-            if event is not None:
+            ending = _aioquic.close_event(self.quic)
+            if ending is not None:
+                event, local = ending
                 self._report_closed(
                     SessionClosed(
                         error_code=event.error_code,
                         reason=event.reason_phrase,
                         transport_error=event.frame_type is not None,
-                        local=False,
+                        local=local,
                     )
                 )
 

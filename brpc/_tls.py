@@ -8,6 +8,7 @@ sentence that says what went wrong and for which host name.
 from __future__ import annotations
 
 import os
+import re
 import ssl
 
 from aioquic.quic.configuration import QuicConfiguration
@@ -90,10 +91,20 @@ def _alert_name(error_code: int) -> str | None:
     return None
 
 
+_PATTERN = re.compile(
+    r"(?:DNS|IPAddress|URI|SRV)Pattern\(pattern=(?:b?'([^']*)'|IPv[46]Address\('([^']*)'\))\)"
+)
+
+
+def _readable(reason: str) -> str:
+    """aioquic names certificate patterns by their repr; show just the names."""
+    return _PATTERN.sub(lambda m: repr(m.group(1) or m.group(2)), reason)
+
+
 def describe_handshake_failure(closed: SessionClosed, *, target: str, server_name: str) -> str:
     """Explain why the handshake with ``target`` failed, from the client's side."""
     alert = _alert_name(closed.error_code) if closed.transport_error else None
-    reason = closed.reason or "no reason given"
+    reason = _readable(closed.reason or "no reason given")
     if alert is not None and closed.local:
         if alert in ("bad_certificate", "certificate_expired", "unknown_ca"):
             return (

@@ -27,10 +27,9 @@ from typing import TYPE_CHECKING, Any
 from aioquic.quic.connection import QuicConnection
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
-from grpclib.server import Server as GrpclibServer
 
 from . import _aioquic
-from ._calls import InstrumentedServable, SizeLimitedCodec, instrument
+from ._calls import serving_server
 from ._channel import LinkChannel
 from ._control import ALPN, PROTOCOL_VERSION
 from ._control_stream import ControlProtocol
@@ -39,6 +38,7 @@ from ._session import QuicSession, SessionClosed, SessionOptions
 from ._target import format_target, parse_target
 from ._tls import client_configuration, describe_handshake_failure
 from .errors import CloseCode, ConnectError, HandshakeError, ProtocolViolation, RefusedError
+from .testing.network import NetworkConditions
 from .v1 import control_pb2 as pb
 
 if TYPE_CHECKING:
@@ -122,6 +122,7 @@ class _DialOptions:
     keepalive_interval: float | None
     dead_peer_timeout: float
     max_datagram_size: int
+    network_conditions: NetworkConditions | None
 
 
 class _Attempt:
@@ -152,6 +153,7 @@ class _Attempt:
         for future in (self.handshake, self.reply):
             if not future.done():
                 future.set_exception(ConnectionError(closed.describe()))
+                future.exception()  # whoever awaits it still gets it; no "never retrieved"
         if self.link is not None:
             self.link.session_closed(closed)
 
@@ -190,10 +192,7 @@ class ClientConn(LinkChannel):
         self._last_error: str | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._rng = random.Random()
-        self._serving = GrpclibServer(
-            [InstrumentedServable(instrument(options.services))],
-            codec=SizeLimitedCodec(options.max_message_size),
-        )
+        self._serving = serving_server(options.services, options.max_message_size)
         #: Successful connections made so far (1 after dial, more after reconnects).
         self.connections_made = 0
 
@@ -465,7 +464,10 @@ class ClientConn(LinkChannel):
         _aioquic.set_peer_bidi_stream_limit(quic, _MAX_SERVER_STREAMS)
         attempt = _Attempt(self)
         session_options = SessionOptions(
-            keepalive_interval=options.keepalive_interval, handshake_timeout=None, alpn=ALPN
+            keepalive_interval=options.keepalive_interval,
+            handshake_timeout=None,
+            alpn=ALPN,
+            network_conditions=options.network_conditions,
         )
         _, session = await loop.create_datagram_endpoint(
             lambda: QuicSession(
@@ -614,6 +616,7 @@ def dial(
     keepalive_interval: float | None = 5.0,
     dead_peer_timeout: float = 15.0,
     max_datagram_size: int = 1200,
+    network_conditions: NetworkConditions | None = None,
 ) -> _Dial:
     """Connect to the brpc server at ``target`` (``host:port``).
 
@@ -662,5 +665,6 @@ def dial(
         keepalive_interval=keepalive_interval,
         dead_peer_timeout=dead_peer_timeout,
         max_datagram_size=max_datagram_size,
+        network_conditions=network_conditions,
     )
     return _Dial(lambda: ClientConn(options))

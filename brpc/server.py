@@ -29,11 +29,10 @@ from aioquic.quic.packet import QuicErrorCode
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
-from grpclib.server import Server as GrpclibServer
 from grpclib.server import Stream
 
 from . import _aioquic
-from ._calls import InstrumentedServable, SizeLimitedCodec, current_link, instrument
+from ._calls import current_link, serving_server
 from ._channel import LinkChannel
 from ._control import PROTOCOL_VERSION, HelloLimits, check_client_hello
 from ._control_stream import ControlProtocol
@@ -43,6 +42,7 @@ from ._session import QuicSession, SessionClosed, SessionOptions
 from ._target import format_target
 from ._tls import server_configuration
 from .errors import CloseCode, ProtocolViolation
+from .testing.network import NetworkConditions
 from .v1 import control_pb2 as pb
 
 if TYPE_CHECKING:
@@ -286,6 +286,7 @@ class _IncomingConnection:
             reason,
         )
         self.control.send(pb.Envelope(refusal=pb.Refusal(code=code, reason=reason)))
+        self.session.transmit()  # the refusal leaves before the CONNECTION_CLOSE
         self.session.close(CloseCode.REFUSED, f"{name}: {reason}")
 
     def _violation(self, exc: ProtocolViolation) -> None:
@@ -330,6 +331,7 @@ class Server(Generic[C]):
         hello_timeout: float = 10.0,
         max_datagram_size: int = 1200,
         hello_limits: HelloLimits | None = None,
+        network_conditions: NetworkConditions | None = None,
     ) -> None:
         if max_message_size < 1:
             raise ValueError("max_message_size must be positive")
@@ -345,7 +347,9 @@ class Server(Generic[C]):
             max_datagram_size=max_datagram_size,
         )
         self._session_options = SessionOptions(
-            keepalive_interval=keepalive_interval, handshake_timeout=handshake_timeout
+            keepalive_interval=keepalive_interval,
+            handshake_timeout=handshake_timeout,
+            network_conditions=network_conditions,
         )
         self._link_settings = LinkSettings(
             lanes=lanes,
@@ -357,10 +361,7 @@ class Server(Generic[C]):
         self._max_connections = max_connections
         self._hello_timeout = hello_timeout
         self._hello_limits = hello_limits or HelloLimits()
-        self._grpc = GrpclibServer(
-            [InstrumentedServable(instrument(handlers))],
-            codec=SizeLimitedCodec(max_message_size),
-        )
+        self._grpc = serving_server(handlers, max_message_size)
         #: grpclib's event dispatcher: ``grpclib.events.listen(server, RecvRequest, cb)`` works.
         self.__dispatch__ = self._grpc.__dispatch__
         self._clients: dict[str, ClientInfo[C]] = {}

@@ -63,9 +63,13 @@ async def connect(certs: DevCertificates) -> AsyncIterator[DialFactory]:
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait until ``predicate()`` holds, re-checking on every loop iteration."""
+    """Wait until ``predicate()`` holds, re-checking on every loop iteration.
+
+    For state that has no event to wait on (a registry emptying, a counter
+    reaching a value); bounded by ``timeout``.
+    """
     async with asyncio.timeout(timeout):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - re-check after each loop iteration
             await asyncio.sleep(0)
 
 
