@@ -17,24 +17,34 @@ from .errors import (
     ProtocolViolation,
     RefusedError,
 )
+from .fanout import CallResult, FanOut
+from .presence import PresenceEvent, PresenceKind, Watch
+from .registry import Clients, DuplicateNames
 from .server import ClientInfo, Server
 
 __all__ = [
     "ALPN",
     "PROTOCOL_VERSION",
     "BrpcError",
+    "CallResult",
     "ClientConn",
     "ClientInfo",
+    "Clients",
     "CloseCode",
     "ConnState",
     "ConnectError",
     "DeadlineExceededError",
+    "DuplicateNames",
+    "FanOut",
     "HandshakeError",
     "HelloLimits",
+    "PresenceEvent",
+    "PresenceKind",
     "ProtocolViolation",
     "ReconnectPolicy",
     "RefusedError",
     "Server",
+    "Watch",
     "current_connection",
     "dial",
 ]

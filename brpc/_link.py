@@ -59,6 +59,9 @@ class PeerInfo:
     address: tuple[str, int] | None = None
     #: Wall-clock time (``time.time()``) the hello exchange finished.
     connected_at: float = field(default_factory=time.time)
+    #: Who the peer proved to be (a certificate subject, a token's subject), or
+    #: None when it did not authenticate.
+    identity: str | None = None
 
 
 @dataclass(frozen=True)

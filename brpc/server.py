@@ -19,7 +19,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
@@ -42,6 +42,9 @@ from ._session import QuicSession, SessionClosed, SessionOptions
 from ._target import format_target
 from ._tls import server_configuration
 from .errors import CloseCode, ProtocolViolation
+from .fanout import CallResult, FanOut
+from .presence import Presence, PresenceCallback, Watch
+from .registry import Clients, DuplicateNames, Selector
 from .testing.network import NetworkConditions
 from .v1 import control_pb2 as pb
 
@@ -55,6 +58,7 @@ __all__ = ["ClientInfo", "Server"]
 log = logging.getLogger(__name__)
 
 C = TypeVar("C")
+T = TypeVar("T")
 
 _CONTROL_MESSAGE_LIMIT = 64 << 10
 # Streams a client may have open towards the server at once: control + lanes.
@@ -121,6 +125,11 @@ class ClientInfo(Generic[C]):
     def connected_at(self) -> float:
         """Wall-clock time (``time.time()``) the client's hello was accepted."""
         return self._link.peer.connected_at
+
+    @property
+    def identity(self) -> str | None:
+        """Who the client proved to be (certificate or token), or None if unauthenticated."""
+        return self._link.peer.identity
 
     @property
     def stub(self) -> C:
@@ -242,6 +251,10 @@ class _IncomingConnection:
             self._refuse(pb.Refusal.UNAVAILABLE, "the server is shutting down")
             return
         connection_id = secrets.token_hex(16)
+        name_conflict = server._admit_name(hello.name, connection_id)
+        if name_conflict is not None:
+            self._refuse(pb.Refusal.ALREADY_EXISTS, name_conflict)
+            return
         peer = PeerInfo(
             name=hello.name,
             labels=dict(hello.labels),
@@ -312,6 +325,20 @@ class Server(Generic[C]):
     ``client_stub`` is the generated stub class of the service the clients
     serve (for example ``NamerStub``); :meth:`client_from_context` and
     :attr:`ClientInfo.stub` return instances of it bound to one client.
+
+    :attr:`clients` lists the connected clients; :meth:`on_connect`,
+    :meth:`on_disconnect` and :meth:`watch` report them coming and going;
+    :meth:`call_all` calls many of them at once.
+
+    ``duplicate_names`` decides what happens when a client says hello with
+    the name of a client already connected (unnamed clients never conflict).
+    The default, :attr:`DuplicateNames.REPLACE`, closes the older connection:
+    a client with a name is normally one process, and a second hello with its
+    name means it restarted or moved (new address after a NAT rebinding)
+    while the server still holds the old connection, which would otherwise
+    linger until the dead-peer timeout. REJECT would lock that client out for
+    as long; ALLOW makes names ambiguous. Use REJECT when names are
+    identities that must not be taken over, ALLOW when names are not unique.
     """
 
     def __init__(
@@ -332,6 +359,7 @@ class Server(Generic[C]):
         max_datagram_size: int = 1200,
         hello_limits: HelloLimits | None = None,
         network_conditions: NetworkConditions | None = None,
+        duplicate_names: DuplicateNames = DuplicateNames.REPLACE,
     ) -> None:
         if max_message_size < 1:
             raise ValueError("max_message_size must be positive")
@@ -364,12 +392,14 @@ class Server(Generic[C]):
         self._grpc = serving_server(handlers, max_message_size)
         #: grpclib's event dispatcher: ``grpclib.events.listen(server, RecvRequest, cb)`` works.
         self.__dispatch__ = self._grpc.__dispatch__
-        self._clients: dict[str, ClientInfo[C]] = {}
         self._connections: set[_IncomingConnection] = set()
         self._quic: QuicServer | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._closing = False
         self._closed = asyncio.Event()
+        self._duplicate_names = DuplicateNames(duplicate_names)
+        self._clients: Clients[C] = Clients()
+        self._presence: Presence[C] = Presence(self._clients, self._closed)
         self._host = ""
         self._port = 0
 
@@ -472,12 +502,85 @@ class Server(Generic[C]):
             )
         return cast(ClientInfo[C], info)
 
+    @property
+    def clients(self) -> Clients[C]:
+        """Live, read-only view of the connected clients: ``len()``, iteration,
+        ``get(connection_id)``, ``named(name)``, ``find(labels=..., service=...)``."""
+        return self._clients
+
     def clients_snapshot(self) -> list[ClientInfo[C]]:
         """The clients connected right now."""
-        return list(self._clients.values())
+        return list(self._clients)
 
     def __iter__(self) -> Iterator[ClientInfo[C]]:
-        return iter(self.clients_snapshot())
+        return iter(self._clients)
+
+    def on_connect(self, callback: PresenceCallback[C]) -> Callable[[], None]:
+        """Call ``callback(client)`` when a client connects; returns an unsubscriber.
+
+        Sync or async (see :mod:`brpc.presence` for ordering and errors). A
+        client's ``on_connect`` callbacks run before any of its ``on_disconnect``.
+        """
+        return self._presence.on_connect(callback)
+
+    def on_disconnect(self, callback: PresenceCallback[C]) -> Callable[[], None]:
+        """Call ``callback(client)`` when a client leaves; returns an unsubscriber.
+
+        ``client.close_reason`` says why it left.
+        """
+        return self._presence.on_disconnect(callback)
+
+    def watch(self, *, existing: bool = True, max_pending: int = 1024) -> Watch[C]:
+        """Presence changes as an async iterator: ``async for event in server.watch()``.
+
+        Starts with the clients already connected (``existing=True``, as replayed
+        CONNECTED events), ends once the server has closed and every client has
+        left. Holds at most ``max_pending`` unread events; a reader further
+        behind is resynchronised (see :class:`brpc.Watch`).
+        """
+        return self._presence.watch(existing=existing, max_pending=max_pending)
+
+    def call_all(
+        self,
+        fn: Callable[[C, ClientInfo[C]], Awaitable[T]],
+        *,
+        select: Selector[C] | None = None,
+        timeout: float | None = None,
+        concurrency: int | None = None,
+    ) -> FanOut[C, T]:
+        """Call ``fn(stub, client)`` for every selected client; results as they complete.
+
+        ``select`` picks the clients connected now: a predicate on
+        :class:`ClientInfo`, a mapping of labels, a service name, or the
+        clients themselves (default: all). ``timeout`` (seconds) bounds the
+        whole fan-out; ``concurrency`` caps the calls running at once.
+
+        Returns a :class:`brpc.FanOut`: ``async for result in ...`` yields one
+        :class:`brpc.CallResult` per client in completion order, holding the
+        value or the exception (``GRPCError``: UNAVAILABLE if the client left,
+        DEADLINE_EXCEEDED past ``timeout``). A slow client delays nobody else's
+        result. Stopping early cancels the calls still running.
+        """
+        if self.client_stub is None:
+            raise RuntimeError(
+                "call_all() needs the clients' stub class: make the Server with "
+                "client_stub=... (for example client_stub=AgentStub)"
+            )
+        return FanOut(fn, self._clients.select(select), timeout=timeout, concurrency=concurrency)
+
+    async def gather_all(
+        self,
+        fn: Callable[[C, ClientInfo[C]], Awaitable[T]],
+        *,
+        select: Selector[C] | None = None,
+        timeout: float | None = None,
+        concurrency: int | None = None,
+    ) -> list[CallResult[C, T]]:
+        """:meth:`call_all`, gathered: every selected client's result, in completion order."""
+        async with self.call_all(
+            fn, select=select, timeout=timeout, concurrency=concurrency
+        ) as results:
+            return await results.gather()
 
     # -- internals -------------------------------------------------------------------
 
@@ -497,14 +600,30 @@ class Server(Generic[C]):
             self._connections.add(connection)
         return session
 
+    def _admit_name(self, name: str, connection_id: str) -> str | None:
+        """Apply ``duplicate_names`` to a hello: the reason to refuse it, or None."""
+        holders = self._clients.find(name=name) if name else []
+        if not holders or self._duplicate_names is DuplicateNames.ALLOW:
+            return None
+        if self._duplicate_names is DuplicateNames.REJECT:
+            return f"a client named {name!r} is already connected ({holders[0].connection_id})"
+        for old in holders:
+            log.info("client %r (%s) replaced by %s", name, old.connection_id, connection_id)
+            old._link.close(
+                CloseCode.REPLACED,
+                f"replaced by a newer connection ({connection_id}) with the same name {name!r}",
+            )
+        return None
+
     def _register(self, info: ClientInfo[C]) -> None:
-        self._clients[info.connection_id] = info
+        self._clients._add(info)
         info._link.add_close_callback(lambda _: self._unregister(info))
+        self._presence.connected(info)
 
     def _unregister(self, info: ClientInfo[C]) -> None:
-        if self._clients.get(info.connection_id) is info:
-            del self._clients[info.connection_id]
+        if self._clients._remove(info):
             log.info("client %s disconnected: %s", info.connection_id, info.close_reason)
+            self._presence.disconnected(info)
 
     def _limits_message(self) -> pb.Limits:
         settings = self._link_settings
