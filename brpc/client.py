@@ -36,7 +36,7 @@ from ._control_stream import ControlProtocol
 from ._link import Link, LinkSettings, PeerInfo
 from ._session import QuicSession, SessionClosed, SessionOptions
 from ._target import format_target, parse_target
-from ._tls import client_configuration, describe_handshake_failure
+from ._tls import client_configuration, describe_handshake_failure, is_tls_failure
 from .errors import CloseCode, ConnectError, HandshakeError, ProtocolViolation, RefusedError
 from .testing.network import NetworkConditions
 from .v1 import control_pb2 as pb
@@ -487,12 +487,14 @@ class ClientConn(LinkChannel):
         try:
             await attempt.handshake
         except ConnectionError:
-            assert attempt.closed is not None
-            raise HandshakeError(
-                describe_handshake_failure(
-                    attempt.closed, target=options.target, server_name=options.server_name
-                )
-            ) from None
+            closed = attempt.closed
+            assert closed is not None
+            message = describe_handshake_failure(
+                closed, target=options.target, server_name=options.server_name
+            )
+            if is_tls_failure(closed):
+                raise HandshakeError(message) from None
+            raise ConnectError(message) from None
         control = ControlProtocol(
             max_message_size=_CONTROL_MESSAGE_LIMIT,
             on_message=attempt.control_message,
