@@ -85,6 +85,19 @@ class LinkChannel(Channel):
         """Close the open lanes (calls on them fail); later calls open new ones."""
         self._pool.close()
 
+    def detach_lanes(self) -> None:
+        """New calls go on new lanes (via :meth:`open_lane`); calls in flight finish."""
+        self._pool.detach()
+
+    async def wait_lanes_idle(self) -> None:
+        """Wait until no call made through this channel is in flight."""
+        await self._pool.wait_idle()
+
+    @property
+    def calls_in_flight(self) -> int:
+        """Calls made through this channel that are still in flight."""
+        return self._pool.streams_in_flight()
+
     def close(self) -> None:
         """Close the open lanes; the connection itself stays up."""
         self._pool.close()

@@ -20,6 +20,7 @@ upgrade that moves them fails there.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from types import TracebackType
 from typing import Any, cast
 
@@ -43,10 +44,20 @@ from .errors import DeadlineExceededError
 __all__ = [
     "CallStream",
     "LaneChannel",
+    "close_lane",
     "limit_received_message_size",
+    "opening_deadline",
     "server_h2_stream",
     "server_lane_protocol",
+    "wait_lane_idle",
 ]
+
+
+#: The deadline of the call whose request is being sent; a channel that has to
+#: wait before it can open a lane bounds the wait with it.
+opening_deadline: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar(
+    "brpc_opening_deadline", default=None
+)
 
 
 def limit_received_message_size(h2_stream: H2Stream, limit: int) -> None:
@@ -137,7 +148,11 @@ class CallStream(Stream[_SendType, _RecvType]):
     _channel: LaneChannel
 
     async def send_request(self, *, end: bool = False) -> None:
-        await super().send_request(end=end)
+        token = opening_deadline.set(self._deadline)
+        try:
+            await super().send_request(end=end)
+        finally:
+            opening_deadline.reset(token)
         limit_received_message_size(self._stream, self._channel.max_message_size)
 
     def _raise_for_content_type(self, headers_map: dict[str, str]) -> None:
@@ -207,6 +222,25 @@ def _lost(protocol: H2Protocol) -> bool:
     return bool(cast(ClientHandler, protocol.handler).connection_lost)
 
 
+def lane_streams(protocol: H2Protocol) -> int:
+    """Calls with an HTTP/2 stream open on a client-side lane."""
+    return 0 if _lost(protocol) else len(protocol.processor.streams)
+
+
+async def wait_lane_idle(protocol: H2Protocol) -> None:
+    """Wait until no call has an HTTP/2 stream open on a client-side lane."""
+    while lane_streams(protocol):
+        released = protocol.connection.stream_close_waiter
+        released.clear()
+        await released.wait()
+
+
+def close_lane(protocol: H2Protocol) -> None:
+    """Close a client-side lane; calls still on it fail."""
+    if not _lost(protocol):
+        protocol.processor.close()
+
+
 class LaneChannel(Channel):
     """A grpclib channel whose connections are QUIC streams ("lanes").
 
@@ -247,26 +281,20 @@ class LaneChannel(Channel):
     def lane_lost(self) -> bool:
         """Whether the current lane (or the whole connection) is gone."""
         protocol = self._protocol
-        return protocol is None or bool(_lost(protocol))
+        return protocol is None or _lost(protocol)
 
-    def streams_in_flight(self) -> int:
-        """HTTP/2 streams of calls still open on the current lane."""
-        protocol = self._protocol
-        if protocol is None or _lost(protocol):
-            return 0
-        return len(protocol.processor.streams)
+    @property
+    def protocol(self) -> H2Protocol | None:
+        """The current lane's HTTP/2 protocol, if one is open."""
+        return self._protocol
 
-    async def wait_idle(self) -> None:
-        """Wait until no call has an HTTP/2 stream open on the current lane."""
-        while True:
-            protocol = self._protocol
-            if protocol is None or _lost(protocol):
-                return
-            if not protocol.processor.streams:
-                return
-            released = protocol.connection.stream_close_waiter
-            released.clear()
-            await released.wait()
+    def detach(self) -> H2Protocol | None:
+        """Stop sending new calls on the current lane and return it.
+
+        Calls in flight on it carry on; the next call opens a new lane.
+        """
+        protocol, self._protocol = self._protocol, None
+        return protocol
 
     async def _create_connection(self) -> H2Protocol:
         protocol = self._protocol_factory()

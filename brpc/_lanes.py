@@ -20,7 +20,7 @@ from grpclib.protocol import H2Protocol
 from grpclib.stream import _RecvType, _SendType
 
 from ._calls import effective_deadline
-from ._grpclib import CallStream, LaneChannel
+from ._grpclib import CallStream, LaneChannel, close_lane, lane_streams, wait_lane_idle
 
 __all__ = ["LanePool"]
 
@@ -75,6 +75,7 @@ class LanePool:
             for _ in range(count)
         ]
         self._next = 0
+        self._retired: list[H2Protocol] = []
 
     def request(
         self,
@@ -99,16 +100,31 @@ class LanePool:
             metadata=metadata,
         )
 
+    def detach(self) -> None:
+        """Send new calls on new lanes; calls in flight finish on the old ones."""
+        self._retired = [p for p in self._retired if lane_streams(p)]
+        for lane in self._lanes:
+            protocol = lane.detach()
+            if protocol is not None:
+                self._retired.append(protocol)
+
     def streams_in_flight(self) -> int:
-        """Calls whose HTTP/2 streams are still open on the lanes."""
-        return sum(lane.streams_in_flight() for lane in self._lanes)
+        """Calls in flight on all lanes, current and detached."""
+        return sum(lane_streams(p) for p in self._protocols())
 
     async def wait_idle(self) -> None:
-        """Wait until no call is in flight on any lane."""
-        for lane in self._lanes:
-            await lane.wait_idle()
+        """Wait until no call is in flight on any lane, current or detached."""
+        for protocol in self._protocols():
+            await wait_lane_idle(protocol)
 
     def close(self) -> None:
-        """Close every open lane; later calls open new ones (or fail, if lost)."""
+        """Close every lane; calls on them fail. Later calls open new lanes."""
+        for protocol in self._protocols():
+            close_lane(protocol)
+        self._retired.clear()
         for lane in self._lanes:
             lane.close()
+
+    def _protocols(self) -> list[H2Protocol]:
+        current = [lane.protocol for lane in self._lanes if lane.protocol is not None]
+        return current + self._retired

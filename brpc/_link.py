@@ -119,6 +119,15 @@ class Link:
     def __repr__(self) -> str:
         return f"<Link {self._describe}>"
 
+    @property
+    def usable(self) -> bool:
+        """Whether new outgoing calls may start on this link."""
+        return self.closed is None and not self.draining and not self.peer_going_away
+
+    def transport_stats(self) -> list[dict[str, int]]:
+        """Byte counters of the link's live streams (control stream and lanes)."""
+        return self.session.transport_stats()
+
     # -- lifecycle -------------------------------------------------------------
 
     def add_close_callback(self, callback: Callable[[Link], None]) -> None:
@@ -160,7 +169,7 @@ class Link:
         """Run ``protocol`` on a new outgoing lane, or raise GRPCError(UNAVAILABLE)."""
         if self.closed is not None:
             raise GRPCError(Status.UNAVAILABLE, self.loss_reason())
-        if self.draining or self.peer_going_away:
+        if not self.usable:
             raise GRPCError(Status.UNAVAILABLE, f"connection to {self._describe} is closing")
         self.session.open_stream(protocol)
 

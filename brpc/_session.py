@@ -293,6 +293,20 @@ class QuicSession(QuicConnectionProtocol):
         if self._owns_transport and self._udp is not None:
             self._udp.close()
 
+    def transport_stats(self) -> list[dict[str, int]]:
+        """Counters of every live stream transport."""
+        return [
+            {
+                "stream_id": t.stream_id,
+                "bytes_sent": t.counters.bytes_sent,
+                "bytes_received": t.counters.bytes_received,
+                "send_buffer": self.send_buffer_size(t.stream_id),
+                "peak_send_buffer": t.counters.peak_send_buffer,
+                "pauses": t.counters.pauses,
+            }
+            for t in self._streams.values()
+        ]
+
     @property
     def stream_count(self) -> int:
         """Streams with a live transport."""

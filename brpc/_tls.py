@@ -18,7 +18,12 @@ from aioquic.tls import AlertDescription
 from ._control import ALPN
 from ._session import SessionClosed
 
-__all__ = ["client_configuration", "describe_handshake_failure", "server_configuration"]
+__all__ = [
+    "client_configuration",
+    "describe_handshake_failure",
+    "is_tls_failure",
+    "server_configuration",
+]
 
 _CRYPTO_ERROR = int(QuicErrorCode.CRYPTO_ERROR)
 PathLike = str | os.PathLike[str]
@@ -101,6 +106,11 @@ def _readable(reason: str) -> str:
     return _PATTERN.sub(lambda m: repr(m.group(1) or m.group(2)), reason)
 
 
+def is_tls_failure(closed: SessionClosed) -> bool:
+    """Whether a session ended because of a TLS alert (either side's)."""
+    return closed.transport_error and _alert_name(closed.error_code) is not None
+
+
 def describe_handshake_failure(closed: SessionClosed, *, target: str, server_name: str) -> str:
     """Explain why the handshake with ``target`` failed, from the client's side."""
     alert = _alert_name(closed.error_code) if closed.transport_error else None
@@ -117,4 +127,6 @@ def describe_handshake_failure(closed: SessionClosed, *, target: str, server_nam
         if alert == "no_application_protocol":
             hint = f"; the server does not speak {ALPN}"
         return f"server {target} refused the TLS handshake: {reason} (TLS alert {alert}){hint}"
+    if closed.local and closed.transport_error:
+        return f"could not connect to {target}: {reason}"
     return f"could not connect to {target}: {closed.describe()}"

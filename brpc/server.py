@@ -96,9 +96,9 @@ class ClientInfo(Generic[C]):
     def __init__(self, link: Link, server: Server[C], *, lanes: int) -> None:
         self._link = link
         self._server = server
-        self.channel: Channel = _ClientChannel(
-            link, lanes=lanes, max_message_size=link.max_message_size
-        )
+        self._channel = _ClientChannel(link, lanes=lanes, max_message_size=link.max_message_size)
+        #: A grpclib ``Channel`` to this client: ``SomeStub(info.channel)``.
+        self.channel: Channel = self._channel
         self._stub: C | None = None
 
     @property
@@ -161,6 +161,30 @@ class ClientInfo(Generic[C]):
     async def ping(self) -> float:
         """Round-trip time to the client over the control stream, in seconds."""
         return await self._link.ping()
+
+    def transport_stats(self) -> list[dict[str, int]]:
+        """Byte counters of this client's streams (see ``Link.transport_stats``)."""
+        return self._link.transport_stats()
+
+    def _begin_drain(self, reason: str, grace: float) -> None:
+        """No new calls either way; tell the client we are going away."""
+        link = self._link
+        if link.closed is None:
+            link.draining = True
+            link.send_go_away(reason, grace)
+            self._channel.detach_lanes()
+
+    def _peer_going_away(self) -> None:
+        """The client is draining: no new calls to it."""
+        self._link.peer_going_away = True
+        self._channel.detach_lanes()
+
+    def _busy(self) -> bool:
+        return self._link.calls_in > 0 or self._channel.calls_in_flight > 0
+
+    async def _wait_idle(self) -> None:
+        await self._link.wait_idle()
+        await self._channel.wait_lanes_idle()
 
     def close(self, reason: str = "closed by the server") -> None:
         """Disconnect this client; its calls in flight fail."""
@@ -276,6 +300,7 @@ class _IncomingConnection:
         )
         info: ClientInfo[Any] = ClientInfo(link, server, lanes=server._link_settings.lanes)
         link.handle = info
+        link.on_go_away = lambda _: info._peer_going_away()
         self.link = link
         server._register(info)
         control.send(
@@ -400,6 +425,7 @@ class Server(Generic[C]):
         self._duplicate_names = DuplicateNames(duplicate_names)
         self._clients: Clients[C] = Clients()
         self._presence: Presence[C] = Presence(self._clients, self._closed)
+        self._drain_task: asyncio.Task[None] | None = None
         self._host = ""
         self._port = 0
 
@@ -441,11 +467,43 @@ class Server(Generic[C]):
             raise RuntimeError("call start() before serve_forever()")
         await self._closed.wait()
 
-    def close(self) -> None:
-        """Stop accepting connections and close every connection."""
+    def close(self, grace: float | None = None) -> None:
+        """Stop accepting connections and close every connection.
+
+        Without ``grace``, connections close at once and calls in flight fail.
+        With ``grace`` (seconds) the server drains: it refuses new connections
+        and new calls (UNAVAILABLE), tells every client through the control
+        stream that it is going away (clients reconnect elsewhere or later), lets
+        calls in flight in both directions finish within ``grace``, then closes.
+        :meth:`wait_closed` returns when that is done.
+        """
         if self._closing:
             return
         self._closing = True
+        for connection in list(self._connections):
+            if connection.link is None and connection.session is not None:
+                connection.session.close(CloseCode.GOING_AWAY, "server is shutting down")
+        if grace is None or grace <= 0:
+            self._finish_close()
+            return
+        for info in self._clients:
+            info._begin_drain("server is shutting down", grace)
+        self._drain_task = asyncio.get_running_loop().create_task(
+            self._drain(grace), name="brpc server drain"
+        )
+
+    async def _drain(self, grace: float) -> None:
+        try:
+            async with asyncio.timeout(grace):
+                for info in self._clients:
+                    await info._wait_idle()
+        except TimeoutError:
+            busy = sum(1 for info in self._clients if info._busy())
+            log.warning("drain: %d clients still had calls in flight after %s s", busy, grace)
+        finally:
+            self._finish_close()
+
+    def _finish_close(self) -> None:
         for connection in list(self._connections):
             if connection.session is not None:
                 connection.session.close(CloseCode.GOING_AWAY, "server is shutting down")

@@ -87,10 +87,11 @@ async def test_fifty_clients_listed_found_and_filtered(make_server: Any, connect
     reply = await echo[0].stub.Unary(EchoRequest(text="via the table"))
     assert reply.text == "via the table"
 
+    gone = [conn.connection_id for conn in conns[:10]]
     for conn in conns[:10]:
         await conn.close()
     await wait_for(lambda: len(clients) == 40)
-    assert all(clients.get(conn.connection_id) is None for conn in conns[:10])
+    assert all(clients.get(connection_id) is None for connection_id in gone)
     assert {info.name for info in clients.find(labels={"zone": "a"})} == {
         f"agent-{i:02d}" for i in range(11, 50, 2)
     }
@@ -116,10 +117,10 @@ async def test_presence_events_arrive_in_order(make_server: Any, connect: Any) -
 
     conns = await _connect_many(server, connect, 50)
     order = [info.connection_id for info in server.clients]
+    leaving = [conn.connection_id for conn in conns[::2]]
     for conn in conns[::2]:
         await conn.close()
     await wait_for(lambda: len(server.clients) == 25)
-    leaving = [conn.connection_id for conn in conns[::2]]
 
     events = [await anext(watch) for _ in range(75)]
     assert watch.pending == 0
