@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from brpc.certs import write_dev_certificates
+from brpc.certs import DevCertificates
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,11 +18,10 @@ def _python(*args: str, **options: Any) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, text=True, **options)
 
 
-def test_fleet_server_lists_agents_and_fans_out(tmp_path: Path) -> None:
-    certs = write_dev_certificates(tmp_path / "certs").directory
+def test_fleet_server_lists_agents_and_fans_out(certs: DevCertificates, tmp_path: Path) -> None:
     server = _python(
         "examples.fleet.server",
-        *("--certs", str(certs), "--port", "0", "--once", "3"),
+        *("--certs", str(certs.directory), "--port", "0", "--once", "3"),
         *("--timeout", "1", "--run", "count 3", "--wait", "60"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -44,7 +44,7 @@ def test_fleet_server_lists_agents_and_fans_out(tmp_path: Path) -> None:
             agents.append(
                 _python(
                     "examples.fleet.agent",
-                    *("--certs", str(certs), "--server", address, *extra),
+                    *("--ca", str(certs.ca), "--target", address, *extra),
                     stdout=log,
                     stderr=subprocess.STDOUT,
                 )
@@ -82,4 +82,51 @@ def test_fleet_commands_have_help() -> None:
         process = _python(module, "--help", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = process.communicate(timeout=30)
         assert process.returncode == 0, err
-        assert "--certs" in out
+        assert "--certs" in out or "--ca" in out
+
+
+def test_live_server_stops_on_sigterm(certs: DevCertificates) -> None:
+    """The live mode shows agents coming and going, and stops cleanly on SIGTERM."""
+    server = _python(
+        "examples.fleet.server",
+        *("--certs", str(certs.directory), "--port", "0", "--interval", "3600"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    agent: subprocess.Popen[str] | None = None
+    try:
+        assert server.stdout is not None
+        address = server.stdout.readline().split()[-1]
+        agent = _python(
+            "examples.fleet.agent",
+            *("--ca", str(certs.ca), "--target", address, "--name", "solo"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert agent.stdout is not None
+        assert agent.stdout.readline() == f"agent solo connected to {address}\n"
+        seen = []
+        for line in server.stdout:
+            seen.append(line)
+            if line.startswith("solo "):  # the table's row for the agent
+                break
+        agent.send_signal(signal.SIGTERM)
+        agent_out, agent_err = agent.communicate(timeout=30)
+        assert agent.returncode == 0, agent_err
+        assert agent_out == "agent solo stopped\n"
+        for line in server.stdout:
+            seen.append(line)
+            if line.startswith("- solo left"):
+                break
+        server.send_signal(signal.SIGTERM)
+        out, err = server.communicate(timeout=30)
+    finally:
+        for process in (server, agent):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+    assert server.returncode == 0, err
+    assert out.splitlines()[-1] == "fleet server stopped"
+    text = "".join(seen)
+    assert "+ solo connected from 127.0.0.1:" in text
+    assert "- solo left: connection closed by peer (NO_ERROR)" in text

@@ -7,7 +7,8 @@ given with ``--label key=value`` let the server pick groups of agents.
     python -m brpc.certs --out certs          # once: development certificates
     python -m examples.fleet.agent --name web-1 --label role=web --label zone=eu
 
-``--broken`` and ``--delay`` make an agent misbehave, to see per-agent errors
+It stays connected (reconnecting when the connection drops) until Ctrl-C or
+SIGTERM. ``--broken`` and ``--delay`` make an agent misbehave, to see per-agent errors
 and timeouts in the server's results. ``--help`` lists every option.
 """
 
@@ -17,6 +18,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -96,14 +98,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m examples.fleet.agent",
         description="Fleet agent: dials the fleet server and serves fleet.v1.Agent to it.",
     )
+    parser.add_argument("--target", default="127.0.0.1:4434", help="server host:port")
     parser.add_argument(
-        "--server", default="localhost:50051", help="server address (default: localhost:50051)"
-    )
-    parser.add_argument(
-        "--certs",
-        type=Path,
-        default=Path("certs"),
-        help="directory with ca.pem, from `python -m brpc.certs --out DIR` (default: certs)",
+        "--ca", type=Path, default=Path("certs/ca.pem"), help="CA that signed the server cert"
     )
     parser.add_argument(
         "--name",
@@ -124,36 +121,44 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--broken", metavar="REASON", help="answer Status with FAILED_PRECONDITION: REASON"
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log the connection")
     return parser.parse_args(argv)
 
 
 async def run(args: argparse.Namespace) -> int:
-    ca = args.certs / "ca.pem"
-    if not ca.exists():
-        print(f"no {ca}: run `python -m brpc.certs --out {args.certs}` first", file=sys.stderr)
+    if not args.ca.exists():
+        print(f"no {args.ca}: make certificates with `python -m brpc.certs`", file=sys.stderr)
         return 2
     service = AgentService(delay=args.delay, broken=args.broken)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     async with brpc.dial(
-        args.server, services=[service], ca=ca, name=args.name, labels=dict(args.label)
+        args.target, services=[service], ca=args.ca, name=args.name, labels=dict(args.label)
     ) as conn:
-        log.info("agent %s connected to %s as %s", args.name, args.server, conn.connection_id)
-        await conn.wait_closed()
-        log.info("agent %s: connection closed: %s", args.name, conn.close_reason)
+        print(f"agent {args.name} connected to {args.target}", flush=True)
+        closed = asyncio.create_task(conn.wait_closed())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait([closed, stopped], return_when=asyncio.FIRST_COMPLETED)
+        closed.cancel()
+        stopped.cancel()
+        if conn.state is brpc.ConnState.CLOSED:
+            log.warning("connection closed for good: %s", conn.close_reason)
+            return 1
+    print(f"agent {args.name} stopped", flush=True)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     logging.getLogger("quic").setLevel(logging.WARNING)  # aioquic's per-connection chatter
     try:
         return asyncio.run(run(args))
     except brpc.ConnectError as exc:
-        print(f"could not connect: {exc}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
 
 
 if __name__ == "__main__":

@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
+import logging
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -166,12 +169,6 @@ async def once(server: brpc.Server[fleet_grpc.AgentStub], args: argparse.Namespa
 
 
 async def live(server: brpc.Server[fleet_grpc.AgentStub], args: argparse.Namespace) -> int:
-    async def show_presence() -> None:
-        async for event in server.watch():
-            print_event(event)
-            if not event.replayed:
-                print_table(server)
-
     async def fan_out_periodically() -> None:
         while True:
             await asyncio.sleep(args.interval)
@@ -180,10 +177,22 @@ async def live(server: brpc.Server[fleet_grpc.AgentStub], args: argparse.Namespa
                 if args.run:
                     await fan_out_run(server, args.run, args.select, args.timeout)
 
-    print("waiting for agents (Ctrl-C to stop)...", flush=True)
-    async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(show_presence())
-        tasks.create_task(fan_out_periodically())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, server.close)
+    print("waiting for agents (Ctrl-C to stop)...")
+    periodic = asyncio.create_task(fan_out_periodically())
+    try:
+        # Ends once the server has closed and every agent has left.
+        async for event in server.watch():
+            print_event(event)
+            if not event.replayed:
+                print_table(server)
+    finally:
+        periodic.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await periodic
+    print("fleet server stopped")
     return 0
 
 
@@ -200,13 +209,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Fleet server: lists connected agents and fans calls out to them.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=50051, help="UDP port; 0 picks a free one")
+    parser.add_argument("--port", type=int, default=4434, help="UDP port (0 picks one)")
     parser.add_argument(
         "--certs",
         type=Path,
         default=Path("certs"),
-        help="directory with server.pem and server.key, from `python -m brpc.certs --out DIR` "
-        "(default: certs)",
+        help="directory with server.pem and server.key (make them: python -m brpc.certs)",
     )
     parser.add_argument(
         "--select",
@@ -233,6 +241,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--wait", type=float, default=30.0, help="with --once: seconds to wait for the agents"
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log connections")
     args = parser.parse_args(argv)
     args.select = dict(args.select) if args.select else None
     return args
@@ -241,10 +250,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> int:
     certfile, keyfile = args.certs / "server.pem", args.certs / "server.key"
     if not (certfile.exists() and keyfile.exists()):
-        print(
-            f"no {certfile} or {keyfile}: run `python -m brpc.certs --out {args.certs}` first",
-            file=sys.stderr,
-        )
+        print(f"no {certfile} or {keyfile}: make them with `python -m brpc.certs`", file=sys.stderr)
         return 2
     server = brpc.Server([], client_stub=fleet_grpc.AgentStub, certfile=certfile, keyfile=keyfile)
     await server.start(args.host, args.port)
@@ -260,12 +266,13 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    logging.getLogger("quic").setLevel(logging.WARNING)  # aioquic's per-connection chatter
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)  # a live view, even through a pipe
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(run(args))
-    except KeyboardInterrupt:
-        return 130
+    return 130
 
 
 if __name__ == "__main__":
