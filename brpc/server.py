@@ -577,7 +577,9 @@ class Server(Generic[C]):
         """Call ``callback(client)`` when a client connects; returns an unsubscriber.
 
         Sync or async (see :mod:`brpc.presence` for ordering and errors). A
-        client's ``on_connect`` callbacks run before any of its ``on_disconnect``.
+        client's ``on_connect`` callbacks are called before its ``on_disconnect``
+        ones, and async ``on_disconnect`` callbacks start only once its async
+        ``on_connect`` callbacks have finished.
         """
         return self._presence.on_connect(callback)
 
