@@ -95,8 +95,7 @@ class _ServerLaneProtocol(H2Protocol):
     concurrent calls on a fresh lane would kill it. So ``connection_made`` (the
     same steps as grpclib's) announces ``max_concurrent_streams`` in the first
     SETTINGS frame and lets h2 enforce twice that, so that streams opened before
-    the SETTINGS arrive survive. brpc's admission answers calls above the
-    announced limit with RESOURCE_EXHAUSTED.
+    the SETTINGS arrive survive.
     """
 
     def __init__(self, template: H2Protocol, max_concurrent_streams: int) -> None:

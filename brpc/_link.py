@@ -177,8 +177,11 @@ class Link:
         """The protocol and context for a lane the peer opened, or None to refuse."""
         if self.closed is not None:
             return None
+        # HTTP/2 allows twice the call limit, so that calls over the limit are
+        # not queued by the sender but reach admission and fail fast with a
+        # clear RESOURCE_EXHAUSTED; the stream limit only stops floods.
         protocol = server_lane_protocol(
-            self._serving, max_concurrent_streams=self.settings.max_concurrent_calls
+            self._serving, max_concurrent_streams=2 * self.settings.max_concurrent_calls
         )
         return protocol, self.context
 

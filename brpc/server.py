@@ -457,6 +457,11 @@ class Server(Generic[C]):
         return self._host
 
     @property
+    def connection_count(self) -> int:
+        """QUIC connections being served, including those still in their handshake."""
+        return len(self._connections)
+
+    @property
     def address(self) -> str:
         """``host:port`` the server listens on, suitable for :func:`brpc.dial`."""
         return format_target(self._host, self._port)

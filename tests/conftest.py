@@ -30,12 +30,12 @@ async def make_server(certs: DevCertificates) -> AsyncIterator[ServerFactory]:
     servers: list[brpc.Server[Any]] = []
 
     async def factory(
-        handlers: Iterable[Any] = (), *, host: str = "127.0.0.1", **options: Any
+        handlers: Iterable[Any] = (), *, host: str = "127.0.0.1", port: int = 0, **options: Any
     ) -> brpc.Server[Any]:
         options.setdefault("certfile", certs.server_cert)
         options.setdefault("keyfile", certs.server_key)
         server: brpc.Server[Any] = brpc.Server(list(handlers), **options)
-        await server.start(host, 0)
+        await server.start(host, port)
         servers.append(server)
         return server
 
