@@ -6,6 +6,14 @@ exposes, all with ordinary grpclib-generated stubs and service bases.
 """
 
 from ._control import ALPN, PROTOCOL_VERSION, HelloLimits
+from .auth import (
+    Authenticator,
+    Authorizer,
+    AuthRequest,
+    Identity,
+    PermissionDenied,
+    Unauthenticated,
+)
 from .client import ClientConn, ConnState, ReconnectPolicy, dial
 from .context import current_connection
 from .errors import (
@@ -22,6 +30,9 @@ from .server import ClientInfo, Server
 __all__ = [
     "ALPN",
     "PROTOCOL_VERSION",
+    "AuthRequest",
+    "Authenticator",
+    "Authorizer",
     "BrpcError",
     "ClientConn",
     "ClientInfo",
@@ -31,10 +42,13 @@ __all__ = [
     "DeadlineExceededError",
     "HandshakeError",
     "HelloLimits",
+    "Identity",
+    "PermissionDenied",
     "ProtocolViolation",
     "ReconnectPolicy",
     "RefusedError",
     "Server",
+    "Unauthenticated",
     "current_connection",
     "dial",
 ]
