@@ -6,6 +6,14 @@ exposes, all with ordinary grpclib-generated stubs and service bases.
 """
 
 from ._control import ALPN, PROTOCOL_VERSION, HelloLimits
+from .auth import (
+    Authenticator,
+    Authorizer,
+    AuthRequest,
+    Identity,
+    PermissionDenied,
+    Unauthenticated,
+)
 from .client import ClientConn, ConnState, ReconnectPolicy, dial
 from .context import current_connection
 from .errors import (
@@ -25,6 +33,9 @@ from .server import ClientInfo, Server
 __all__ = [
     "ALPN",
     "PROTOCOL_VERSION",
+    "AuthRequest",
+    "Authenticator",
+    "Authorizer",
     "BrpcError",
     "CallResult",
     "ClientConn",
@@ -38,12 +49,15 @@ __all__ = [
     "FanOut",
     "HandshakeError",
     "HelloLimits",
+    "Identity",
+    "PermissionDenied",
     "PresenceEvent",
     "PresenceKind",
     "ProtocolViolation",
     "ReconnectPolicy",
     "RefusedError",
     "Server",
+    "Unauthenticated",
     "Watch",
     "current_connection",
     "dial",

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aioquic.quic.connection import QuicConnection
+from aioquic.tls import SessionTicket
 
 from . import _aioquic
 from ._control import ALPN, PROTOCOL_VERSION
@@ -33,9 +34,10 @@ if TYPE_CHECKING:
 
     from grpclib.server import Server
 
+    from .auth import Authorizer
     from .testing.network import NetworkConditions
 
-__all__ = ["ConnectSettings", "connect_link"]
+__all__ = ["ConnectSettings", "TicketBox", "connect_link"]
 
 _CONTROL_MESSAGE_LIMIT = 64 << 10
 # Streams the server may have open towards us at once: its lanes and their replacements.
@@ -62,6 +64,20 @@ class ConnectSettings:
     max_datagram_size: int = 1200
     network_conditions: NetworkConditions | None = None
     link: LinkSettings = field(default_factory=LinkSettings)
+    #: Skip verifying the server's certificate (never in production).
+    insecure: bool = False
+    #: Decides per call from the server whether it may run.
+    authorize: Authorizer | None = None
+
+
+class TicketBox:
+    """The latest TLS session ticket from a server, for resuming the next handshake."""
+
+    def __init__(self) -> None:
+        self.ticket: SessionTicket | None = None
+
+    def store(self, ticket: SessionTicket) -> None:
+        self.ticket = ticket
 
 
 class _Attempt:
@@ -109,11 +125,21 @@ class _Attempt:
             self.reply.set_exception(ConnectionError("the server closed the control stream"))
 
 
-async def connect_link(settings: ConnectSettings, *, serving: Server, timeout: float) -> Link:
-    """Make one connection to ``settings.target`` within ``timeout`` seconds."""
+async def connect_link(
+    settings: ConnectSettings,
+    *,
+    serving: Server,
+    timeout: float,
+    tickets: TicketBox | None = None,
+) -> Link:
+    """Make one connection to ``settings.target`` within ``timeout`` seconds.
+
+    With ``tickets``, resume the TLS session of the ticket it holds (if any) and
+    keep the server's next ticket in it.
+    """
     try:
         async with asyncio.timeout(timeout):
-            return await _connect(settings, serving)
+            return await _connect(settings, serving, tickets)
     except TimeoutError:
         raise ConnectError(
             f"could not connect to {settings.target} within {timeout} s: no answer to the "
@@ -121,7 +147,7 @@ async def connect_link(settings: ConnectSettings, *, serving: Server, timeout: f
         ) from None
 
 
-async def _connect(settings: ConnectSettings, serving: Server) -> Link:
+async def _connect(settings: ConnectSettings, serving: Server, tickets: TicketBox | None) -> Link:
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(settings.host, settings.port, type=socket.SOCK_DGRAM)
@@ -145,7 +171,10 @@ async def _connect(settings: ConnectSettings, serving: Server) -> Link:
             keyfile=settings.keyfile,
             idle_timeout=settings.dead_peer_timeout,
             max_datagram_size=settings.max_datagram_size,
-        )
+            insecure=settings.insecure,
+            session_ticket=tickets.ticket if tickets is not None else None,
+        ),
+        session_ticket_handler=tickets.store if tickets is not None else None,
     )
     _aioquic.set_peer_bidi_stream_limit(quic, _MAX_SERVER_STREAMS)
     attempt = _Attempt()
@@ -235,6 +264,7 @@ async def _hello(
         settings=settings.link,
         describe=f"server {target}",
     )
+    link.authorizer = settings.authorize
     attempt.link = link
     if attempt.closed is not None:
         link.session_closed(attempt.closed)

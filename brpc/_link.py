@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import itertools
 import logging
 import time
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
     from ._control_stream import ControlProtocol
     from ._session import QuicSession, SessionClosed
+    from .auth import Authorizer, Identity
 
 __all__ = ["Link", "LinkSettings", "PeerInfo"]
 
@@ -59,9 +61,8 @@ class PeerInfo:
     address: tuple[str, int] | None = None
     #: Wall-clock time (``time.time()``) the hello exchange finished.
     connected_at: float = field(default_factory=time.time)
-    #: Who the peer proved to be (a certificate subject, a token's subject), or
-    #: None when it did not authenticate.
-    identity: str | None = None
+    #: The peer's verified identity, if the server checks one.
+    identity: Identity | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,8 @@ class Link:
         self._ping_ids = itertools.count(1)
         self._pings: dict[int, asyncio.Future[None]] = {}
         self.on_go_away: Callable[[pb.GoAway], None] | None = None
+        #: Decides per incoming call whether it may run (see ``brpc.auth.Authorizer``).
+        self.authorizer: Authorizer | None = None
         self.context = contextvars.copy_context()
         self.context.run(current_link.set, self)
         control.on_message = self._control_message
@@ -190,6 +193,15 @@ class Link:
     async def admit(self, method: str, stream: Stream[Any, Any]) -> None:
         if self.draining or self.closed is not None:
             raise GRPCError(Status.UNAVAILABLE, f"{method}: the connection is closing")
+        authorizer = self.authorizer
+        if authorizer is not None:
+            allowed = authorizer(self.handle, method)
+            if inspect.isawaitable(allowed):
+                allowed = await allowed
+            if allowed is not True:
+                raise GRPCError(
+                    Status.PERMISSION_DENIED, f"{method} is not allowed on this connection"
+                )
         if self.calls_in >= self.settings.max_concurrent_calls:
             raise GRPCError(
                 Status.RESOURCE_EXHAUSTED,

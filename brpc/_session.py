@@ -142,6 +142,8 @@ class QuicSession(QuicConnectionProtocol):
         self.pings_acknowledged = 0
         self.handshake_done = False
         self.alpn_protocol: str | None = None
+        #: Whether the TLS handshake resumed an earlier session (ticket).
+        self.session_resumed = False
         self.closed: SessionClosed | None = None
         self.terminated = asyncio.Event()
         #: When set, the connection is closed with this transport error code and
@@ -407,6 +409,7 @@ class QuicSession(QuicConnectionProtocol):
     def _handshake_completed(self, event: events.HandshakeCompleted) -> None:
         self.handshake_done = True
         self.alpn_protocol = event.alpn_protocol
+        self.session_resumed = event.session_resumed
         wanted = self.options.alpn
         if wanted is not None and event.alpn_protocol != wanted:
             got = event.alpn_protocol or "none"

@@ -13,7 +13,7 @@ import ssl
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.packet import QuicErrorCode
-from aioquic.tls import AlertDescription
+from aioquic.tls import AlertDescription, SessionTicket
 
 from ._control import ALPN
 from ._session import SessionClosed
@@ -46,14 +46,18 @@ def client_configuration(
     keyfile: PathLike | None,
     idle_timeout: float,
     max_datagram_size: int,
+    insecure: bool = False,
+    session_ticket: SessionTicket | None = None,
 ) -> QuicConfiguration:
+    """The client's configuration; it verifies the server unless ``insecure``."""
     configuration = QuicConfiguration(
         is_client=True,
         alpn_protocols=[ALPN],
         server_name=server_name,
         idle_timeout=idle_timeout,
         max_datagram_size=max_datagram_size,
-        verify_mode=ssl.CERT_REQUIRED,
+        verify_mode=ssl.CERT_NONE if insecure else ssl.CERT_REQUIRED,
+        session_ticket=session_ticket,
     )
     if ca is not None:
         configuration.load_verify_locations(cafile=_check_file(ca, "CA file"))

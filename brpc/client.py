@@ -30,7 +30,7 @@ from grpclib.exceptions import GRPCError
 
 from ._calls import serving_server
 from ._channel import LinkChannel
-from ._connector import ConnectSettings, connect_link
+from ._connector import ConnectSettings, TicketBox, connect_link
 from ._grpclib import opening_deadline
 from ._link import Link, LinkSettings
 from ._target import format_target, parse_target
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
     from grpclib._typing import IServable
 
+    from .auth import Authorizer
     from .testing.network import NetworkConditions
     from .v1 import control_pb2 as pb
 
@@ -101,6 +102,7 @@ class _DialOptions:
     timeout: float
     reconnect: ReconnectPolicy | None
     wait_for_ready: bool
+    session_resumption: bool
 
 
 class ClientConn(LinkChannel):
@@ -125,6 +127,7 @@ class ClientConn(LinkChannel):
         self._supervisor: asyncio.Task[None] | None = None
         self._rng = random.Random()
         self._serving = serving_server(options.services, link.max_message_size)
+        self._tickets = TicketBox() if options.session_resumption else None
         #: Successful connections made so far (1 after dial, more after reconnects).
         self.connections_made = 0
 
@@ -262,7 +265,10 @@ class ClientConn(LinkChannel):
 
     async def _connect(self) -> Link:
         return await connect_link(
-            self._options.connect, serving=self._serving, timeout=self._options.timeout
+            self._options.connect,
+            serving=self._serving,
+            timeout=self._options.timeout,
+            tickets=self._tickets,
         )
 
     async def _wait_usable_link(self) -> Link:
@@ -430,6 +436,9 @@ def dial(
     keepalive_interval: float | None = 5.0,
     dead_peer_timeout: float = 15.0,
     max_datagram_size: int = 1200,
+    insecure: bool = False,
+    authorize: Authorizer | None = None,
+    session_resumption: bool = False,
     network_conditions: NetworkConditions | None = None,
 ) -> _Dial:
     """Connect to the brpc server at ``target`` (``host:port``).
@@ -454,6 +463,13 @@ def dial(
     - ``keepalive_interval``/``dead_peer_timeout``: ping every so many seconds;
       declare the server dead after that long without a packet.
     - ``max_datagram_size``: QUIC datagram payload size (1200 is safe on any path).
+    - ``insecure``: do not verify the server's certificate. For experiments
+      only: anyone on the path can impersonate the server. Logs a warning.
+    - ``authorize``: ``authorize(conn, method) -> bool`` (or a coroutine), asked
+      before each call from the server runs; False means PERMISSION_DENIED.
+    - ``session_resumption``: resume the TLS session on reconnects when the
+      server issues tickets (``Server(session_tickets=True)``). Off by default;
+      brpc never sends or accepts 0-RTT data either way.
     - ``network_conditions``: simulated loss/reordering, for tests.
 
     Raises :class:`HandshakeError` when TLS fails (saying which host name did
@@ -467,6 +483,12 @@ def dial(
         raise ValueError("dead_peer_timeout and timeout must be positive")
     if keepalive_interval is not None and not 0 < keepalive_interval < dead_peer_timeout:
         raise ValueError("keepalive_interval must be positive and below dead_peer_timeout")
+    if insecure:
+        log.warning(
+            "dialing %s with insecure=True: the server's certificate is NOT verified; "
+            "anyone on the path can impersonate the server",
+            target,
+        )
     policy: ReconnectPolicy | None
     if reconnect is True:
         policy = ReconnectPolicy()
@@ -492,6 +514,8 @@ def dial(
             dead_peer_timeout=dead_peer_timeout,
             max_datagram_size=max_datagram_size,
             network_conditions=network_conditions,
+            insecure=insecure,
+            authorize=authorize,
             link=LinkSettings(
                 lanes=lanes,
                 max_message_size=max_message_size,
@@ -502,5 +526,6 @@ def dial(
         timeout=timeout,
         reconnect=policy,
         wait_for_ready=wait_for_ready,
+        session_resumption=session_resumption,
     )
     return _Dial(lambda: ClientConn(options))

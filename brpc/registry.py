@@ -37,7 +37,9 @@ class DuplicateNames(enum.Enum):
     """
 
     #: Close the older connection (``CloseCode.REPLACED``, with a reason naming the
-    #: newer one) and accept the new one.
+    #: newer one) and accept the new one. When clients authenticate, only a client
+    #: with the same identity (name and source) may replace it; others are refused
+    #: as with REJECT.
     REPLACE = "replace"
     #: Refuse the new hello with ``ALREADY_EXISTS``; the dialing client gets
     #: :class:`brpc.RefusedError` with ``code == "ALREADY_EXISTS"``.

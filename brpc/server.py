@@ -26,22 +26,25 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from aioquic.asyncio.server import QuicServer
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicErrorCode
+from aioquic.tls import SessionTicket
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
 from . import _aioquic
+from ._acceptor import IncomingConnection, Refused
 from ._calls import current_link, serving_server
 from ._channel import LinkChannel
-from ._control import PROTOCOL_VERSION, HelloLimits, check_client_hello
-from ._control_stream import ControlProtocol
+from ._control import PROTOCOL_VERSION, HelloLimits
 from ._grpclib import server_h2_stream
 from ._link import Link, LinkSettings, PeerInfo
-from ._session import QuicSession, SessionClosed, SessionOptions
+from ._session import QuicSession, SessionOptions
 from ._target import format_target
 from ._tls import server_configuration
-from .errors import CloseCode, ProtocolViolation
+from ._verify import ClientCertificateVerifier
+from .auth import Authenticator, Authorizer, Identity
+from .errors import CloseCode
 from .fanout import CallResult, FanOut
 from .presence import Presence, PresenceCallback, Watch
 from .registry import Clients, DuplicateNames, Selector
@@ -60,7 +63,6 @@ log = logging.getLogger(__name__)
 C = TypeVar("C")
 T = TypeVar("T")
 
-_CONTROL_MESSAGE_LIMIT = 64 << 10
 # Streams a client may have open towards the server at once: control + lanes.
 _MAX_CLIENT_STREAMS = 64
 
@@ -122,14 +124,15 @@ class ClientInfo(Generic[C]):
         return self._link.peer.address
 
     @property
+    def identity(self) -> Identity | None:
+        """The client's verified identity (mutual TLS and/or the authentication
+        hook), or None when the server checks neither."""
+        return self._link.peer.identity
+
+    @property
     def connected_at(self) -> float:
         """Wall-clock time (``time.time()``) the client's hello was accepted."""
         return self._link.peer.connected_at
-
-    @property
-    def identity(self) -> str | None:
-        """Who the client proved to be (certificate or token), or None if unauthenticated."""
-        return self._link.peer.identity
 
     @property
     def stub(self) -> C:
@@ -199,149 +202,20 @@ class ClientInfo(Generic[C]):
         return f"<ClientInfo{name} id={self.connection_id} {self.address}{state}>"
 
 
-class _IncomingConnection:
-    """One QUIC connection accepted by the server, before and after its hello."""
+class _TicketStore:
+    """TLS session tickets for resumption: bounded, and each usable once."""
 
-    def __init__(self, server: Server[Any]) -> None:
-        self.server = server
-        self.session: QuicSession | None = None
-        self.control: ControlProtocol | None = None
-        self.link: Link | None = None
-        self._hello_timer: asyncio.TimerHandle | None = None
-        self._accepting = False
+    def __init__(self, limit: int = 10000) -> None:
+        self._limit = limit
+        self._tickets: dict[bytes, SessionTicket] = {}
 
-    # -- SessionHandler ------------------------------------------------------------
+    def add(self, ticket: SessionTicket) -> None:
+        if len(self._tickets) >= self._limit:
+            del self._tickets[next(iter(self._tickets))]
+        self._tickets[ticket.ticket] = ticket
 
-    def handshake_completed(self, session: QuicSession) -> None:
-        timeout = self.server._hello_timeout
-        self._hello_timer = asyncio.get_running_loop().call_later(timeout, self._hello_timed_out)
-
-    def stream_opened(
-        self, session: QuicSession, stream_id: int
-    ) -> tuple[asyncio.Protocol, Any] | None:
-        if self.link is not None:
-            return self.link.incoming_lane()
-        if self.control is None and stream_id == 0:
-            self.control = ControlProtocol(
-                max_message_size=_CONTROL_MESSAGE_LIMIT,
-                on_message=self._hello_received,
-                on_violation=self._violation,
-                on_closed=self._control_closed,
-            )
-            return self.control, None
-        self._violation(ProtocolViolation(f"stream {stream_id} opened before the hello exchange"))
-        return None
-
-    def session_closed(self, session: QuicSession, closed: SessionClosed) -> None:
-        if self._hello_timer is not None:
-            self._hello_timer.cancel()
-        self.server._connections.discard(self)
-        if self.link is not None:
-            self.link.session_closed(closed)
-        else:
-            log.info(
-                "connection from %s: %s", session.get_extra_info("peername"), closed.describe()
-            )
-
-    # -- hello ---------------------------------------------------------------------
-
-    def _hello_received(self, envelope: pb.Envelope) -> None:
-        kind = envelope.WhichOneof("message")
-        if self._accepting:
-            self._violation(ProtocolViolation(f"{kind} message before the hello was answered"))
-        elif kind != "client_hello":
-            self._violation(ProtocolViolation(f"expected a ClientHello, got {kind or 'nothing'}"))
-        else:
-            self._accepting = True
-            self._accept(envelope.client_hello)
-
-    def _accept(self, hello: pb.ClientHello) -> None:
-        server, session, control = self.server, self.session, self.control
-        assert session is not None and control is not None
-        if self._hello_timer is not None:
-            self._hello_timer.cancel()
-        if hello.protocol_version != PROTOCOL_VERSION:
-            self._refuse(
-                pb.Refusal.UNSUPPORTED_VERSION,
-                f"protocol version {hello.protocol_version} is not supported; "
-                f"this server speaks {PROTOCOL_VERSION}",
-            )
-            return
-        problem = check_client_hello(hello, server._hello_limits)
-        if problem is not None:
-            self._refuse(pb.Refusal.INVALID_HELLO, problem)
-            return
-        if server._closing:
-            self._refuse(pb.Refusal.UNAVAILABLE, "the server is shutting down")
-            return
-        connection_id = secrets.token_hex(16)
-        name_conflict = server._admit_name(hello.name, connection_id)
-        if name_conflict is not None:
-            self._refuse(pb.Refusal.ALREADY_EXISTS, name_conflict)
-            return
-        peer = PeerInfo(
-            name=hello.name,
-            labels=dict(hello.labels),
-            services=tuple(hello.services),
-            address=session.get_extra_info("peername"),
-            connected_at=time.time(),
-        )
-        label = (
-            f"client {hello.name!r} ({connection_id})" if hello.name else f"client {connection_id}"
-        )
-        link = Link(
-            session,
-            control,
-            connection_id=connection_id,
-            peer=peer,
-            serving=server._grpc,
-            settings=server._link_settings,
-            describe=label,
-        )
-        info: ClientInfo[Any] = ClientInfo(link, server, lanes=server._link_settings.lanes)
-        link.handle = info
-        link.on_go_away = lambda _: info._peer_going_away()
-        self.link = link
-        server._register(info)
-        control.send(
-            pb.Envelope(
-                server_hello=pb.ServerHello(
-                    protocol_version=PROTOCOL_VERSION,
-                    connection_id=connection_id,
-                    limits=server._limits_message(),
-                )
-            )
-        )
-        log.info("%s connected from %s", label, peer.address)
-
-    def _refuse(self, code: pb.Refusal.Code, reason: str) -> None:
-        assert self.session is not None and self.control is not None
-        name = pb.Refusal.Code.Name(code)
-        log.info(
-            "refused connection from %s (%s): %s",
-            self.session.get_extra_info("peername"),
-            name,
-            reason,
-        )
-        self.control.send(pb.Envelope(refusal=pb.Refusal(code=code, reason=reason)))
-        self.session.transmit()  # the refusal leaves before the CONNECTION_CLOSE
-        self.session.close(CloseCode.REFUSED, f"{name}: {reason}")
-
-    def _violation(self, exc: ProtocolViolation) -> None:
-        if self.session is not None:
-            log.info("closing connection from %s: %s", self.session.get_extra_info("peername"), exc)
-            self.session.close(CloseCode.PROTOCOL_VIOLATION, str(exc))
-
-    def _control_closed(self, exc: Exception | None) -> None:
-        if self.link is None and self.session is not None:
-            self.session.close(
-                CloseCode.PROTOCOL_VIOLATION, "control stream closed before the hello"
-            )
-
-    def _hello_timed_out(self) -> None:
-        if self.link is None and self.session is not None and not self._accepting:
-            timeout = self.server._hello_timeout
-            self.session.close(CloseCode.HELLO_TIMEOUT, f"no hello within {timeout} s")
+    def pop(self, label: bytes) -> SessionTicket | None:
+        return self._tickets.pop(label, None)
 
 
 class Server(Generic[C]):
@@ -362,8 +236,11 @@ class Server(Generic[C]):
     name means it restarted or moved (new address after a NAT rebinding)
     while the server still holds the old connection, which would otherwise
     linger until the dead-peer timeout. REJECT would lock that client out for
-    as long; ALLOW makes names ambiguous. Use REJECT when names are
-    identities that must not be taken over, ALLOW when names are not unique.
+    as long; ALLOW makes names ambiguous. When clients authenticate, only a
+    client with the same identity may replace another (anyone else is refused
+    with ALREADY_EXISTS), so a name cannot be used to disconnect someone else.
+    Use REJECT when a name must never be taken over, ALLOW when names are not
+    unique.
     """
 
     def __init__(
@@ -383,6 +260,11 @@ class Server(Generic[C]):
         hello_timeout: float = 10.0,
         max_datagram_size: int = 1200,
         hello_limits: HelloLimits | None = None,
+        client_ca: str | os.PathLike[str] | None = None,
+        authenticate: Authenticator | None = None,
+        authorize: Authorizer | None = None,
+        session_tickets: bool = False,
+        retry: bool = False,
         network_conditions: NetworkConditions | None = None,
         duplicate_names: DuplicateNames = DuplicateNames.REPLACE,
     ) -> None:
@@ -392,7 +274,19 @@ class Server(Generic[C]):
             raise ValueError("max_connections and max_concurrent_calls must be positive")
         if keepalive_interval is not None and not 0 < keepalive_interval < dead_peer_timeout:
             raise ValueError("keepalive_interval must be positive and below dead_peer_timeout")
+        if session_tickets and client_ca is not None:
+            raise ValueError(
+                "session_tickets cannot be combined with client_ca: a resumed TLS handshake "
+                "carries no client certificate to verify"
+            )
         self.client_stub = client_stub
+        self._client_verifier = (
+            ClientCertificateVerifier(client_ca) if client_ca is not None else None
+        )
+        self._authenticate = authenticate
+        self._authorize = authorize
+        self._tickets = _TicketStore() if session_tickets else None
+        self._retry = retry
         self._configuration = server_configuration(
             certfile=certfile,
             keyfile=keyfile,
@@ -417,7 +311,7 @@ class Server(Generic[C]):
         self._grpc = serving_server(handlers, max_message_size)
         #: grpclib's event dispatcher: ``grpclib.events.listen(server, RecvRequest, cb)`` works.
         self.__dispatch__ = self._grpc.__dispatch__
-        self._connections: set[_IncomingConnection] = set()
+        self._connections: set[IncomingConnection] = set()
         self._quic: QuicServer | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._closing = False
@@ -438,7 +332,11 @@ class Server(Generic[C]):
         loop = asyncio.get_running_loop()
         transport, protocol = await loop.create_datagram_endpoint(
             lambda: QuicServer(
-                configuration=self._configuration, create_protocol=self._new_session
+                configuration=self._configuration,
+                create_protocol=self._new_session,
+                retry=self._retry,
+                session_ticket_fetcher=self._tickets.pop if self._tickets else None,
+                session_ticket_handler=self._tickets.add if self._tickets else None,
             ),
             local_addr=(host, port),
         )
@@ -550,6 +448,13 @@ class Server(Generic[C]):
             )
         return info.stub
 
+    def client_info_from_context(self, stream: Stream[Any, Any]) -> ClientInfo[C]:
+        """The :class:`ClientInfo` of the client whose call ``stream`` is (its
+        identity, name, labels, ...), found from the connection the call
+        arrived on. Raises like :meth:`client_from_context`, except that it
+        still answers after the client left (``info.closed`` tells)."""
+        return self._client_of(stream)
+
     def _client_of(self, stream: Stream[Any, Any]) -> ClientInfo[C]:
         if not isinstance(stream, Stream):
             raise TypeError(f"expected the handler's grpclib.server.Stream, got {stream!r}")
@@ -650,8 +555,10 @@ class Server(Generic[C]):
     # -- internals -------------------------------------------------------------------
 
     def _new_session(self, quic: QuicConnection, stream_handler: Any = None) -> QuicSession:
-        connection = _IncomingConnection(self)
+        connection = IncomingConnection(self)
         _aioquic.set_peer_bidi_stream_limit(quic, _MAX_CLIENT_STREAMS)
+        if self._client_verifier is not None:
+            _aioquic.request_client_certificate(quic)
         session = QuicSession(quic, handler=connection, options=self._session_options)
         connection.session = session
         if self._closing:
@@ -665,13 +572,67 @@ class Server(Generic[C]):
             self._connections.add(connection)
         return session
 
-    def _admit_name(self, name: str, connection_id: str) -> str | None:
+    def _admit(
+        self, connection: IncomingConnection, hello: pb.ClientHello, identity: Identity | None
+    ) -> Link:
+        """Make the link of a client whose hello passed every check, register it
+        and answer the hello. Raise :class:`Refused` to refuse it instead."""
+        session, control = connection.session, connection.control
+        assert session is not None and control is not None
+        connection_id = secrets.token_hex(16)
+        name_conflict = self._admit_name(hello.name, connection_id, identity)
+        if name_conflict is not None:
+            raise Refused(pb.Refusal.ALREADY_EXISTS, name_conflict)
+        peer = PeerInfo(
+            name=hello.name,
+            labels=dict(hello.labels),
+            services=tuple(hello.services),
+            address=session.get_extra_info("peername"),
+            connected_at=time.time(),
+            identity=identity,
+        )
+        label = (
+            f"client {hello.name!r} ({connection_id})" if hello.name else f"client {connection_id}"
+        )
+        link = Link(
+            session,
+            control,
+            connection_id=connection_id,
+            peer=peer,
+            serving=self._grpc,
+            settings=self._link_settings,
+            describe=label,
+        )
+        info: ClientInfo[C] = ClientInfo(link, self, lanes=self._link_settings.lanes)
+        link.handle = info
+        link.authorizer = self._authorize
+        link.on_go_away = lambda _: info._peer_going_away()
+        self._register(info)
+        control.send(
+            pb.Envelope(
+                server_hello=pb.ServerHello(
+                    protocol_version=PROTOCOL_VERSION,
+                    connection_id=connection_id,
+                    limits=self._limits_message(),
+                )
+            )
+        )
+        log.info("%s connected from %s", label, peer.address)
+        return link
+
+    def _admit_name(self, name: str, connection_id: str, identity: Identity | None) -> str | None:
         """Apply ``duplicate_names`` to a hello: the reason to refuse it, or None."""
         holders = self._clients.find(name=name) if name else []
         if not holders or self._duplicate_names is DuplicateNames.ALLOW:
             return None
         if self._duplicate_names is DuplicateNames.REJECT:
             return f"a client named {name!r} is already connected ({holders[0].connection_id})"
+        for old in holders:
+            if not _same_identity(old.identity, identity):
+                return (
+                    f"a client named {name!r} with another identity is already connected "
+                    f"({old.connection_id}); only the same identity may replace it"
+                )
         for old in holders:
             log.info("client %r (%s) replaced by %s", name, old.connection_id, connection_id)
             old._link.close(
@@ -681,9 +642,15 @@ class Server(Generic[C]):
         return None
 
     def _register(self, info: ClientInfo[C]) -> None:
+        link = info._link
         self._clients._add(info)
-        info._link.add_close_callback(lambda _: self._unregister(info))
+        link.add_close_callback(lambda _: self._unregister(info))
         self._presence.connected(info)
+        # An on_connect callback may have closed the connection already, before
+        # the acceptor knows this link and could forward the session's end to it.
+        ended = link.session.closed
+        if ended is not None and link.closed is None:
+            link.session_closed(ended)
 
     def _unregister(self, info: ClientInfo[C]) -> None:
         if self._clients._remove(info):
@@ -698,3 +665,9 @@ class Server(Generic[C]):
             keepalive_interval_ms=int((self._keepalive_interval or 0) * 1000),
             dead_peer_timeout_ms=int(self._dead_peer_timeout * 1000),
         )
+
+
+def _same_identity(a: Identity | None, b: Identity | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return (a.name, a.source) == (b.name, b.source)

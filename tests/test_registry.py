@@ -412,3 +412,25 @@ async def test_nothing_left_behind_after_clients_leave(make_server: Any, connect
         return all(ref() is None for ref in infos)
 
     await wait_for(all_collected)
+
+
+async def test_replace_needs_the_same_identity(make_server: Any, connect: Any) -> None:
+    """With authentication, a name cannot be used to push out someone else."""
+    users = {"alice-laptop": "alice", "alice-phone": "alice", "mallory": "mallory"}
+
+    def authenticate(request: brpc.AuthRequest) -> brpc.Identity:
+        return brpc.Identity(name=users[request.token], source="token")
+
+    server = await make_server(authenticate=authenticate)
+    first = await connect(server, name="agent", token="alice-laptop", reconnect=False)
+    with pytest.raises(brpc.RefusedError) as refused:
+        await connect(server, name="agent", token="mallory", reconnect=False)
+    assert refused.value.code == "ALREADY_EXISTS"
+    assert "another identity" in refused.value.reason
+    assert first.state is brpc.ConnState.READY
+    second = await connect(server, name="agent", token="alice-phone", reconnect=False)
+    await first.wait_closed()
+    assert "REPLACED" in (first.close_reason or "")
+    named = server.clients.named("agent")
+    assert named is not None and named.connection_id == second.connection_id
+    assert named.identity == brpc.Identity(name="alice", source="token")
