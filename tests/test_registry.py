@@ -434,3 +434,24 @@ async def test_replace_needs_the_same_identity(make_server: Any, connect: Any) -
     named = server.clients.named("agent")
     assert named is not None and named.connection_id == second.connection_id
     assert named.identity == brpc.Identity(name="alice", source="token")
+
+
+@pytest.mark.xfail(
+    reason="core: a client called right after it was accepted closes the connection "
+    "('server opened a stream before the hello'): _Attempt.stream_opened in "
+    "brpc/_connector.py refuses server-opened streams until _hello() has resumed "
+    "and made the link, though the ServerHello may already have been received",
+    strict=False,
+)
+async def test_on_connect_can_call_the_client_at_once(make_server: Any, connect: Any) -> None:
+    server = await make_server(client_stub=EchoStub)
+    replies: list[str] = []
+
+    async def greet(info: brpc.ClientInfo[EchoStub]) -> None:
+        replies.append((await info.stub.Unary(EchoRequest(text=info.name))).text)
+
+    server.on_connect(greet)
+    for i in range(5):
+        await connect(server, name=f"c{i}", services=[Probe()], reconnect=False)
+    await wait_for(lambda: server._presence.pending_callbacks == 0)
+    assert sorted(replies) == [f"c{i}" for i in range(5)]
