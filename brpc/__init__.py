@@ -25,6 +25,9 @@ from .errors import (
     ProtocolViolation,
     RefusedError,
 )
+from .fanout import CallResult, FanOut
+from .presence import PresenceEvent, PresenceKind, Watch
+from .registry import Clients, DuplicateNames
 from .server import ClientInfo, Server
 
 __all__ = [
@@ -34,21 +37,28 @@ __all__ = [
     "Authenticator",
     "Authorizer",
     "BrpcError",
+    "CallResult",
     "ClientConn",
     "ClientInfo",
+    "Clients",
     "CloseCode",
     "ConnState",
     "ConnectError",
     "DeadlineExceededError",
+    "DuplicateNames",
+    "FanOut",
     "HandshakeError",
     "HelloLimits",
     "Identity",
     "PermissionDenied",
+    "PresenceEvent",
+    "PresenceKind",
     "ProtocolViolation",
     "ReconnectPolicy",
     "RefusedError",
     "Server",
     "Unauthenticated",
+    "Watch",
     "current_connection",
     "dial",
 ]

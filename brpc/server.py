@@ -19,7 +19,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
@@ -33,7 +33,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
 from . import _aioquic
-from ._acceptor import IncomingConnection
+from ._acceptor import IncomingConnection, Refused
 from ._calls import current_link, serving_server
 from ._channel import LinkChannel
 from ._control import PROTOCOL_VERSION, HelloLimits
@@ -45,6 +45,9 @@ from ._tls import server_configuration
 from ._verify import ClientCertificateVerifier
 from .auth import Authenticator, Authorizer, Identity
 from .errors import CloseCode
+from .fanout import CallResult, FanOut
+from .presence import Presence, PresenceCallback, Watch
+from .registry import Clients, DuplicateNames, Selector
 from .testing.network import NetworkConditions
 from .v1 import control_pb2 as pb
 
@@ -58,6 +61,7 @@ __all__ = ["ClientInfo", "Server"]
 log = logging.getLogger(__name__)
 
 C = TypeVar("C")
+T = TypeVar("T")
 
 # Streams a client may have open towards the server at once: control + lanes.
 _MAX_CLIENT_STREAMS = 64
@@ -220,6 +224,23 @@ class Server(Generic[C]):
     ``client_stub`` is the generated stub class of the service the clients
     serve (for example ``NamerStub``); :meth:`client_from_context` and
     :attr:`ClientInfo.stub` return instances of it bound to one client.
+
+    :attr:`clients` lists the connected clients; :meth:`on_connect`,
+    :meth:`on_disconnect` and :meth:`watch` report them coming and going;
+    :meth:`call_all` calls many of them at once.
+
+    ``duplicate_names`` decides what happens when a client says hello with
+    the name of a client already connected (unnamed clients never conflict).
+    The default, :attr:`DuplicateNames.REPLACE`, closes the older connection:
+    a client with a name is normally one process, and a second hello with its
+    name means it restarted or moved (new address after a NAT rebinding)
+    while the server still holds the old connection, which would otherwise
+    linger until the dead-peer timeout. REJECT would lock that client out for
+    as long; ALLOW makes names ambiguous. When clients authenticate, only a
+    client with the same identity may replace another (anyone else is refused
+    with ALREADY_EXISTS), so a name cannot be used to disconnect someone else.
+    Use REJECT when a name must never be taken over, ALLOW when names are not
+    unique.
     """
 
     def __init__(
@@ -245,6 +266,7 @@ class Server(Generic[C]):
         session_tickets: bool = False,
         retry: bool = False,
         network_conditions: NetworkConditions | None = None,
+        duplicate_names: DuplicateNames = DuplicateNames.REPLACE,
     ) -> None:
         if max_message_size < 1:
             raise ValueError("max_message_size must be positive")
@@ -289,12 +311,14 @@ class Server(Generic[C]):
         self._grpc = serving_server(handlers, max_message_size)
         #: grpclib's event dispatcher: ``grpclib.events.listen(server, RecvRequest, cb)`` works.
         self.__dispatch__ = self._grpc.__dispatch__
-        self._clients: dict[str, ClientInfo[C]] = {}
         self._connections: set[IncomingConnection] = set()
         self._quic: QuicServer | None = None
         self._udp: asyncio.DatagramTransport | None = None
         self._closing = False
         self._closed = asyncio.Event()
+        self._duplicate_names = DuplicateNames(duplicate_names)
+        self._clients: Clients[C] = Clients()
+        self._presence: Presence[C] = Presence(self._clients, self._closed)
         self._drain_task: asyncio.Task[None] | None = None
         self._host = ""
         self._port = 0
@@ -365,7 +389,7 @@ class Server(Generic[C]):
         if grace is None or grace <= 0:
             self._finish_close()
             return
-        for info in self._clients.values():
+        for info in self._clients:
             info._begin_drain("server is shutting down", grace)
         self._drain_task = asyncio.get_running_loop().create_task(
             self._drain(grace), name="brpc server drain"
@@ -374,10 +398,10 @@ class Server(Generic[C]):
     async def _drain(self, grace: float) -> None:
         try:
             async with asyncio.timeout(grace):
-                for info in list(self._clients.values()):
+                for info in self._clients:
                     await info._wait_idle()
         except TimeoutError:
-            busy = sum(1 for info in self._clients.values() if info._busy())
+            busy = sum(1 for info in self._clients if info._busy())
             log.warning("drain: %d clients still had calls in flight after %s s", busy, grace)
         finally:
             self._finish_close()
@@ -446,12 +470,87 @@ class Server(Generic[C]):
             )
         return cast(ClientInfo[C], info)
 
+    @property
+    def clients(self) -> Clients[C]:
+        """Live, read-only view of the connected clients: ``len()``, iteration,
+        ``get(connection_id)``, ``named(name)``, ``find(labels=..., service=...)``."""
+        return self._clients
+
     def clients_snapshot(self) -> list[ClientInfo[C]]:
         """The clients connected right now."""
-        return list(self._clients.values())
+        return list(self._clients)
 
     def __iter__(self) -> Iterator[ClientInfo[C]]:
-        return iter(self.clients_snapshot())
+        return iter(self._clients)
+
+    def on_connect(self, callback: PresenceCallback[C]) -> Callable[[], None]:
+        """Call ``callback(client)`` when a client connects; returns an unsubscriber.
+
+        Sync or async (see :mod:`brpc.presence` for ordering and errors). A
+        client's ``on_connect`` callbacks are called before its ``on_disconnect``
+        ones, and async ``on_disconnect`` callbacks start only once its async
+        ``on_connect`` callbacks have finished.
+        """
+        return self._presence.on_connect(callback)
+
+    def on_disconnect(self, callback: PresenceCallback[C]) -> Callable[[], None]:
+        """Call ``callback(client)`` when a client leaves; returns an unsubscriber.
+
+        ``client.close_reason`` says why it left.
+        """
+        return self._presence.on_disconnect(callback)
+
+    def watch(self, *, existing: bool = True, max_pending: int = 1024) -> Watch[C]:
+        """Presence changes as an async iterator: ``async for event in server.watch()``.
+
+        Starts with the clients already connected (``existing=True``, as replayed
+        CONNECTED events), ends once the server has closed and every client has
+        left. Holds at most ``max_pending`` unread events; a reader further
+        behind is resynchronised (see :class:`brpc.Watch`).
+        """
+        return self._presence.watch(existing=existing, max_pending=max_pending)
+
+    def call_all(
+        self,
+        fn: Callable[[C, ClientInfo[C]], Awaitable[T]],
+        *,
+        select: Selector[C] | None = None,
+        timeout: float | None = None,
+        concurrency: int | None = None,
+    ) -> FanOut[C, T]:
+        """Call ``fn(stub, client)`` for every selected client; results as they complete.
+
+        ``select`` picks the clients connected now: a predicate on
+        :class:`ClientInfo`, a mapping of labels, a service name, or the
+        clients themselves (default: all). ``timeout`` (seconds) bounds the
+        whole fan-out; ``concurrency`` caps the calls running at once.
+
+        Returns a :class:`brpc.FanOut`: ``async for result in ...`` yields one
+        :class:`brpc.CallResult` per client in completion order, holding the
+        value or the exception (``GRPCError``: UNAVAILABLE if the client left,
+        DEADLINE_EXCEEDED past ``timeout``). A slow client delays nobody else's
+        result. Stopping early cancels the calls still running.
+        """
+        if self.client_stub is None:
+            raise RuntimeError(
+                "call_all() needs the clients' stub class: make the Server with "
+                "client_stub=... (for example client_stub=AgentStub)"
+            )
+        return FanOut(fn, self._clients.select(select), timeout=timeout, concurrency=concurrency)
+
+    async def gather_all(
+        self,
+        fn: Callable[[C, ClientInfo[C]], Awaitable[T]],
+        *,
+        select: Selector[C] | None = None,
+        timeout: float | None = None,
+        concurrency: int | None = None,
+    ) -> list[CallResult[C, T]]:
+        """:meth:`call_all`, gathered: every selected client's result, in completion order."""
+        async with self.call_all(
+            fn, select=select, timeout=timeout, concurrency=concurrency
+        ) as results:
+            return await results.gather()
 
     # -- internals -------------------------------------------------------------------
 
@@ -481,6 +580,9 @@ class Server(Generic[C]):
         session, control = connection.session, connection.control
         assert session is not None and control is not None
         connection_id = secrets.token_hex(16)
+        name_conflict = self._admit_name(hello.name, connection_id, identity)
+        if name_conflict is not None:
+            raise Refused(pb.Refusal.ALREADY_EXISTS, name_conflict)
         peer = PeerInfo(
             name=hello.name,
             labels=dict(hello.labels),
@@ -518,14 +620,42 @@ class Server(Generic[C]):
         log.info("%s connected from %s", label, peer.address)
         return link
 
+    def _admit_name(self, name: str, connection_id: str, identity: Identity | None) -> str | None:
+        """Apply ``duplicate_names`` to a hello: the reason to refuse it, or None."""
+        holders = self._clients.find(name=name) if name else []
+        if not holders or self._duplicate_names is DuplicateNames.ALLOW:
+            return None
+        if self._duplicate_names is DuplicateNames.REJECT:
+            return f"a client named {name!r} is already connected ({holders[0].connection_id})"
+        for old in holders:
+            if not _same_identity(old.identity, identity):
+                return (
+                    f"a client named {name!r} with another identity is already connected "
+                    f"({old.connection_id}); only the same identity may replace it"
+                )
+        for old in holders:
+            log.info("client %r (%s) replaced by %s", name, old.connection_id, connection_id)
+            old._link.close(
+                CloseCode.REPLACED,
+                f"replaced by a newer connection ({connection_id}) with the same name {name!r}",
+            )
+        return None
+
     def _register(self, info: ClientInfo[C]) -> None:
-        self._clients[info.connection_id] = info
-        info._link.add_close_callback(lambda _: self._unregister(info))
+        link = info._link
+        self._clients._add(info)
+        link.add_close_callback(lambda _: self._unregister(info))
+        self._presence.connected(info)
+        # An on_connect callback may have closed the connection already, before
+        # the acceptor knows this link and could forward the session's end to it.
+        ended = link.session.closed
+        if ended is not None and link.closed is None:
+            link.session_closed(ended)
 
     def _unregister(self, info: ClientInfo[C]) -> None:
-        if self._clients.get(info.connection_id) is info:
-            del self._clients[info.connection_id]
+        if self._clients._remove(info):
             log.info("client %s disconnected: %s", info.connection_id, info.close_reason)
+            self._presence.disconnected(info)
 
     def _limits_message(self) -> pb.Limits:
         settings = self._link_settings
@@ -535,3 +665,9 @@ class Server(Generic[C]):
             keepalive_interval_ms=int((self._keepalive_interval or 0) * 1000),
             dead_peer_timeout_ms=int(self._dead_peer_timeout * 1000),
         )
+
+
+def _same_identity(a: Identity | None, b: Identity | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return (a.name, a.source) == (b.name, b.source)
