@@ -143,7 +143,7 @@ class IncomingConnection:
             identity = await self._authenticate(hello)
             if self.session is None or self.session.closed is not None:
                 return
-            self.link = self.server._admit(self, hello, identity)
+            self.server._admit(self, hello, identity)  # sets self.link
         except Refused as refused:
             self._refuse(refused.code, refused.reason)
 

@@ -12,10 +12,11 @@ business (:class:`brpc.ClientConn`).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aioquic.quic.connection import QuicConnection
 from aioquic.tls import SessionTicket
@@ -25,6 +26,7 @@ from ._control import ALPN, PROTOCOL_VERSION
 from ._control_stream import ControlProtocol
 from ._link import Link, LinkSettings, PeerInfo
 from ._session import QuicSession, SessionClosed, SessionOptions
+from ._stream_transport import QuicStreamTransport
 from ._tls import client_configuration, describe_handshake_failure, is_tls_failure
 from .errors import CloseCode, ConnectError, HandshakeError, ProtocolViolation, RefusedError
 from .v1 import control_pb2 as pb
@@ -42,6 +44,8 @@ __all__ = ["ConnectSettings", "TicketBox", "connect_link"]
 _CONTROL_MESSAGE_LIMIT = 64 << 10
 # Streams the server may have open towards us at once: its lanes and their replacements.
 _MAX_SERVER_STREAMS = 64
+# Lanes the server may open before its ServerHello has been read here.
+_MAX_PENDING_LANES = 8
 
 
 @dataclass(frozen=True)
@@ -80,17 +84,65 @@ class TicketBox:
         self.ticket = ticket
 
 
+class _PendingLane(asyncio.Protocol):
+    """A lane the server opened before its ServerHello was read here.
+
+    Streams are independent in QUIC: with loss or reordering a server's first
+    lane can arrive before the control-stream message that accepted us. Its
+    bytes are kept (up to a bound) and handed to the real lane once the link
+    exists.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._transport: QuicStreamTransport | None = None
+        self._buffer: list[bytes] = []
+        self._size = 0
+        self._lost: tuple[Exception | None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(QuicStreamTransport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size > self._limit and self._transport is not None:
+            self._transport.abort()
+        else:
+            self._buffer.append(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = (exc,)
+
+    def hand_over(self, protocol: asyncio.Protocol, context: contextvars.Context) -> None:
+        transport = self._transport
+        assert transport is not None
+        transport.set_context(context)
+        transport.set_protocol(protocol)
+        context.run(protocol.connection_made, transport)
+        for chunk in self._buffer:
+            context.run(protocol.data_received, chunk)
+        self._buffer.clear()
+        if self._lost is not None:
+            context.run(protocol.connection_lost, self._lost[0])
+
+
 class _Attempt:
     """The session handler of one connection attempt, and later of its link."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: ConnectSettings, serving: Server) -> None:
         loop = asyncio.get_running_loop()
+        self.settings = settings
+        self.serving = serving
         self.handshake: asyncio.Future[None] = loop.create_future()
         self.reply: asyncio.Future[pb.Envelope] = loop.create_future()
+        self.session: QuicSession | None = None
+        self.control: ControlProtocol | None = None
         self.link: Link | None = None
         self.closed: SessionClosed | None = None
+        self._pending: list[_PendingLane] = []
 
     def handshake_completed(self, session: QuicSession) -> None:
+        self.session = session
         if not self.handshake.done():
             self.handshake.set_result(None)
 
@@ -99,8 +151,12 @@ class _Attempt:
     ) -> tuple[asyncio.Protocol, Any] | None:
         if self.link is not None:
             return self.link.incoming_lane()
-        session.close(CloseCode.PROTOCOL_VIOLATION, "server opened a stream before the hello")
-        return None
+        if self.control is None or len(self._pending) >= _MAX_PENDING_LANES:
+            session.close(CloseCode.PROTOCOL_VIOLATION, "server opened streams before the hello")
+            return None
+        pending = _PendingLane(self.settings.link.max_message_size + (64 << 10))
+        self._pending.append(pending)
+        return pending, None
 
     def session_closed(self, session: QuicSession, closed: SessionClosed) -> None:
         self.closed = closed
@@ -113,8 +169,18 @@ class _Attempt:
 
     # the control stream, until the link takes it over
     def control_message(self, envelope: pb.Envelope) -> None:
-        if not self.reply.done():
-            self.reply.set_result(envelope)
+        if self.reply.done():
+            return
+        if envelope.WhichOneof("message") == "server_hello" and envelope.server_hello.connection_id:
+            # Make the link at once, in this callback: lanes the server opens
+            # right after its hello must find it.
+            self.link = self._make_link(envelope.server_hello)
+            for pending in self._pending:
+                lane = self.link.incoming_lane()
+                if lane is not None:
+                    pending.hand_over(*lane)
+            self._pending.clear()
+        self.reply.set_result(envelope)
 
     def control_violation(self, exc: ProtocolViolation) -> None:
         if not self.reply.done():
@@ -123,6 +189,21 @@ class _Attempt:
     def control_closed(self, exc: Exception | None) -> None:
         if not self.reply.done():
             self.reply.set_exception(ConnectionError("the server closed the control stream"))
+
+    def _make_link(self, hello: pb.ServerHello) -> Link:
+        session, control = self.session, self.control
+        assert session is not None and control is not None
+        link = Link(
+            session,
+            control,
+            connection_id=hello.connection_id,
+            peer=PeerInfo(address=session.get_extra_info("peername")),
+            serving=self.serving,
+            settings=self.settings.link,
+            describe=f"server {self.settings.target}",
+        )
+        link.authorizer = self.settings.authorize
+        return link
 
 
 async def connect_link(
@@ -177,7 +258,7 @@ async def _connect(settings: ConnectSettings, serving: Server, tickets: TicketBo
         session_ticket_handler=tickets.store if tickets is not None else None,
     )
     _aioquic.set_peer_bidi_stream_limit(quic, _MAX_SERVER_STREAMS)
-    attempt = _Attempt()
+    attempt = _Attempt(settings, serving)
     options = SessionOptions(
         keepalive_interval=settings.keepalive_interval,
         handshake_timeout=None,  # bounded by the caller's timeout
@@ -190,7 +271,7 @@ async def _connect(settings: ConnectSettings, serving: Server, tickets: TicketBo
     )
     try:
         await _handshake(session, attempt, address, settings)
-        return await _hello(session, attempt, settings, serving)
+        return await _hello(session, attempt, settings)
     except BaseException:
         session.abort()
         raise
@@ -213,10 +294,8 @@ async def _handshake(
         raise ConnectError(message) from None
 
 
-async def _hello(
-    session: QuicSession, attempt: _Attempt, settings: ConnectSettings, serving: Server
-) -> Link:
-    control = ControlProtocol(
+async def _hello(session: QuicSession, attempt: _Attempt, settings: ConnectSettings) -> Link:
+    control = attempt.control = ControlProtocol(
         max_message_size=_CONTROL_MESSAGE_LIMIT,
         on_message=attempt.control_message,
         on_violation=attempt.control_violation,
@@ -251,21 +330,11 @@ async def _hello(
             code=code,
             reason=reply.refusal.reason,
         )
-    if kind != "server_hello" or not reply.server_hello.connection_id:
+    link = attempt.link
+    if link is None:
         reason = f"expected a ServerHello, got {kind or 'an empty message'}"
         session.close(CloseCode.PROTOCOL_VIOLATION, reason)
         raise ConnectError(f"server {target} broke the protocol: {reason}")
-    link = Link(
-        session,
-        control,
-        connection_id=reply.server_hello.connection_id,
-        peer=PeerInfo(address=session.get_extra_info("peername")),
-        serving=serving,
-        settings=settings.link,
-        describe=f"server {target}",
-    )
-    link.authorizer = settings.authorize
-    attempt.link = link
     if attempt.closed is not None:
         link.session_closed(attempt.closed)
     return link

@@ -325,10 +325,16 @@ class ClientConn(LinkChannel):
             return
         assert link.closed is not None
         self._last_error = link.closed.describe()
-        if link.closed.error_code == CloseCode.REFUSED and not link.closed.transport_error:
-            code = link.closed.reason.partition(":")[0]
-            if code in _PERMANENT_REFUSALS:
-                self._give_up(f"server refused the connection: {link.closed.reason}")
+        if not link.closed.transport_error:
+            code = link.closed.error_code
+            if code == CloseCode.REFUSED:
+                refusal = link.closed.reason.partition(":")[0]
+                if refusal in _PERMANENT_REFUSALS:
+                    self._give_up(f"server refused the connection: {link.closed.reason}")
+                    return
+            elif code == CloseCode.REPLACED:
+                # Reconnecting would replace the replacement, and so on forever.
+                self._give_up(link.closed.describe())
                 return
         self._reconnect_soon()
 

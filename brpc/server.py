@@ -202,6 +202,17 @@ class ClientInfo(Generic[C]):
         return f"<ClientInfo{name} id={self.connection_id} {self.address}{state}>"
 
 
+class _Listener(QuicServer):
+    """aioquic's server protocol, telling when its socket is really closed."""
+
+    def __init__(self, socket_closed: asyncio.Event, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._socket_closed = socket_closed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._socket_closed.set()
+
+
 class _TicketStore:
     """TLS session tickets for resumption: bounded, and each usable once."""
 
@@ -320,6 +331,7 @@ class Server(Generic[C]):
         self._clients: Clients[C] = Clients()
         self._presence: Presence[C] = Presence(self._clients, self._closed)
         self._drain_task: asyncio.Task[None] | None = None
+        self._socket_closed = asyncio.Event()
         self._host = ""
         self._port = 0
 
@@ -331,7 +343,8 @@ class Server(Generic[C]):
             raise RuntimeError("the server is already started")
         loop = asyncio.get_running_loop()
         transport, protocol = await loop.create_datagram_endpoint(
-            lambda: QuicServer(
+            lambda: _Listener(
+                self._socket_closed,
                 configuration=self._configuration,
                 create_protocol=self._new_session,
                 retry=self._retry,
@@ -415,8 +428,10 @@ class Server(Generic[C]):
         self._closed.set()
 
     async def wait_closed(self) -> None:
-        """Wait until :meth:`close` finished."""
+        """Wait until :meth:`close` finished and the UDP port is free again."""
         await self._closed.wait()
+        if self._udp is not None:
+            await self._socket_closed.wait()
 
     async def __aenter__(self) -> Server[C]:
         return self
@@ -607,7 +622,7 @@ class Server(Generic[C]):
         link.handle = info
         link.authorizer = self._authorize
         link.on_go_away = lambda _: info._peer_going_away()
-        self._register(info)
+        connection.link = link
         control.send(
             pb.Envelope(
                 server_hello=pb.ServerHello(
@@ -618,6 +633,9 @@ class Server(Generic[C]):
             )
         )
         log.info("%s connected from %s", label, peer.address)
+        # Last: connect callbacks may call the client (its hello is answered)
+        # or close it (the connection already knows its link).
+        self._register(info)
         return link
 
     def _admit_name(self, name: str, connection_id: str, identity: Identity | None) -> str | None:
@@ -646,11 +664,6 @@ class Server(Generic[C]):
         self._clients._add(info)
         link.add_close_callback(lambda _: self._unregister(info))
         self._presence.connected(info)
-        # An on_connect callback may have closed the connection already, before
-        # the acceptor knows this link and could forward the session's end to it.
-        ended = link.session.closed
-        if ended is not None and link.closed is None:
-            link.session_closed(ended)
 
     def _unregister(self, info: ClientInfo[C]) -> None:
         if self._clients._remove(info):

@@ -436,13 +436,6 @@ async def test_replace_needs_the_same_identity(make_server: Any, connect: Any) -
     assert named.identity == brpc.Identity(name="alice", source="token")
 
 
-@pytest.mark.xfail(
-    reason="core: a client called right after it was accepted closes the connection "
-    "('server opened a stream before the hello'): _Attempt.stream_opened in "
-    "brpc/_connector.py refuses server-opened streams until _hello() has resumed "
-    "and made the link, though the ServerHello may already have been received",
-    strict=False,
-)
 async def test_on_connect_can_call_the_client_at_once(make_server: Any, connect: Any) -> None:
     server = await make_server(client_stub=EchoStub)
     replies: list[str] = []
@@ -455,3 +448,27 @@ async def test_on_connect_can_call_the_client_at_once(make_server: Any, connect:
         await connect(server, name=f"c{i}", services=[Probe()], reconnect=False)
     await wait_for(lambda: server._presence.pending_callbacks == 0)
     assert sorted(replies) == [f"c{i}" for i in range(5)]
+
+
+async def test_lanes_that_overtake_the_server_hello_are_kept(
+    make_server: Any, connect: Any
+) -> None:
+    """With reordering, the server's first lane can reach the client before the
+    ServerHello that accepted it; the client must keep it, not reject it."""
+    from brpc.testing.network import NetworkConditions
+
+    server = await make_server(client_stub=EchoStub)
+    replies: list[str] = []
+
+    async def greet(info: brpc.ClientInfo[EchoStub]) -> None:
+        replies.append((await info.stub.Unary(EchoRequest(text=info.name))).text)
+
+    server.on_connect(greet)
+    network = NetworkConditions(reorder=0.5, reorder_delay=0.002, seed=3)
+    for i in range(20):
+        await connect(
+            server, name=f"r{i}", services=[Probe()], reconnect=False, network_conditions=network
+        )
+    await wait_for(lambda: server._presence.pending_callbacks == 0, timeout=30)
+    assert sorted(replies) == sorted(f"r{i}" for i in range(20))
+    assert network.reordered > 0
