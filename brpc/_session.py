@@ -33,6 +33,7 @@ from aioquic.quic.connection import QuicConnection, stream_is_client_initiated
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
 from . import _aioquic
+from ._peercert import PeerCertificate
 from ._stream_transport import QuicStreamTransport
 from .errors import CloseCode
 from .testing.network import ImpairedTransport, NetworkConditions
@@ -319,8 +320,11 @@ class QuicSession(QuicConnectionProtocol):
             return _normalize_address(self.quic.get_peer_address()) or default
         if name == "sockname":
             return self._udp.get_extra_info("sockname") if self._udp is not None else default
-        if name == "peercert":
-            return _aioquic.peer_certificate(self.quic) or default
+        if name in ("peercert", "ssl_object"):
+            certificate = _aioquic.peer_certificate(self.quic)
+            if certificate is None:
+                return default
+            return certificate if name == "peercert" else PeerCertificate(certificate)
         if name == "quic_session":
             return self
         return default
