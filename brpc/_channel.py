@@ -18,14 +18,13 @@ from typing import TYPE_CHECKING
 
 from grpclib.client import Channel
 from grpclib.const import Cardinality
-from grpclib.metadata import Deadline, _MetadataLike
-from grpclib.stream import _RecvType, _SendType
+from grpclib.metadata import Deadline
 
 from ._calls import SizeLimitedCodec, status_details_codec
 from ._lanes import LanePool
 
 if TYPE_CHECKING:
-    from ._grpclib import CallStream
+    from ._grpclib import CallStream, MetadataLike, RecvType, SendType
 
 __all__ = ["LinkChannel"]
 
@@ -64,13 +63,13 @@ class LinkChannel(Channel):
         self,
         name: str,
         cardinality: Cardinality,
-        request_type: type[_SendType],
-        reply_type: type[_RecvType],
+        request_type: type[SendType],
+        reply_type: type[RecvType],
         *,
         timeout: float | None = None,
         deadline: Deadline | None = None,
-        metadata: _MetadataLike | None = None,
-    ) -> CallStream[_SendType, _RecvType]:
+        metadata: MetadataLike | None = None,
+    ) -> CallStream[SendType, RecvType]:
         return self._pool.request(
             name,
             cardinality,

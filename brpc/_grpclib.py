@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, TypeAlias, TypeVar, cast
 
 import h2.exceptions
 from grpclib.client import Channel, Stream
@@ -34,16 +34,23 @@ from grpclib.protocol import Connection, EventsProcessor, H2Protocol
 from grpclib.protocol import Stream as H2Stream
 from grpclib.server import Server
 from grpclib.server import Stream as ServerStream
-from grpclib.stream import _RecvType, _SendType
 from h2.connection import H2Connection
 from h2.settings import SettingCodes
 from multidict import MultiDict
 
 from .errors import DeadlineExceededError
 
+# grpclib's names for these types are private; the rest of brpc uses these.
+MetadataLike: TypeAlias = _MetadataLike
+SendType = TypeVar("SendType")
+RecvType = TypeVar("RecvType")
+
 __all__ = [
     "CallStream",
     "LaneChannel",
+    "MetadataLike",
+    "RecvType",
+    "SendType",
     "close_lane",
     "limit_received_message_size",
     "opening_deadline",
@@ -134,7 +141,7 @@ def server_lane_protocol(server: Server, *, max_concurrent_streams: int) -> H2Pr
     return _ServerLaneProtocol(template, max_concurrent_streams)
 
 
-class CallStream(Stream[_SendType, _RecvType]):
+class CallStream(Stream[SendType, RecvType]):
     """grpclib's client stream with brpc's limits and error mapping.
 
     - received messages are bounded by the lane's ``max_message_size``;
@@ -304,13 +311,13 @@ class LaneChannel(Channel):
         self,
         name: str,
         cardinality: Cardinality,
-        request_type: type[_SendType],
-        reply_type: type[_RecvType],
+        request_type: type[SendType],
+        reply_type: type[RecvType],
         *,
         timeout: float | None = None,
         deadline: Deadline | None = None,
         metadata: _MetadataLike | None = None,
-    ) -> CallStream[_SendType, _RecvType]:
+    ) -> CallStream[SendType, RecvType]:
         if timeout is not None:
             by_timeout = Deadline.from_timeout(timeout)
             deadline = by_timeout if deadline is None else min(by_timeout, deadline)

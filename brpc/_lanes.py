@@ -15,12 +15,20 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from grpclib.const import Cardinality
-from grpclib.metadata import Deadline, _MetadataLike
+from grpclib.metadata import Deadline
 from grpclib.protocol import H2Protocol
-from grpclib.stream import _RecvType, _SendType
 
 from ._calls import effective_deadline
-from ._grpclib import CallStream, LaneChannel, close_lane, lane_streams, wait_lane_idle
+from ._grpclib import (
+    CallStream,
+    LaneChannel,
+    MetadataLike,
+    RecvType,
+    SendType,
+    close_lane,
+    lane_streams,
+    wait_lane_idle,
+)
 
 __all__ = ["LanePool"]
 
@@ -81,13 +89,13 @@ class LanePool:
         self,
         name: str,
         cardinality: Cardinality,
-        request_type: type[_SendType],
-        reply_type: type[_RecvType],
+        request_type: type[SendType],
+        reply_type: type[RecvType],
         *,
         timeout: float | None = None,
         deadline: Deadline | None = None,
-        metadata: _MetadataLike | None = None,
-    ) -> CallStream[_SendType, _RecvType]:
+        metadata: MetadataLike | None = None,
+    ) -> CallStream[SendType, RecvType]:
         lanes = self._lanes
         lane = lanes[self._next]
         self._next = (self._next + 1) % len(lanes)

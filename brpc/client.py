@@ -39,8 +39,7 @@ from .errors import CloseCode, ConnectError, RefusedError
 if TYPE_CHECKING:
     import os
 
-    from grpclib._typing import IServable
-
+    from ._calls import Servable
     from .auth import Authorizer
     from .testing.network import NetworkConditions
     from .v1 import control_pb2 as pb
@@ -414,7 +413,7 @@ class _Dial:
             await self._conn.close()
 
 
-def _service_names(services: Iterable[IServable]) -> tuple[str, ...]:
+def _service_names(services: Iterable[Servable]) -> tuple[str, ...]:
     names: dict[str, None] = {}
     for servable in services:
         for method in servable.__mapping__():
@@ -425,7 +424,7 @@ def _service_names(services: Iterable[IServable]) -> tuple[str, ...]:
 def dial(
     target: str,
     *,
-    services: Iterable[IServable] = (),
+    services: Iterable[Servable] = (),
     ca: str | os.PathLike[str] | None = None,
     certfile: str | os.PathLike[str] | None = None,
     keyfile: str | os.PathLike[str] | None = None,

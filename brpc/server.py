@@ -54,7 +54,8 @@ from .v1 import control_pb2 as pb
 if TYPE_CHECKING:
     import os
 
-    from grpclib._typing import IServable
+    from ._calls import Servable
+
 
 __all__ = ["ClientInfo", "Server"]
 
@@ -256,7 +257,7 @@ class Server(Generic[C]):
 
     def __init__(
         self,
-        handlers: Collection[IServable],
+        handlers: Collection[Servable],
         *,
         client_stub: Callable[[Channel], C] | None = None,
         certfile: str | os.PathLike[str],
