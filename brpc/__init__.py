@@ -6,6 +6,14 @@ exposes, all with ordinary grpclib-generated stubs and service bases.
 """
 
 from ._control import ALPN, PROTOCOL_VERSION, HelloLimits
+from .auth import (
+    Authenticator,
+    Authorizer,
+    AuthRequest,
+    Identity,
+    PermissionDenied,
+    Unauthenticated,
+)
 from .client import ClientConn, ConnState, ReconnectPolicy, dial
 from .context import current_connection
 from .errors import (
@@ -17,24 +25,40 @@ from .errors import (
     ProtocolViolation,
     RefusedError,
 )
+from .fanout import CallResult, FanOut
+from .presence import PresenceEvent, PresenceKind, Watch
+from .registry import Clients, DuplicateNames
 from .server import ClientInfo, Server
 
 __all__ = [
     "ALPN",
     "PROTOCOL_VERSION",
+    "AuthRequest",
+    "Authenticator",
+    "Authorizer",
     "BrpcError",
+    "CallResult",
     "ClientConn",
     "ClientInfo",
+    "Clients",
     "CloseCode",
     "ConnState",
     "ConnectError",
     "DeadlineExceededError",
+    "DuplicateNames",
+    "FanOut",
     "HandshakeError",
     "HelloLimits",
+    "Identity",
+    "PermissionDenied",
+    "PresenceEvent",
+    "PresenceKind",
     "ProtocolViolation",
     "ReconnectPolicy",
     "RefusedError",
     "Server",
+    "Unauthenticated",
+    "Watch",
     "current_connection",
     "dial",
 ]

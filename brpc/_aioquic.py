@@ -21,6 +21,8 @@ __all__ = [
     "close_event",
     "is_stream_known",
     "peer_certificate",
+    "peer_certificate_chain",
+    "request_client_certificate",
     "send_buffer_size",
     "set_peer_bidi_stream_limit",
 ]
@@ -56,22 +58,23 @@ def set_peer_bidi_stream_limit(quic: QuicConnection, limit: int) -> None:
     quic._local_max_streams_bidi.value = limit
 
 
-def close_event(quic: QuicConnection) -> ConnectionTerminated | None:
-    """How the connection is ending, as soon as it starts ending.
+def close_event(quic: QuicConnection) -> tuple[ConnectionTerminated, bool] | None:
+    """How the connection is ending, as soon as it starts ending, and whether
+    this side started it.
 
     aioquic reports :class:`ConnectionTerminated` only when the closing or
     draining period is over (three probe timeouts later). The close reason is
-    known earlier (``_close_event``); reading it lets brpc fail calls promptly
-    when the peer closes.
+    known earlier (``_close_event``), and the state tells who closed: CLOSING
+    when this side did (including its own TLS errors), DRAINING when the peer
+    did. Reading them lets brpc fail calls promptly and describe them right.
     """
-    event = quic._close_event
-    if event is None and quic._state in (
-        QuicConnectionState.CLOSING,
-        QuicConnectionState.DRAINING,
-        QuicConnectionState.TERMINATED,
-    ):
-        return ConnectionTerminated(error_code=0, frame_type=None, reason_phrase="")
-    return event
+    state = quic._state
+    if state not in (QuicConnectionState.CLOSING, QuicConnectionState.DRAINING):
+        return None
+    event = quic._close_event or ConnectionTerminated(
+        error_code=0, frame_type=None, reason_phrase=""
+    )
+    return event, state == QuicConnectionState.CLOSING
 
 
 def peer_certificate(quic: QuicConnection) -> x509.Certificate | None:
@@ -81,3 +84,33 @@ def peer_certificate(quic: QuicConnection) -> x509.Certificate | None:
         return None
     certificate: x509.Certificate | None = tls._peer_certificate
     return certificate
+
+
+def peer_certificate_chain(quic: QuicConnection) -> list[x509.Certificate]:
+    """The intermediate certificates the peer sent after its own."""
+    tls = getattr(quic, "tls", None)
+    if tls is None:
+        return []
+    chain: list[x509.Certificate] = list(tls._peer_certificate_chain)
+    return chain
+
+
+def request_client_certificate(quic: QuicConnection) -> None:
+    """Make a server connection ask the client for a certificate.
+
+    aioquic only has a private switch for this (``tls.Context.
+    _request_client_certificate``, "for test purposes"), and the TLS context
+    is created while the first packet is processed (``_initialize``). Wrapping
+    that method on this one connection sets the switch before the ClientHello
+    is answered. aioquic checks the certificate's signature but not its chain:
+    the caller must verify it (see ``brpc._verify``).
+    """
+    if quic.configuration.is_client:
+        raise ValueError("only a server connection can request a client certificate")
+    initialize = quic._initialize
+
+    def _initialize(peer_cid: bytes) -> None:
+        initialize(peer_cid)
+        quic.tls._request_client_certificate = True
+
+    quic._initialize = _initialize  # type: ignore[method-assign]

@@ -20,25 +20,29 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from grpclib.const import Handler, Status
-from grpclib.encoding.proto import ProtoCodec
+from grpclib.encoding.base import StatusDetailsCodecBase
+from grpclib.encoding.proto import ProtoCodec, ProtoStatusDetailsCodec
 from grpclib.exceptions import GRPCError
 from grpclib.metadata import Deadline
+from grpclib.server import Server
 
 from ._grpclib import limit_received_message_size, server_h2_stream
 
 if TYPE_CHECKING:
-    from grpclib._typing import IProtoMessage, IServable
     from grpclib.server import Stream
 
     from ._link import Link
 
 __all__ = [
     "CallAdmission",
+    "Servable",
     "SizeLimitedCodec",
     "call_deadline",
     "current_link",
     "effective_deadline",
     "instrument",
+    "serving_server",
+    "status_details_codec",
 ]
 
 current_link: contextvars.ContextVar[Link | None] = contextvars.ContextVar(
@@ -58,6 +62,12 @@ def effective_deadline(timeout: float | None, deadline: Deadline | None) -> Dead
     if inherited is not None:
         deadline = inherited if deadline is None else min(deadline, inherited)
     return deadline
+
+
+class Servable(Protocol):
+    """What grpclib-generated service bases are: anything with ``__mapping__()``."""
+
+    def __mapping__(self) -> Mapping[str, Handler]: ...
 
 
 class CallAdmission(Protocol):
@@ -80,7 +90,7 @@ class SizeLimitedCodec(ProtoCodec):
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
 
-    def encode(self, message: IProtoMessage, message_type: type[IProtoMessage]) -> bytes:
+    def encode(self, message: Any, message_type: Any) -> bytes:
         data = super().encode(message, message_type)
         if len(data) > self.max_size:
             raise GRPCError(
@@ -109,7 +119,7 @@ def _wrap(method: str, func: Any) -> Any:
     return handle
 
 
-def instrument(handlers: Iterable[IServable]) -> Mapping[str, Handler]:
+def instrument(handlers: Iterable[Servable]) -> Mapping[str, Handler]:
     """The merged ``__mapping__()`` of ``handlers`` with every method wrapped."""
     mapping: dict[str, Handler] = {}
     for servable in handlers:
@@ -120,8 +130,22 @@ def instrument(handlers: Iterable[IServable]) -> Mapping[str, Handler]:
     return mapping
 
 
+def status_details_codec() -> StatusDetailsCodecBase:
+    """The codec of google.rpc.Status details (googleapis-common-protos is a dependency)."""
+    return ProtoStatusDetailsCodec()
+
+
+def serving_server(handlers: Iterable[Servable], max_message_size: int) -> Server:
+    """A grpclib server for incoming lanes: instrumented handlers, size-limited codec."""
+    return Server(
+        [InstrumentedServable(instrument(handlers))],
+        codec=SizeLimitedCodec(max_message_size),
+        status_details_codec=status_details_codec(),
+    )
+
+
 class InstrumentedServable:
-    """An ``IServable`` exposing an already instrumented mapping."""
+    """A ``Servable`` exposing an already instrumented mapping."""
 
     def __init__(self, mapping: Mapping[str, Handler]) -> None:
         self._mapping = mapping

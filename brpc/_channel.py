@@ -18,15 +18,13 @@ from typing import TYPE_CHECKING
 
 from grpclib.client import Channel
 from grpclib.const import Cardinality
-from grpclib.encoding.proto import ProtoStatusDetailsCodec, _googleapis_available
-from grpclib.metadata import Deadline, _MetadataLike
-from grpclib.stream import _RecvType, _SendType
+from grpclib.metadata import Deadline
 
-from ._calls import SizeLimitedCodec
+from ._calls import SizeLimitedCodec, status_details_codec
 from ._lanes import LanePool
 
 if TYPE_CHECKING:
-    from ._grpclib import CallStream
+    from ._grpclib import CallStream, MetadataLike, RecvType, SendType
 
 __all__ = ["LinkChannel"]
 
@@ -42,7 +40,7 @@ class LinkChannel(Channel):
             authority=authority,
             max_message_size=max_message_size,
             codec=SizeLimitedCodec(max_message_size),
-            status_details_codec=ProtoStatusDetailsCodec() if _googleapis_available() else None,
+            status_details_codec=status_details_codec(),
             dispatch=self.__dispatch__,
             open_stream=self.open_lane,
             loss_reason=self.loss_reason,
@@ -65,13 +63,13 @@ class LinkChannel(Channel):
         self,
         name: str,
         cardinality: Cardinality,
-        request_type: type[_SendType],
-        reply_type: type[_RecvType],
+        request_type: type[SendType],
+        reply_type: type[RecvType],
         *,
         timeout: float | None = None,
         deadline: Deadline | None = None,
-        metadata: _MetadataLike | None = None,
-    ) -> CallStream[_SendType, _RecvType]:
+        metadata: MetadataLike | None = None,
+    ) -> CallStream[SendType, RecvType]:
         return self._pool.request(
             name,
             cardinality,
@@ -85,6 +83,19 @@ class LinkChannel(Channel):
     def close_lanes(self) -> None:
         """Close the open lanes (calls on them fail); later calls open new ones."""
         self._pool.close()
+
+    def detach_lanes(self) -> None:
+        """New calls go on new lanes (via :meth:`open_lane`); calls in flight finish."""
+        self._pool.detach()
+
+    async def wait_lanes_idle(self) -> None:
+        """Wait until no call made through this channel is in flight."""
+        await self._pool.wait_idle()
+
+    @property
+    def calls_in_flight(self) -> int:
+        """Calls made through this channel that are still in flight."""
+        return self._pool.streams_in_flight()
 
     def close(self) -> None:
         """Close the open lanes; the connection itself stays up."""

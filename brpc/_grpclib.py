@@ -20,8 +20,9 @@ upgrade that moves them fails there.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, TypeAlias, TypeVar, cast
 
 import h2.exceptions
 from grpclib.client import Channel, Stream
@@ -29,23 +30,41 @@ from grpclib.client import Handler as ClientHandler
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.metadata import Deadline, _Metadata, _MetadataLike
-from grpclib.protocol import H2Protocol
+from grpclib.protocol import Connection, EventsProcessor, H2Protocol
 from grpclib.protocol import Stream as H2Stream
 from grpclib.server import Server
 from grpclib.server import Stream as ServerStream
-from grpclib.stream import _RecvType, _SendType
+from h2.connection import H2Connection
 from h2.settings import SettingCodes
 from multidict import MultiDict
 
 from .errors import DeadlineExceededError
 
+# grpclib's names for these types are private; the rest of brpc uses these.
+MetadataLike: TypeAlias = _MetadataLike
+SendType = TypeVar("SendType")
+RecvType = TypeVar("RecvType")
+
 __all__ = [
     "CallStream",
     "LaneChannel",
+    "MetadataLike",
+    "RecvType",
+    "SendType",
+    "close_lane",
     "limit_received_message_size",
+    "opening_deadline",
     "server_h2_stream",
     "server_lane_protocol",
+    "wait_lane_idle",
 ]
+
+
+#: The deadline of the call whose request is being sent; a channel that has to
+#: wait before it can open a lane bounds the wait with it.
+opening_deadline: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar(
+    "brpc_opening_deadline", default=None
+)
 
 
 def limit_received_message_size(h2_stream: H2Stream, limit: int) -> None:
@@ -76,18 +95,44 @@ def server_h2_stream(stream: ServerStream[Any, Any]) -> H2Stream:
 
 
 class _ServerLaneProtocol(H2Protocol):
-    """grpclib's server HTTP/2 protocol, announcing a concurrent-stream limit."""
+    """grpclib's server HTTP/2 protocol, announcing brpc's concurrent-stream limit.
+
+    h2 starts every connection with an inbound limit of 100 streams, enforced at
+    once, while a client may open streams before it has seen our SETTINGS; 200
+    concurrent calls on a fresh lane would kill it. So ``connection_made`` (the
+    same steps as grpclib's) announces ``max_concurrent_streams`` in the first
+    SETTINGS frame and lets h2 enforce twice that, so that streams opened before
+    the SETTINGS arrive survive.
+    """
 
     def __init__(self, template: H2Protocol, max_concurrent_streams: int) -> None:
         super().__init__(template.handler, template.config, template.h2_config)
         self._max_concurrent_streams = max_concurrent_streams
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self.connection._connection.update_settings(
-            {SettingCodes.MAX_CONCURRENT_STREAMS: self._max_concurrent_streams}
+        h2_conn = H2Connection(config=self.h2_config)
+        settings = h2_conn.local_settings
+        settings[SettingCodes.MAX_CONCURRENT_STREAMS] = self._max_concurrent_streams
+        settings.acknowledge()
+        h2_conn.initiate_connection()  # announces the limit
+        settings[SettingCodes.MAX_CONCURRENT_STREAMS] = 2 * self._max_concurrent_streams
+        settings.acknowledge()  # enforced, not announced
+
+        initial = settings.initial_window_size
+        conn_delta = self.config.http2_connection_window_size - initial
+        stream_delta = self.config.http2_stream_window_size - initial
+        if conn_delta:
+            h2_conn.increment_flow_control_window(conn_delta)
+        if stream_delta:
+            h2_conn.update_settings(
+                {SettingCodes.INITIAL_WINDOW_SIZE: self.config.http2_stream_window_size}
+            )
+        self.connection = Connection(
+            h2_conn, cast(asyncio.Transport, transport), config=self.config
         )
         self.connection.flush()
+        self.connection.initialize()
+        self.processor = EventsProcessor(self.handler, self.connection)
 
 
 def server_lane_protocol(server: Server, *, max_concurrent_streams: int) -> H2Protocol:
@@ -96,7 +141,7 @@ def server_lane_protocol(server: Server, *, max_concurrent_streams: int) -> H2Pr
     return _ServerLaneProtocol(template, max_concurrent_streams)
 
 
-class CallStream(Stream[_SendType, _RecvType]):
+class CallStream(Stream[SendType, RecvType]):
     """grpclib's client stream with brpc's limits and error mapping.
 
     - received messages are bounded by the lane's ``max_message_size``;
@@ -109,8 +154,30 @@ class CallStream(Stream[_SendType, _RecvType]):
     _channel: LaneChannel
 
     async def send_request(self, *, end: bool = False) -> None:
-        await super().send_request(end=end)
+        token = opening_deadline.set(self._deadline)
+        try:
+            await super().send_request(end=end)
+        finally:
+            opening_deadline.reset(token)
         limit_received_message_size(self._stream, self._channel.max_message_size)
+
+    def _raise_for_content_type(self, headers_map: dict[str, str]) -> None:
+        # A trailers-only response carries the call's status; grpclib's own
+        # server omits content-type from some of them (unknown method), which
+        # must still read as UNIMPLEMENTED, not "missing content-type".
+        if "grpc-status" not in headers_map:
+            super()._raise_for_content_type(headers_map)
+
+    async def recv_initial_metadata(self) -> None:
+        try:
+            await super().recv_initial_metadata()
+        except GRPCError:
+            # grpclib raises on a bad :status or content-type before noting that
+            # the headers ended the response; without this, leaving the call
+            # would wait forever for trailers that will never come.
+            if self._stream.headers is not None:
+                self._trailers_only = True
+            raise
 
     async def __aexit__(
         self,
@@ -161,6 +228,25 @@ def _lost(protocol: H2Protocol) -> bool:
     return bool(cast(ClientHandler, protocol.handler).connection_lost)
 
 
+def lane_streams(protocol: H2Protocol) -> int:
+    """Calls with an HTTP/2 stream open on a client-side lane."""
+    return 0 if _lost(protocol) else len(protocol.processor.streams)
+
+
+async def wait_lane_idle(protocol: H2Protocol) -> None:
+    """Wait until no call has an HTTP/2 stream open on a client-side lane."""
+    while lane_streams(protocol):
+        released = protocol.connection.stream_close_waiter
+        released.clear()
+        await released.wait()
+
+
+def close_lane(protocol: H2Protocol) -> None:
+    """Close a client-side lane; calls still on it fail."""
+    if not _lost(protocol):
+        protocol.processor.close()
+
+
 class LaneChannel(Channel):
     """A grpclib channel whose connections are QUIC streams ("lanes").
 
@@ -201,26 +287,20 @@ class LaneChannel(Channel):
     def lane_lost(self) -> bool:
         """Whether the current lane (or the whole connection) is gone."""
         protocol = self._protocol
-        return protocol is None or bool(_lost(protocol))
+        return protocol is None or _lost(protocol)
 
-    def streams_in_flight(self) -> int:
-        """HTTP/2 streams of calls still open on the current lane."""
-        protocol = self._protocol
-        if protocol is None or _lost(protocol):
-            return 0
-        return len(protocol.processor.streams)
+    @property
+    def protocol(self) -> H2Protocol | None:
+        """The current lane's HTTP/2 protocol, if one is open."""
+        return self._protocol
 
-    async def wait_idle(self) -> None:
-        """Wait until no call has an HTTP/2 stream open on the current lane."""
-        while True:
-            protocol = self._protocol
-            if protocol is None or _lost(protocol):
-                return
-            if not protocol.processor.streams:
-                return
-            released = protocol.connection.stream_close_waiter
-            released.clear()
-            await released.wait()
+    def detach(self) -> H2Protocol | None:
+        """Stop sending new calls on the current lane and return it.
+
+        Calls in flight on it carry on; the next call opens a new lane.
+        """
+        protocol, self._protocol = self._protocol, None
+        return protocol
 
     async def _create_connection(self) -> H2Protocol:
         protocol = self._protocol_factory()
@@ -231,13 +311,13 @@ class LaneChannel(Channel):
         self,
         name: str,
         cardinality: Cardinality,
-        request_type: type[_SendType],
-        reply_type: type[_RecvType],
+        request_type: type[SendType],
+        reply_type: type[RecvType],
         *,
         timeout: float | None = None,
         deadline: Deadline | None = None,
         metadata: _MetadataLike | None = None,
-    ) -> CallStream[_SendType, _RecvType]:
+    ) -> CallStream[SendType, RecvType]:
         if timeout is not None:
             by_timeout = Deadline.from_timeout(timeout)
             deadline = by_timeout if deadline is None else min(by_timeout, deadline)

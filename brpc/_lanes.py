@@ -15,12 +15,20 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from grpclib.const import Cardinality
-from grpclib.metadata import Deadline, _MetadataLike
+from grpclib.metadata import Deadline
 from grpclib.protocol import H2Protocol
-from grpclib.stream import _RecvType, _SendType
 
 from ._calls import effective_deadline
-from ._grpclib import CallStream, LaneChannel
+from ._grpclib import (
+    CallStream,
+    LaneChannel,
+    MetadataLike,
+    RecvType,
+    SendType,
+    close_lane,
+    lane_streams,
+    wait_lane_idle,
+)
 
 __all__ = ["LanePool"]
 
@@ -75,18 +83,19 @@ class LanePool:
             for _ in range(count)
         ]
         self._next = 0
+        self._retired: list[H2Protocol] = []
 
     def request(
         self,
         name: str,
         cardinality: Cardinality,
-        request_type: type[_SendType],
-        reply_type: type[_RecvType],
+        request_type: type[SendType],
+        reply_type: type[RecvType],
         *,
         timeout: float | None = None,
         deadline: Deadline | None = None,
-        metadata: _MetadataLike | None = None,
-    ) -> CallStream[_SendType, _RecvType]:
+        metadata: MetadataLike | None = None,
+    ) -> CallStream[SendType, RecvType]:
         lanes = self._lanes
         lane = lanes[self._next]
         self._next = (self._next + 1) % len(lanes)
@@ -99,16 +108,31 @@ class LanePool:
             metadata=metadata,
         )
 
+    def detach(self) -> None:
+        """Send new calls on new lanes; calls in flight finish on the old ones."""
+        self._retired = [p for p in self._retired if lane_streams(p)]
+        for lane in self._lanes:
+            protocol = lane.detach()
+            if protocol is not None:
+                self._retired.append(protocol)
+
     def streams_in_flight(self) -> int:
-        """Calls whose HTTP/2 streams are still open on the lanes."""
-        return sum(lane.streams_in_flight() for lane in self._lanes)
+        """Calls in flight on all lanes, current and detached."""
+        return sum(lane_streams(p) for p in self._protocols())
 
     async def wait_idle(self) -> None:
-        """Wait until no call is in flight on any lane."""
-        for lane in self._lanes:
-            await lane.wait_idle()
+        """Wait until no call is in flight on any lane, current or detached."""
+        for protocol in self._protocols():
+            await wait_lane_idle(protocol)
 
     def close(self) -> None:
-        """Close every open lane; later calls open new ones (or fail, if lost)."""
+        """Close every lane; calls on them fail. Later calls open new lanes."""
+        for protocol in self._protocols():
+            close_lane(protocol)
+        self._retired.clear()
         for lane in self._lanes:
             lane.close()
+
+    def _protocols(self) -> list[H2Protocol]:
+        current = [lane.protocol for lane in self._lanes if lane.protocol is not None]
+        return current + self._retired

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import itertools
 import logging
 import time
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
     from ._control_stream import ControlProtocol
     from ._session import QuicSession, SessionClosed
+    from .auth import Authorizer, Identity
 
 __all__ = ["Link", "LinkSettings", "PeerInfo"]
 
@@ -59,6 +61,8 @@ class PeerInfo:
     address: tuple[str, int] | None = None
     #: Wall-clock time (``time.time()``) the hello exchange finished.
     connected_at: float = field(default_factory=time.time)
+    #: The peer's verified identity, if the server checks one.
+    identity: Identity | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,8 @@ class Link:
         self._ping_ids = itertools.count(1)
         self._pings: dict[int, asyncio.Future[None]] = {}
         self.on_go_away: Callable[[pb.GoAway], None] | None = None
+        #: Decides per incoming call whether it may run (see ``brpc.auth.Authorizer``).
+        self.authorizer: Authorizer | None = None
         self.context = contextvars.copy_context()
         self.context.run(current_link.set, self)
         control.on_message = self._control_message
@@ -115,6 +121,15 @@ class Link:
 
     def __repr__(self) -> str:
         return f"<Link {self._describe}>"
+
+    @property
+    def usable(self) -> bool:
+        """Whether new outgoing calls may start on this link."""
+        return self.closed is None and not self.draining and not self.peer_going_away
+
+    def transport_stats(self) -> list[dict[str, int]]:
+        """Byte counters of the link's live streams (control stream and lanes)."""
+        return self.session.transport_stats()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -157,7 +172,7 @@ class Link:
         """Run ``protocol`` on a new outgoing lane, or raise GRPCError(UNAVAILABLE)."""
         if self.closed is not None:
             raise GRPCError(Status.UNAVAILABLE, self.loss_reason())
-        if self.draining or self.peer_going_away:
+        if not self.usable:
             raise GRPCError(Status.UNAVAILABLE, f"connection to {self._describe} is closing")
         self.session.open_stream(protocol)
 
@@ -165,8 +180,11 @@ class Link:
         """The protocol and context for a lane the peer opened, or None to refuse."""
         if self.closed is not None:
             return None
+        # HTTP/2 allows twice the call limit, so that calls over the limit are
+        # not queued by the sender but reach admission and fail fast with a
+        # clear RESOURCE_EXHAUSTED; the stream limit only stops floods.
         protocol = server_lane_protocol(
-            self._serving, max_concurrent_streams=self.settings.max_concurrent_calls
+            self._serving, max_concurrent_streams=2 * self.settings.max_concurrent_calls
         )
         return protocol, self.context
 
@@ -175,6 +193,15 @@ class Link:
     async def admit(self, method: str, stream: Stream[Any, Any]) -> None:
         if self.draining or self.closed is not None:
             raise GRPCError(Status.UNAVAILABLE, f"{method}: the connection is closing")
+        authorizer = self.authorizer
+        if authorizer is not None:
+            allowed = authorizer(self.handle, method)
+            if inspect.isawaitable(allowed):
+                allowed = await allowed
+            if allowed is not True:
+                raise GRPCError(
+                    Status.PERMISSION_DENIED, f"{method} is not allowed on this connection"
+                )
         if self.calls_in >= self.settings.max_concurrent_calls:
             raise GRPCError(
                 Status.RESOURCE_EXHAUSTED,

@@ -36,8 +36,10 @@ from aioquic.quic.connection import QuicConnection, stream_is_client_initiated
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
 from . import _aioquic
+from ._peercert import PeerCertificate
 from ._stream_transport import QuicStreamTransport
 from .errors import CloseCode
+from .testing.network import ImpairedTransport, NetworkConditions
 
 __all__ = [
     "BatchingQuicServer",
@@ -67,9 +69,12 @@ class SessionOptions:
     write_low_water: int = 256 << 10
     #: Required ALPN; the session closes if the handshake negotiated another.
     alpn: str | None = None
+    #: Simulated loss and reordering (tests only).
+    network_conditions: NetworkConditions | None = None
     #: Datagrams read from the socket per wake-up before one transmit; 1 reads
     #: one at a time. Batching only applies where the session reads its own
-    #: socket (the dialing side) or under a :class:`BatchingQuicServer`.
+    #: socket (the dialing side) or under a :class:`BatchingQuicServer`, and
+    #: not with ``network_conditions``.
     read_batch: int = 1
 
 
@@ -153,6 +158,8 @@ class QuicSession(QuicConnectionProtocol):
         self.pings_acknowledged = 0
         self.handshake_done = False
         self.alpn_protocol: str | None = None
+        #: Whether the TLS handshake resumed an earlier session (ticket).
+        self.session_resumed = False
         self.closed: SessionClosed | None = None
         self.terminated = asyncio.Event()
         #: When set, the connection is closed with this transport error code and
@@ -168,13 +175,23 @@ class QuicSession(QuicConnectionProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._udp = cast(asyncio.DatagramTransport, transport)
-        if self._owns_transport and self.options.read_batch > 1:
+        conditions = self.options.network_conditions
+        if conditions is not None:
+            transport = ImpairedTransport(self._udp, conditions)
+        elif self._owns_transport and self.options.read_batch > 1:
             self._drain = _dup_socket(self._udp)
         super().connection_made(transport)
         if self.options.handshake_timeout is not None:
             self._later(self.options.handshake_timeout, self._handshake_timed_out)
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        conditions = self.options.network_conditions
+        if conditions is not None:
+            conditions.deliver(self._datagram_received, data, addr)
+        else:
+            self._datagram_received(data, addr)
+
+    def _datagram_received(self, data: bytes | str, addr: Any) -> None:
         if self.closed is not None and self.terminated.is_set():
             return
         batch = self.batch
@@ -355,6 +372,20 @@ class QuicSession(QuicConnectionProtocol):
         if self._owns_transport and self._udp is not None:
             self._udp.close()
 
+    def transport_stats(self) -> list[dict[str, int]]:
+        """Counters of every live stream transport."""
+        return [
+            {
+                "stream_id": t.stream_id,
+                "bytes_sent": t.counters.bytes_sent,
+                "bytes_received": t.counters.bytes_received,
+                "send_buffer": self.send_buffer_size(t.stream_id),
+                "peak_send_buffer": t.counters.peak_send_buffer,
+                "pauses": t.counters.pauses,
+            }
+            for t in self._streams.values()
+        ]
+
     @property
     def stream_count(self) -> int:
         """Streams with a live transport."""
@@ -365,8 +396,11 @@ class QuicSession(QuicConnectionProtocol):
             return _normalize_address(self.quic.get_peer_address()) or default
         if name == "sockname":
             return self._udp.get_extra_info("sockname") if self._udp is not None else default
-        if name == "peercert":
-            return _aioquic.peer_certificate(self.quic) or default
+        if name in ("peercert", "ssl_object"):
+            certificate = _aioquic.peer_certificate(self.quic)
+            if certificate is None:
+                return default
+            return certificate if name == "peercert" else PeerCertificate(certificate)
         if name == "quic_session":
             return self
         return default
@@ -455,6 +489,7 @@ class QuicSession(QuicConnectionProtocol):
     def _handshake_completed(self, event: events.HandshakeCompleted) -> None:
         self.handshake_done = True
         self.alpn_protocol = event.alpn_protocol
+        self.session_resumed = event.session_resumed
         wanted = self.options.alpn
         if wanted is not None and event.alpn_protocol != wanted:
             got = event.alpn_protocol or "none"
@@ -497,14 +532,15 @@ class QuicSession(QuicConnectionProtocol):
 
     def _check_closing(self) -> None:
         if self.closed is None:
-            event = _aioquic.close_event(self.quic)
-            if event is not None:
+            ending = _aioquic.close_event(self.quic)
+            if ending is not None:
+                event, local = ending
                 self._report_closed(
                     SessionClosed(
                         error_code=event.error_code,
                         reason=event.reason_phrase,
                         transport_error=event.frame_type is not None,
-                        local=False,
+                        local=local,
                     )
                 )
 
@@ -543,10 +579,11 @@ class DatagramBatch:
 
 
 class BatchingQuicServer(QuicServer):
-    """A :class:`QuicServer` that reads up to ``read_batch`` waiting datagrams per
-    wake-up and lets each session transmit once for all of them, at the end."""
+    """A :class:`QuicServer` that, with ``read_batch`` > 1, reads up to that many
+    waiting datagrams per wake-up and lets each session transmit once for all
+    of them, at the end."""
 
-    def __init__(self, *, read_batch: int, create_protocol: Any, **kwargs: Any) -> None:
+    def __init__(self, *, read_batch: int = 1, create_protocol: Any, **kwargs: Any) -> None:
         self._read_batch = read_batch
         self._batch = DatagramBatch()
         self._drain: socket.socket | None = None
@@ -556,11 +593,12 @@ class BatchingQuicServer(QuicServer):
             session.batch = self._batch
             return session
 
-        super().__init__(create_protocol=create, **kwargs)
+        super().__init__(create_protocol=create if read_batch > 1 else create_protocol, **kwargs)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._drain = _dup_socket(cast(asyncio.DatagramTransport, transport))
+        if self._read_batch > 1:
+            self._drain = _dup_socket(cast(asyncio.DatagramTransport, transport))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._drain is not None:
@@ -570,12 +608,15 @@ class BatchingQuicServer(QuicServer):
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         batch, drain = self._batch, self._drain
+        if drain is None:
+            super().datagram_received(data, addr)
+            return
         batch.active = True
         budget_end = time.perf_counter() + _BATCH_BUDGET
         try:
             for read in range(1, self._read_batch + 1):
                 super().datagram_received(data, addr)
-                if drain is None or read == self._read_batch or time.perf_counter() > budget_end:
+                if read == self._read_batch or time.perf_counter() > budget_end:
                     break
                 try:
                     data, addr = drain.recvfrom(_MAX_DATAGRAM)

@@ -98,6 +98,10 @@ class QuicStreamTransport(asyncio.Transport):
             raise TypeError("a QUIC stream transport needs an asyncio.Protocol")
         self._protocol = protocol
 
+    def set_context(self, context: contextvars.Context | None) -> None:
+        """Run the protocol's callbacks in ``context`` from now on."""
+        self._context = context
+
     def is_reading(self) -> bool:
         return not self._read_closed
 

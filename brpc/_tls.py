@@ -8,16 +8,22 @@ sentence that says what went wrong and for which host name.
 from __future__ import annotations
 
 import os
+import re
 import ssl
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.packet import QuicErrorCode
-from aioquic.tls import AlertDescription
+from aioquic.tls import AlertDescription, SessionTicket
 
 from ._control import ALPN
 from ._session import SessionClosed
 
-__all__ = ["client_configuration", "describe_handshake_failure", "server_configuration"]
+__all__ = [
+    "client_configuration",
+    "describe_handshake_failure",
+    "is_tls_failure",
+    "server_configuration",
+]
 
 _CRYPTO_ERROR = int(QuicErrorCode.CRYPTO_ERROR)
 PathLike = str | os.PathLike[str]
@@ -40,14 +46,18 @@ def client_configuration(
     keyfile: PathLike | None,
     idle_timeout: float,
     max_datagram_size: int,
+    insecure: bool = False,
+    session_ticket: SessionTicket | None = None,
 ) -> QuicConfiguration:
+    """The client's configuration; it verifies the server unless ``insecure``."""
     configuration = QuicConfiguration(
         is_client=True,
         alpn_protocols=[ALPN],
         server_name=server_name,
         idle_timeout=idle_timeout,
         max_datagram_size=max_datagram_size,
-        verify_mode=ssl.CERT_REQUIRED,
+        verify_mode=ssl.CERT_NONE if insecure else ssl.CERT_REQUIRED,
+        session_ticket=session_ticket,
     )
     if ca is not None:
         configuration.load_verify_locations(cafile=_check_file(ca, "CA file"))
@@ -90,10 +100,25 @@ def _alert_name(error_code: int) -> str | None:
     return None
 
 
+_PATTERN = re.compile(
+    r"(?:DNS|IPAddress|URI|SRV)Pattern\(pattern=(?:b?'([^']*)'|IPv[46]Address\('([^']*)'\))\)"
+)
+
+
+def _readable(reason: str) -> str:
+    """aioquic names certificate patterns by their repr; show just the names."""
+    return _PATTERN.sub(lambda m: repr(m.group(1) or m.group(2)), reason)
+
+
+def is_tls_failure(closed: SessionClosed) -> bool:
+    """Whether a session ended because of a TLS alert (either side's)."""
+    return closed.transport_error and _alert_name(closed.error_code) is not None
+
+
 def describe_handshake_failure(closed: SessionClosed, *, target: str, server_name: str) -> str:
     """Explain why the handshake with ``target`` failed, from the client's side."""
     alert = _alert_name(closed.error_code) if closed.transport_error else None
-    reason = closed.reason or "no reason given"
+    reason = _readable(closed.reason or "no reason given")
     if alert is not None and closed.local:
         if alert in ("bad_certificate", "certificate_expired", "unknown_ca"):
             return (
@@ -106,4 +131,6 @@ def describe_handshake_failure(closed: SessionClosed, *, target: str, server_nam
         if alert == "no_application_protocol":
             hint = f"; the server does not speak {ALPN}"
         return f"server {target} refused the TLS handshake: {reason} (TLS alert {alert}){hint}"
+    if closed.local and closed.transport_error:
+        return f"could not connect to {target}: {reason}"
     return f"could not connect to {target}: {closed.describe()}"

@@ -3,8 +3,9 @@
 This module owns making the certificates a developer needs to run brpc with
 verification on: a self-signed CA, a server certificate whose subject
 alternative names cover loopback (``localhost``, ``127.0.0.1``, ``::1``) plus any
-host given, and client certificates for mutual TLS. Keys are ECDSA P-256 and
-private keys are written with 0600 permissions.
+host given, and client certificates for mutual TLS (each with its name as a
+subject alternative name, see :func:`client_identity_name`). Keys are ECDSA
+P-256 and private keys are written with 0600 permissions.
 
 Run it as ``python -m brpc.certs`` (or ``scripts/gen_certs.py``); ``--help``
 lists the options. These certificates are for development and tests; production
@@ -17,9 +18,11 @@ import argparse
 import datetime
 import ipaddress
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -30,6 +33,7 @@ __all__ = [
     "DEFAULT_HOSTS",
     "DevCertificates",
     "IssuedCertificate",
+    "client_identity_name",
     "generate_ca",
     "issue_certificate",
     "main",
@@ -80,11 +84,26 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
+_DNS_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
+
+
 def _general_name(host: str) -> x509.GeneralName:
     try:
         return x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
         return x509.DNSName(host)
+
+
+def client_identity_name(name: str) -> x509.GeneralName:
+    """The subject alternative name a client certificate for ``name`` carries.
+
+    A DNS name when ``name`` is one (``agent-7``, ``agent-7.fleet.example``),
+    otherwise the URI ``urn:brpc:client:<name>``. brpc identifies clients by
+    their SANs, so every client certificate needs one.
+    """
+    if _DNS_NAME.fullmatch(name):
+        return x509.DNSName(name)
+    return x509.UniformResourceIdentifier(f"urn:brpc:client:{quote(name, safe='')}")
 
 
 def _validity(days: int, not_before: datetime.datetime | None) -> tuple[datetime.datetime, ...]:
@@ -135,6 +154,7 @@ def issue_certificate(
     common_name: str,
     *,
     hosts: Iterable[str] = (),
+    names: Iterable[x509.GeneralName] = (),
     server: bool = True,
     client: bool = False,
     days: int = _DEFAULT_DAYS,
@@ -142,7 +162,8 @@ def issue_certificate(
 ) -> IssuedCertificate:
     """Issue a leaf certificate signed by ``ca``.
 
-    ``hosts`` become subject alternative names (IP addresses or DNS names).
+    ``hosts`` become subject alternative names (IP addresses or DNS names), as
+    do ``names`` (any general names, for example from :func:`client_identity_name`).
     ``server`` and ``client`` choose the extended key usages (serverAuth,
     clientAuth); a certificate may carry both.
     """
@@ -184,9 +205,9 @@ def issue_certificate(
             critical=False,
         )
     )
-    names = [_general_name(h) for h in dict.fromkeys(hosts)]
-    if names:
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    sans = [_general_name(h) for h in dict.fromkeys(hosts)] + list(names)
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     return IssuedCertificate(builder.sign(ca.private_key, hashes.SHA256()), key)
 
 
@@ -243,9 +264,10 @@ def write_dev_certificates(
         server = issue_certificate(ca, "brpc server", hosts=[*DEFAULT_HOSTS, *hosts], days=days)
         _write_pair(out, "server", server)
         for name in client_names:
-            _write_pair(
-                out, name, issue_certificate(ca, name, server=False, client=True, days=days)
+            client = issue_certificate(
+                ca, name, names=[client_identity_name(name)], server=False, client=True, days=days
             )
+            _write_pair(out, name, client)
     first = client_names[0]
     return DevCertificates(
         directory=out,

@@ -4,11 +4,13 @@ A :class:`ClientConn` is one logical connection to a brpc server. It is a
 grpclib ``Channel``, so generated stubs take it directly (``GreeterStub(conn)``),
 and it serves ``services`` to the server over the same QUIC connection.
 
-Under it, one QUIC connection at a time (a :class:`Link`): dialled with TLS
-and the brpc ALPN, then the hello exchange on the control stream. When the
-connection is lost or the server says it is going away, the ClientConn
-reconnects with exponential backoff and full jitter (unless told not to),
-sending a fresh hello and serving its services again.
+Under it runs one QUIC connection at a time (a :class:`Link`, made by
+:func:`brpc._connector.connect_link`). When that connection is lost, or the
+server says it is going away, the ClientConn reconnects with exponential backoff
+and full jitter (unless told not to), with a fresh hello each time, and serves
+its services again. Calls in flight on a lost connection fail with UNAVAILABLE;
+calls made while reconnecting fail fast with UNAVAILABLE or, with
+``wait_for_ready=True``, wait for the new connection within their deadline.
 """
 
 from __future__ import annotations
@@ -18,48 +20,38 @@ import contextlib
 import enum
 import logging
 import random
-import socket
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from aioquic.quic.connection import QuicConnection
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
-from grpclib.server import Server as GrpclibServer
 
-from . import _aioquic
-from ._calls import InstrumentedServable, SizeLimitedCodec, instrument
+from ._calls import serving_server
 from ._channel import LinkChannel
-from ._control import ALPN, PROTOCOL_VERSION
-from ._control_stream import ControlProtocol
-from ._link import Link, LinkSettings, PeerInfo
-from ._session import QuicSession, SessionClosed, SessionOptions
+from ._connector import ConnectSettings, TicketBox, connect_link
+from ._grpclib import opening_deadline
+from ._link import Link, LinkSettings
 from ._target import format_target, parse_target
-from ._tls import client_configuration, describe_handshake_failure
-from .errors import CloseCode, ConnectError, HandshakeError, ProtocolViolation, RefusedError
-from .v1 import control_pb2 as pb
+from .errors import CloseCode, ConnectError, RefusedError
 
 if TYPE_CHECKING:
     import os
 
-    from grpclib._typing import IServable
+    from ._calls import Servable
+    from .auth import Authorizer
+    from .testing.network import NetworkConditions
+    from .v1 import control_pb2 as pb
 
 __all__ = ["ClientConn", "ConnState", "ReconnectPolicy", "dial"]
 
 log = logging.getLogger(__name__)
 
-_CONTROL_MESSAGE_LIMIT = 64 << 10
-# Streams the server may have open towards us at once: its lanes and their replacements.
-_MAX_SERVER_STREAMS = 64
 # Refusals that another attempt cannot fix.
-_PERMANENT_REFUSALS = {
-    "INVALID_HELLO",
-    "UNSUPPORTED_VERSION",
-    "UNAUTHENTICATED",
-    "PERMISSION_DENIED",
-}
+_PERMANENT_REFUSALS = frozenset(
+    {"INVALID_HELLO", "UNSUPPORTED_VERSION", "UNAUTHENTICATED", "PERMISSION_DENIED"}
+)
 
 
 class ConnState(enum.Enum):
@@ -69,7 +61,7 @@ class ConnState(enum.Enum):
     CONNECTING = "connecting"
     #: Connected; calls go out at once.
     READY = "ready"
-    #: The connection was lost; a new one is being made.
+    #: The connection was lost or is going away; a new one is being made.
     RECONNECTING = "reconnecting"
     #: Closed for good, by :meth:`ClientConn.close` or a permanent failure.
     CLOSED = "closed"
@@ -86,7 +78,7 @@ class ReconnectPolicy:
     initial_delay: float = 0.25
     max_delay: float = 30.0
     multiplier: float = 2.0
-    #: Give up (state CLOSED) after this many failed attempts; None: never.
+    #: Give up (state CLOSED) after this many failed attempts in a row; None: never.
     max_attempts: int | None = None
 
     def __post_init__(self) -> None:
@@ -94,6 +86,8 @@ class ReconnectPolicy:
             raise ValueError("need 0 < initial_delay <= max_delay")
         if self.multiplier < 1:
             raise ValueError("multiplier must be at least 1")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1 (or None)")
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         ceiling = min(self.max_delay, self.initial_delay * self.multiplier ** min(attempt, 64))
@@ -102,85 +96,25 @@ class ReconnectPolicy:
 
 @dataclass(frozen=True)
 class _DialOptions:
-    target: str
-    host: str
-    port: int
-    server_name: str
+    connect: ConnectSettings
     services: tuple[Any, ...]
-    ca: str | os.PathLike[str] | None
-    certfile: str | os.PathLike[str] | None
-    keyfile: str | os.PathLike[str] | None
-    name: str
-    labels: Mapping[str, str]
-    token: str
     timeout: float
     reconnect: ReconnectPolicy | None
     wait_for_ready: bool
-    lanes: int
-    max_message_size: int
-    max_concurrent_calls: int
-    keepalive_interval: float | None
-    dead_peer_timeout: float
-    max_datagram_size: int
-    read_batch: int
-
-
-class _Attempt:
-    """The session handler of one connection attempt, and later of its link."""
-
-    def __init__(self, conn: ClientConn) -> None:
-        loop = asyncio.get_running_loop()
-        self.conn = conn
-        self.handshake: asyncio.Future[None] = loop.create_future()
-        self.reply: asyncio.Future[pb.Envelope] = loop.create_future()
-        self.link: Link | None = None
-        self.closed: SessionClosed | None = None
-
-    def handshake_completed(self, session: QuicSession) -> None:
-        if not self.handshake.done():
-            self.handshake.set_result(None)
-
-    def stream_opened(
-        self, session: QuicSession, stream_id: int
-    ) -> tuple[asyncio.Protocol, Any] | None:
-        if self.link is not None:
-            return self.link.incoming_lane()
-        session.close(CloseCode.PROTOCOL_VIOLATION, "server opened a stream before the hello")
-        return None
-
-    def session_closed(self, session: QuicSession, closed: SessionClosed) -> None:
-        self.closed = closed
-        for future in (self.handshake, self.reply):
-            if not future.done():
-                future.set_exception(ConnectionError(closed.describe()))
-        if self.link is not None:
-            self.link.session_closed(closed)
-
-    # control stream, until the link takes it over
-    def control_message(self, envelope: pb.Envelope) -> None:
-        if not self.reply.done():
-            self.reply.set_result(envelope)
-
-    def control_violation(self, exc: ProtocolViolation) -> None:
-        if not self.reply.done():
-            self.reply.set_exception(exc)
-
-    def control_closed(self, exc: Exception | None) -> None:
-        if not self.reply.done():
-            self.reply.set_exception(ConnectionError("the server closed the control stream"))
+    session_resumption: bool
 
 
 class ClientConn(LinkChannel):
     """A connection to a brpc server; pass it to any grpclib stub.
 
-    Made by :func:`dial`. Calls made while the connection is being re-established
-    fail at once with ``UNAVAILABLE`` or, with ``wait_for_ready=True``, wait for
-    it within their deadline.
+    Made by :func:`dial`. See :attr:`state` for where it is and
+    :meth:`wait_ready` to wait for a connection.
     """
 
     def __init__(self, options: _DialOptions) -> None:
+        link = options.connect.link
         super().__init__(
-            options.target, lanes=options.lanes, max_message_size=options.max_message_size
+            options.connect.target, lanes=link.lanes, max_message_size=link.max_message_size
         )
         self._options = options
         self._conn_state = ConnState.CONNECTING
@@ -191,10 +125,8 @@ class ClientConn(LinkChannel):
         self._last_error: str | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._rng = random.Random()
-        self._serving = GrpclibServer(
-            [InstrumentedServable(instrument(options.services))],
-            codec=SizeLimitedCodec(options.max_message_size),
-        )
+        self._serving = serving_server(options.services, link.max_message_size)
+        self._tickets = TicketBox() if options.session_resumption else None
         #: Successful connections made so far (1 after dial, more after reconnects).
         self.connections_made = 0
 
@@ -202,7 +134,7 @@ class ClientConn(LinkChannel):
 
     @property
     def target(self) -> str:
-        return self._options.target
+        return self._options.connect.target
 
     @property
     def state(self) -> ConnState:
@@ -210,9 +142,9 @@ class ClientConn(LinkChannel):
 
     @property
     def connection_id(self) -> str:
-        """ID the server assigned to the current connection ("" when disconnected)."""
+        """ID the server gave the current connection ("" while disconnected)."""
         link = self._link
-        return link.connection_id if link is not None else ""
+        return link.connection_id if link is not None and link.closed is None else ""
 
     @property
     def close_reason(self) -> str | None:
@@ -230,7 +162,7 @@ class ClientConn(LinkChannel):
         return link.peer.address if link is not None else None
 
     async def wait_ready(self, timeout: float | None = None) -> None:
-        """Wait until the connection is READY; raise ConnectError if it closes."""
+        """Wait until :attr:`state` is READY; raise ConnectError if it becomes CLOSED."""
         async with asyncio.timeout(timeout):
             while self._conn_state is not ConnState.READY:
                 if self._conn_state is ConnState.CLOSED:
@@ -240,21 +172,28 @@ class ClientConn(LinkChannel):
 
     async def ping(self) -> float:
         """Round-trip time to the server over the control stream, in seconds."""
-        link = self._require_link()
+        link = self._link
+        if link is None or link.closed is not None:
+            raise ConnectError(f"not connected to {self.target} ({self._conn_state.value})")
         return await link.ping()
+
+    def transport_stats(self) -> list[dict[str, int]]:
+        """Byte counters of the current connection's streams (see ``Link.transport_stats``)."""
+        link = self._link
+        return link.transport_stats() if link is not None else []
 
     async def close(self, grace: float | None = None) -> None:  # type: ignore[override]
         """Close the connection and stop reconnecting.
 
         With ``grace`` (seconds), drain first: no new calls either way, the
-        server is told we are going away, and calls in flight may finish within
-        ``grace``. Without it, calls in flight fail at once.
+        server is told the client is going away, and calls in flight in both
+        directions may finish within ``grace``. Without it, calls in flight fail
+        at once with UNAVAILABLE.
         """
-        if self._conn_state is ConnState.CLOSED and self._link is None:
+        if self._closed_event.is_set():
             return
+        self._close_reason = self._close_reason or "closed by the client"
         self._set_state(ConnState.CLOSED)
-        if self._close_reason is None:
-            self._close_reason = "closed by the client"
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -263,13 +202,19 @@ class ClientConn(LinkChannel):
         link = self._link
         if link is not None and link.closed is None:
             if grace is not None and grace > 0:
-                await self._drain(link, grace)
+                link.draining = True
+                link.send_go_away("client is closing", grace)
+                self.detach_lanes()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(grace):
+                        await link.wait_idle()
+                        await self.wait_lanes_idle()
             link.close(CloseCode.NO_ERROR, "client closed the connection")
         self.close_lanes()
         self._closed_event.set()
 
     async def wait_closed(self) -> None:
-        """Wait until :meth:`close` finished or the connection failed for good."""
+        """Wait until the connection is closed for good."""
         await self._closed_event.wait()
 
     async def __aenter__(self) -> ClientConn:
@@ -284,27 +229,15 @@ class ClientConn(LinkChannel):
         await self.close()
 
     def __repr__(self) -> str:
-        return f"<ClientConn {self.target} {self._conn_state.value} id={self.connection_id or '-'}>"
+        state = self._conn_state.value
+        return f"<ClientConn {self.target} {state} id={self.connection_id or '-'}>"
 
-    # -- LinkChannel ---------------------------------------------------------------
+    # -- LinkChannel -----------------------------------------------------------------
 
     async def open_lane(self, protocol: asyncio.Protocol) -> None:
         link = self._link
-        while link is None or link.closed is not None or link.draining or link.peer_going_away:
-            if self._conn_state is ConnState.CLOSED:
-                raise GRPCError(
-                    Status.UNAVAILABLE,
-                    f"connection to {self.target} is closed: {self._close_reason}",
-                )
-            if not self._options.wait_for_ready:
-                raise GRPCError(
-                    Status.UNAVAILABLE,
-                    f"not connected to {self.target} ({self._conn_state.value}; last error: "
-                    f"{self._last_error})",
-                )
-            self._changed.clear()
-            await self._changed.wait()
-            link = self._link
+        if link is None or not link.usable:
+            link = await self._wait_usable_link()
         link.open_lane(protocol)
 
     def loss_reason(self) -> str:
@@ -317,11 +250,11 @@ class ClientConn(LinkChannel):
         link = self._link
         return link is None or link.closed is not None
 
-    # -- connecting ------------------------------------------------------------------
+    # -- connection lifecycle -------------------------------------------------------------
 
     async def _start(self) -> ClientConn:
         try:
-            link = await self._connect_once()
+            link = await self._connect()
         except BaseException:
             self._set_state(ConnState.CLOSED)
             self._closed_event.set()
@@ -329,11 +262,45 @@ class ClientConn(LinkChannel):
         self._adopt(link)
         return self
 
-    def _require_link(self) -> Link:
-        link = self._link
-        if link is None or link.closed is not None:
-            raise ConnectError(f"not connected to {self.target} ({self._conn_state.value})")
+    async def _connect(self) -> Link:
+        return await connect_link(
+            self._options.connect,
+            serving=self._serving,
+            timeout=self._options.timeout,
+            tickets=self._tickets,
+        )
+
+    async def _wait_usable_link(self) -> Link:
+        """The link a new call may use, waiting for one if ``wait_for_ready``."""
+        if not self._options.wait_for_ready or self._conn_state is ConnState.CLOSED:
+            raise self._not_connected()
+        deadline = opening_deadline.get()
+        # With a deadline, the call's own deadline handling cancels the wait;
+        # without one, the dial timeout bounds it so that no call hangs forever.
+        limit = None if deadline is not None else self._options.timeout
+        try:
+            async with asyncio.timeout(limit):
+                while (link := self._link) is None or not link.usable:
+                    if self._closed_for_good():
+                        raise self._not_connected()
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            if deadline is not None:
+                raise
+            raise self._not_connected(f" within {limit} s") from None
         return link
+
+    def _not_connected(self, waited: str = "") -> GRPCError:
+        if self._conn_state is ConnState.CLOSED:
+            return GRPCError(
+                Status.UNAVAILABLE, f"connection to {self.target} is closed: {self._close_reason}"
+            )
+        return GRPCError(
+            Status.UNAVAILABLE,
+            f"not connected to {self.target}{waited} ({self._conn_state.value}; "
+            f"last error: {self._last_error})",
+        )
 
     def _closed_for_good(self) -> bool:
         return self._conn_state is ConnState.CLOSED
@@ -353,34 +320,39 @@ class ClientConn(LinkChannel):
         self._set_state(ConnState.READY)
 
     def _link_closed(self, link: Link) -> None:
-        if link is not self._link:
+        if link is not self._link or self._conn_state is ConnState.CLOSED:
             return
         assert link.closed is not None
         self._last_error = link.closed.describe()
-        if self._conn_state is ConnState.CLOSED:
-            return
-        if link.closed.error_code == CloseCode.REFUSED and not link.closed.transport_error:
-            code = link.closed.reason.partition(":")[0]
-            if code in _PERMANENT_REFUSALS:
-                self._give_up(f"server refused the connection: {link.closed.reason}")
+        if not link.closed.transport_error:
+            code = link.closed.error_code
+            if code == CloseCode.REFUSED:
+                refusal = link.closed.reason.partition(":")[0]
+                if refusal in _PERMANENT_REFUSALS:
+                    self._give_up(f"server refused the connection: {link.closed.reason}")
+                    return
+            elif code == CloseCode.REPLACED:
+                # Reconnecting would replace the replacement, and so on forever.
+                self._give_up(link.closed.describe())
                 return
-        self._reconnect_later()
+        self._reconnect_soon()
 
     def _on_go_away(self, link: Link, go_away: pb.GoAway) -> None:
-        """The server is draining: finish calls on ``link``, move new ones to a new link."""
+        """The server is draining: calls in flight finish, new ones use a new connection."""
         link.peer_going_away = True
         if link is self._link and self._conn_state is not ConnState.CLOSED:
             self._last_error = f"server is going away: {go_away.reason}"
-            self._reconnect_later()
+            self.detach_lanes()
+            self._reconnect_soon()
 
-    def _reconnect_later(self) -> None:
+    def _reconnect_soon(self) -> None:
         if self._options.reconnect is None:
             self._give_up(f"connection lost and reconnect is off: {self._last_error}")
             return
         self._set_state(ConnState.RECONNECTING)
         if self._supervisor is None or self._supervisor.done():
             self._supervisor = asyncio.get_running_loop().create_task(
-                self._reconnect(), name=f"brpc reconnect {self.target}"
+                self._reconnect(self._options.reconnect), name=f"brpc reconnect {self.target}"
             )
 
     def _give_up(self, reason: str) -> None:
@@ -390,15 +362,12 @@ class ClientConn(LinkChannel):
         self.close_lanes()
         self._closed_event.set()
 
-    async def _reconnect(self) -> None:
-        policy = self._options.reconnect
-        assert policy is not None
-        attempt = 0
-        while self._conn_state is not ConnState.CLOSED:
-            await asyncio.sleep(policy.delay(attempt, self._rng))
-            attempt += 1
+    async def _reconnect(self, policy: ReconnectPolicy) -> None:
+        failures = 0
+        while True:
+            await asyncio.sleep(policy.delay(failures, self._rng))
             try:
-                link = await self._connect_once()
+                link = await self._connect()
             except RefusedError as exc:
                 self._last_error = str(exc)
                 if exc.code in _PERMANENT_REFUSALS:
@@ -407,168 +376,14 @@ class ClientConn(LinkChannel):
             except (ConnectError, OSError) as exc:
                 self._last_error = str(exc)
             else:
-                if self._closed_for_good():
-                    link.close(CloseCode.NO_ERROR, "client closed the connection")
-                    return
                 self._adopt(link)
                 log.info("%s: reconnected (connection %s)", self.target, link.connection_id)
                 return
-            if policy.max_attempts is not None and attempt >= policy.max_attempts:
-                self._give_up(f"gave up after {attempt} attempts: {self._last_error}")
+            failures += 1
+            if policy.max_attempts is not None and failures >= policy.max_attempts:
+                self._give_up(f"gave up after {failures} attempts: {self._last_error}")
                 return
-            log.info("%s: reconnect attempt %d failed: %s", self.target, attempt, self._last_error)
-
-    async def _drain(self, link: Link, grace: float) -> None:
-        link.draining = True
-        link.send_go_away("client is closing", grace)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace):
-                await link.wait_idle()
-                await self._pool.wait_idle()
-
-    async def _connect_once(self) -> Link:
-        options = self._options
-        try:
-            async with asyncio.timeout(options.timeout):
-                return await self._handshake_and_hello()
-        except TimeoutError:
-            raise ConnectError(
-                f"could not connect to {options.target} within {options.timeout} s: no "
-                "answer to the QUIC handshake or the hello (is a brpc server listening on "
-                "that UDP port?)"
-            ) from None
-
-    async def _handshake_and_hello(self) -> Link:
-        options = self._options
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await loop.getaddrinfo(options.host, options.port, type=socket.SOCK_DGRAM)
-        except socket.gaierror as exc:
-            raise ConnectError(f"could not resolve {options.host!r}: {exc}") from exc
-        family, _, proto, _, address = infos[0]
-        sock = socket.socket(family, socket.SOCK_DGRAM, proto)
-        try:
-            sock.setblocking(False)
-            sock.connect(address)
-        except OSError as exc:
-            sock.close()
-            raise ConnectError(f"could not reach {options.target}: {exc}") from exc
-
-        configuration = client_configuration(
-            server_name=options.server_name,
-            ca=options.ca,
-            certfile=options.certfile,
-            keyfile=options.keyfile,
-            idle_timeout=options.dead_peer_timeout,
-            max_datagram_size=options.max_datagram_size,
-        )
-        quic = QuicConnection(configuration=configuration)
-        _aioquic.set_peer_bidi_stream_limit(quic, _MAX_SERVER_STREAMS)
-        attempt = _Attempt(self)
-        session_options = SessionOptions(
-            keepalive_interval=options.keepalive_interval,
-            handshake_timeout=None,
-            alpn=ALPN,
-            read_batch=options.read_batch,
-        )
-        _, session = await loop.create_datagram_endpoint(
-            lambda: QuicSession(
-                quic, handler=attempt, options=session_options, owns_transport=True
-            ),
-            sock=sock,
-        )
-        try:
-            return await self._hello(session, attempt, address)
-        except BaseException:
-            session.abort()
-            raise
-
-    async def _hello(self, session: QuicSession, attempt: _Attempt, address: Any) -> Link:
-        options = self._options
-        session.connect(address)
-        try:
-            await attempt.handshake
-        except ConnectionError:
-            assert attempt.closed is not None
-            raise HandshakeError(
-                describe_handshake_failure(
-                    attempt.closed, target=options.target, server_name=options.server_name
-                )
-            ) from None
-        control = ControlProtocol(
-            max_message_size=_CONTROL_MESSAGE_LIMIT,
-            on_message=attempt.control_message,
-            on_violation=attempt.control_violation,
-            on_closed=attempt.control_closed,
-        )
-        session.open_stream(control)
-        control.send(
-            pb.Envelope(
-                client_hello=pb.ClientHello(
-                    protocol_version=PROTOCOL_VERSION,
-                    name=options.name,
-                    labels=dict(options.labels),
-                    services=self._served_services(),
-                    token=options.token,
-                )
-            )
-        )
-        try:
-            reply = await attempt.reply
-        except ProtocolViolation as exc:
-            session.close(CloseCode.PROTOCOL_VIOLATION, str(exc))
-            raise ConnectError(f"server {options.target} broke the protocol: {exc}") from None
-        except ConnectionError:
-            assert attempt.closed is not None
-            raise self._closed_during_hello(attempt.closed) from None
-        kind = reply.WhichOneof("message")
-        if kind == "refusal":
-            code = pb.Refusal.Code.Name(reply.refusal.code)
-            raise RefusedError(
-                f"server {options.target} refused the connection ({code}): {reply.refusal.reason}",
-                code=code,
-                reason=reply.refusal.reason,
-            )
-        if kind != "server_hello" or not reply.server_hello.connection_id:
-            reason = f"expected a ServerHello, got {kind or 'an empty message'}"
-            session.close(CloseCode.PROTOCOL_VIOLATION, reason)
-            raise ConnectError(f"server {options.target} broke the protocol: {reason}")
-        hello = reply.server_hello
-        link = Link(
-            session,
-            control,
-            connection_id=hello.connection_id,
-            peer=PeerInfo(address=session.get_extra_info("peername")),
-            serving=self._serving,
-            settings=LinkSettings(
-                lanes=options.lanes,
-                max_message_size=options.max_message_size,
-                max_concurrent_calls=options.max_concurrent_calls,
-            ),
-            describe=f"server {options.target}",
-        )
-        attempt.link = link
-        if attempt.closed is not None:
-            link.session_closed(attempt.closed)
-        return link
-
-    def _closed_during_hello(self, closed: SessionClosed) -> ConnectError:
-        target = self._options.target
-        if closed.error_code == CloseCode.REFUSED and not closed.transport_error:
-            code, _, reason = closed.reason.partition(": ")
-            return RefusedError(
-                f"server {target} refused the connection ({code}): {reason}",
-                code=code,
-                reason=reason,
-            )
-        return ConnectError(f"connection to {target} failed during the hello: {closed.describe()}")
-
-    def _served_services(self) -> list[str]:
-        names: dict[str, None] = {}
-        for servable in self._options.services:
-            for method in servable.__mapping__():
-                names[method.split("/")[1]] = None
-        return list(names)
+            log.info("%s: reconnect attempt %d failed: %s", self.target, failures, self._last_error)
 
 
 class _Dial:
@@ -598,10 +413,18 @@ class _Dial:
             await self._conn.close()
 
 
+def _service_names(services: Iterable[Servable]) -> tuple[str, ...]:
+    names: dict[str, None] = {}
+    for servable in services:
+        for method in servable.__mapping__():
+            names[method.split("/")[1]] = None
+    return tuple(names)
+
+
 def dial(
     target: str,
     *,
-    services: Iterable[IServable] = (),
+    services: Iterable[Servable] = (),
     ca: str | os.PathLike[str] | None = None,
     certfile: str | os.PathLike[str] | None = None,
     keyfile: str | os.PathLike[str] | None = None,
@@ -618,29 +441,64 @@ def dial(
     keepalive_interval: float | None = 5.0,
     dead_peer_timeout: float = 15.0,
     max_datagram_size: int = 1200,
+    insecure: bool = False,
+    authorize: Authorizer | None = None,
+    session_resumption: bool = False,
+    network_conditions: NetworkConditions | None = None,
     read_batch: int = 1,
 ) -> _Dial:
     """Connect to the brpc server at ``target`` (``host:port``).
 
-    Use as ``conn = await dial(...)`` or ``async with dial(...) as conn:``. The
-    server's certificate is verified against ``ca`` (a PEM file; the system's
-    trust store when omitted) for ``server_name`` (default: the target's host).
-    ``services`` are grpclib service implementations the server may call.
-    ``name``, ``labels`` and ``token`` go to the server in the hello.
+    Use as ``conn = await dial(...)`` or ``async with dial(...) as conn:``.
 
-    Raises :class:`HandshakeError` when TLS fails (with the reason, e.g. which
-    host name did not verify), :class:`RefusedError` when the server refuses the
-    hello and :class:`ConnectError` for anything else, within ``timeout``.
+    - ``services``: grpclib service implementations the server may call.
+    - ``ca``: PEM file of the CA that signed the server's certificate (the
+      system's trust store when omitted); the certificate is verified for
+      ``server_name`` (default: the target's host). ``certfile``/``keyfile``:
+      the client's own certificate, for servers that require mutual TLS.
+    - ``name``, ``labels``, ``token``: sent to the server in the hello.
+    - ``timeout``: bound on making a connection (handshake and hello).
+    - ``reconnect``: reconnect after a loss (default, with
+      :class:`ReconnectPolicy` defaults), a policy, or False.
+    - ``wait_for_ready``: calls made while reconnecting wait for the new
+      connection within their deadline (or ``timeout`` if they have none)
+      instead of failing at once with UNAVAILABLE.
+    - ``lanes``: HTTP/2 lanes (QUIC streams) for this side's calls.
+    - ``max_message_size``: largest message sent or received, in bytes.
+    - ``max_concurrent_calls``: calls from the server handled at once.
+    - ``keepalive_interval``/``dead_peer_timeout``: ping every so many seconds;
+      declare the server dead after that long without a packet.
+    - ``max_datagram_size``: QUIC datagram payload size (1200 is safe on any path).
+    - ``insecure``: do not verify the server's certificate. For experiments
+      only: anyone on the path can impersonate the server. Logs a warning.
+    - ``authorize``: ``authorize(conn, method) -> bool`` (or a coroutine), asked
+      before each call from the server runs; False means PERMISSION_DENIED.
+    - ``session_resumption``: resume the TLS session on reconnects when the
+      server issues tickets (``Server(session_tickets=True)``). Off by default;
+      brpc never sends or accepts 0-RTT data either way.
+    - ``network_conditions``: simulated loss/reordering, for tests.
+    - ``read_batch``: datagrams read per wake-up before one transmit (1: one
+      at a time); see the README's "Performance" section.
+
+    Raises :class:`HandshakeError` when TLS fails (saying which host name did
+    not verify, for example), :class:`RefusedError` when the server refuses the
+    hello, :class:`ConnectError` for anything else.
     """
     host, port = parse_target(target)
-    if max_message_size < 1:
-        raise ValueError("max_message_size must be positive")
-    if dead_peer_timeout <= 0:
-        raise ValueError("dead_peer_timeout must be positive")
+    if max_message_size < 1 or max_concurrent_calls < 1 or lanes < 1 or read_batch < 1:
+        raise ValueError(
+            "max_message_size, max_concurrent_calls, lanes and read_batch must be positive"
+        )
+    if dead_peer_timeout <= 0 or timeout <= 0:
+        raise ValueError("dead_peer_timeout and timeout must be positive")
     if keepalive_interval is not None and not 0 < keepalive_interval < dead_peer_timeout:
         raise ValueError("keepalive_interval must be positive and below dead_peer_timeout")
-    if read_batch < 1:
-        raise ValueError("read_batch must be at least 1")
+    if insecure:
+        log.warning(
+            "dialing %s with insecure=True: the server's certificate is NOT verified; "
+            "anyone on the path can impersonate the server",
+            target,
+        )
     policy: ReconnectPolicy | None
     if reconnect is True:
         policy = ReconnectPolicy()
@@ -648,27 +506,37 @@ def dial(
         policy = None
     else:
         policy = reconnect
+    services = tuple(services)
     options = _DialOptions(
-        target=format_target(host, port),
-        host=host,
-        port=port,
-        server_name=server_name or host,
-        services=tuple(services),
-        ca=ca,
-        certfile=certfile,
-        keyfile=keyfile,
-        name=name or "",
-        labels=dict(labels or {}),
-        token=token or "",
+        connect=ConnectSettings(
+            target=format_target(host, port),
+            host=host,
+            port=port,
+            server_name=server_name or host,
+            ca=ca,
+            certfile=certfile,
+            keyfile=keyfile,
+            name=name or "",
+            labels=dict(labels or {}),
+            token=token or "",
+            services=_service_names(services),
+            keepalive_interval=keepalive_interval,
+            dead_peer_timeout=dead_peer_timeout,
+            max_datagram_size=max_datagram_size,
+            network_conditions=network_conditions,
+            read_batch=read_batch,
+            insecure=insecure,
+            authorize=authorize,
+            link=LinkSettings(
+                lanes=lanes,
+                max_message_size=max_message_size,
+                max_concurrent_calls=max_concurrent_calls,
+            ),
+        ),
+        services=services,
         timeout=timeout,
         reconnect=policy,
         wait_for_ready=wait_for_ready,
-        lanes=lanes,
-        max_message_size=max_message_size,
-        max_concurrent_calls=max_concurrent_calls,
-        keepalive_interval=keepalive_interval,
-        dead_peer_timeout=dead_peer_timeout,
-        max_datagram_size=max_datagram_size,
-        read_batch=read_batch,
+        session_resumption=session_resumption,
     )
     return _Dial(lambda: ClientConn(options))

@@ -30,12 +30,12 @@ async def make_server(certs: DevCertificates) -> AsyncIterator[ServerFactory]:
     servers: list[brpc.Server[Any]] = []
 
     async def factory(
-        handlers: Iterable[Any] = (), *, host: str = "127.0.0.1", **options: Any
+        handlers: Iterable[Any] = (), *, host: str = "127.0.0.1", port: int = 0, **options: Any
     ) -> brpc.Server[Any]:
         options.setdefault("certfile", certs.server_cert)
         options.setdefault("keyfile", certs.server_key)
         server: brpc.Server[Any] = brpc.Server(list(handlers), **options)
-        await server.start(host, 0)
+        await server.start(host, port)
         servers.append(server)
         return server
 
@@ -63,9 +63,13 @@ async def connect(certs: DevCertificates) -> AsyncIterator[DialFactory]:
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait until ``predicate()`` holds, re-checking on every loop iteration."""
+    """Wait until ``predicate()`` holds, re-checking on every loop iteration.
+
+    For state that has no event to wait on (a registry emptying, a counter
+    reaching a value); bounded by ``timeout``.
+    """
     async with asyncio.timeout(timeout):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - re-check after each loop iteration
             await asyncio.sleep(0)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import grpclib.client
@@ -44,6 +45,11 @@ class BenchServer(ABC):
         """Names of the connected clients (brpc only)."""
         raise NotImplementedError(f"{type(self).__name__} cannot call its clients")
 
+    def connecting_clients(self) -> AsyncGenerator[str, None]:
+        """Names of clients as they connect, starting with those already connected
+        (brpc only)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot call its clients")
+
     def disconnect(self, name: str) -> None:
         """Close the connection of client ``name`` from the server's side (brpc only)."""
         raise NotImplementedError(f"{type(self).__name__} cannot close its clients")
@@ -75,17 +81,20 @@ class _BrpcServer(BenchServer):
         await self._server.wait_closed()
 
     def _info(self, name: str) -> brpc.ClientInfo[EchoStub] | None:
-        for info in self._server.clients_snapshot():
-            if info.name == name and not info.closed:
-                return info
-        return None
+        return self._server.clients.named(name)
 
     def client_named(self, name: str) -> EchoCaller | None:
         info = self._info(name)
         return StubCaller(info.stub) if info is not None else None
 
     def client_names(self) -> list[str]:
-        return [info.name for info in self._server.clients_snapshot()]
+        return [info.name for info in self._server.clients]
+
+    async def connecting_clients(self) -> AsyncGenerator[str, None]:
+        async with self._server.watch(existing=True) as events:
+            async for event in events:
+                if event.connected:
+                    yield event.client.name
 
     def disconnect(self, name: str) -> None:
         info = self._info(name)

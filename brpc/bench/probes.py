@@ -15,6 +15,7 @@ garbage collection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 
@@ -85,27 +86,24 @@ async def measure_connects(
 async def answer_connects(server: BenchServer) -> dict[str, float]:
     """Server side of server-to-client set-up: call every new probe client once.
 
-    Polls the client table on every turn of the event loop (brpc has no
-    connect callback), calls each new client, notes when the call returned
-    and disconnects it. Returns those times by client name once the client
-    named :data:`STOP_NAME` connected.
+    Calls each probe client as soon as the server reports it connected, notes
+    when the call returned and disconnects it. Returns those times by client
+    name once the client named :data:`STOP_NAME` connected.
     """
     answered: dict[str, float] = {}
     request = small_request()
-    while True:
-        for name in server.client_names():
-            if not name.startswith(_PROBE_PREFIX) or name in answered:
-                continue
+    async with contextlib.aclosing(server.connecting_clients()) as names:
+        async for name in names:
             caller = server.client_named(name)
-            if caller is None:
+            if not name.startswith(_PROBE_PREFIX) or name in answered or caller is None:
                 continue
             await caller.unary(request)
             answered[name] = time.monotonic()
             server.disconnect(name)
             if name == STOP_NAME:
                 del answered[name]
-                return answered
-        await asyncio.sleep(0)
+                break
+    return answered
 
 
 async def connect_many(

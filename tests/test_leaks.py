@@ -1,0 +1,53 @@
+"""Many connect / call / disconnect cycles leave nothing behind on the server."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+from typing import Any
+
+from conftest import wait_for
+from probes import Probe
+
+import brpc
+from brpc.testing.v1.echo_grpc import EchoStub
+from brpc.testing.v1.echo_pb2 import EchoRequest
+
+CYCLES = 500
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _tasks() -> int:
+    return len(asyncio.all_tasks())
+
+
+async def test_connect_call_disconnect_cycles(make_server: Any, certs: Any) -> None:
+    server = await make_server([Probe()], client_stub=EchoStub)
+    # warm up imports and caches before taking the baseline
+    async with brpc.dial(server.address, ca=certs.ca) as conn:
+        await EchoStub(conn).Unary(EchoRequest(text="warm"))
+    await wait_for(lambda: server.connection_count == 0)
+    gc.collect()
+    tasks, fds = _tasks(), _open_fds()
+
+    for i in range(CYCLES):
+        conn = await brpc.dial(server.address, ca=certs.ca, services=[Probe()], reconnect=False)
+        assert (await EchoStub(conn).Unary(EchoRequest(text=str(i)))).text == str(i)
+        if i % 2:  # half the cycles also call back into the client
+            (info,) = server.clients_snapshot()
+            assert (await info.stub.Unary(EchoRequest(text="back"))).text == "back"
+        await conn.close()
+
+    await wait_for(lambda: not server.clients_snapshot(), timeout=30)
+    await wait_for(lambda: server.connection_count == 0, timeout=30)
+    # client sockets close once their QUIC closing period ends
+    await wait_for(lambda: _open_fds() <= fds, timeout=30)
+    await wait_for(lambda: _tasks() <= tasks, timeout=30)
+    assert _open_fds() == fds
+    assert _tasks() == tasks
+    # aioquic keeps each connection for its closing period (three probe timeouts)
+    await wait_for(lambda: len(server._quic._protocols) == 0, timeout=30)
