@@ -85,9 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only",
         type=lambda text: _keys(text, workloads, "workload"),
-        default=tuple(workloads),
         metavar="WORKLOADS",
-        help=f"comma-separated workloads to run: {', '.join(workloads)}",
+        help=f"comma-separated workloads to run: {', '.join(workloads)} (default: all; "
+        "with --tuning, the four load workloads)",
     )
     parser.add_argument(
         "--targets",
@@ -150,6 +150,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _default_workloads(sweep: bool) -> tuple[str, ...]:
+    return tuple(w.key for w in WORKLOADS if w.is_load or not sweep)
+
+
 def _settings(args: argparse.Namespace) -> runner.Settings:
     base = _QUICK if args.quick else _FULL
     reps = args.reps if args.reps is not None else int(base["reps"])
@@ -169,7 +173,7 @@ def _settings(args: argparse.Namespace) -> runner.Settings:
         max_noise=args.max_noise,
         retries=retries,
         quiet_wait=max(0.0, quiet_wait),
-        workloads=args.only,
+        workloads=args.only or _default_workloads(args.tuning),
         targets=tuple(t for t in TARGETS if t.key in args.targets),
         tuning=BrpcTuning(
             lanes=args.lanes, max_datagram_size=args.datagram_size, read_batch=args.read_batch

@@ -1,9 +1,10 @@
 """The tuning sweep: brpc alone, each knob at several values, before and after.
 
 Every variant changes one knob from the defaults (:class:`BrpcTuning`) and is
-measured with the load workloads in both directions, in the same two-process
-setup as the comparison. Variants are interleaved within each repetition so
-that drift of the machine spreads over all of them.
+measured with the selected workloads (by default the load workloads) in both
+directions, in the same two-process setup as the comparison. Variants are
+interleaved within each repetition so that drift of the machine spreads over
+all of them.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ VARIANTS: tuple[tuple[str, int], ...] = (
     ("read_batch", 16),
     ("read_batch", 64),
 )
-_LOADS = tuple(w.key for w in WORKLOADS if w.is_load)
 
 
 @dataclass
@@ -74,7 +74,7 @@ def run_sweep(
 ) -> Sweep:
     tunings = _tunings(variants)
     results = {name: runner.Results() for name in tunings}
-    workloads = tuple(w for w in settings.workloads if w in _LOADS) or _LOADS
+    workloads = settings.workloads
     for rep in range(1, settings.reps + 1):
         for name, tuning in tunings.items():
             log.info("tuning, repetition %d/%d: %s", rep, settings.reps, name)
@@ -91,7 +91,7 @@ def format_sweep(sweep: Sweep, settings: runner.Settings) -> str:
     columns = [
         (workload, metric, target)
         for workload in WORKLOADS
-        if workload.is_load
+        if workload.key in settings.workloads
         for metric in workload.metrics[:1]
         for target in BRPC_TARGETS
     ]
