@@ -445,7 +445,7 @@ def dial(
     authorize: Authorizer | None = None,
     session_resumption: bool = False,
     network_conditions: NetworkConditions | None = None,
-    read_batch: int = 1,
+    read_batch: int = 8,
 ) -> _Dial:
     """Connect to the brpc server at ``target`` (``host:port``).
 

@@ -280,7 +280,7 @@ class Server(Generic[C]):
         retry: bool = False,
         network_conditions: NetworkConditions | None = None,
         duplicate_names: DuplicateNames = DuplicateNames.REPLACE,
-        read_batch: int = 1,
+        read_batch: int = 8,
     ) -> None:
         if max_message_size < 1:
             raise ValueError("max_message_size must be positive")

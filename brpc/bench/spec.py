@@ -76,7 +76,7 @@ class BrpcTuning:
     lanes: int = 1
     max_datagram_size: int = 1200
     #: Datagrams read from the socket per wake-up before one transmit (1: off).
-    read_batch: int = 1
+    read_batch: int = 8
 
     def describe(self) -> str:
         return (

@@ -32,9 +32,9 @@ VARIANTS: tuple[tuple[str, int], ...] = (
     ("max_datagram_size", 16383),
     ("lanes", 2),
     ("lanes", 4),
+    ("read_batch", 1),
     ("read_batch", 4),
-    ("read_batch", 16),
-    ("read_batch", 64),
+    ("read_batch", 32),
 )
 
 
