@@ -21,7 +21,7 @@ from brpc.certs import write_dev_certificates
 
 from . import runner, tuning
 from .machine import describe_machine
-from .report import describe_settings, format_table, results_json
+from .report import describe_settings, format_table, load_report, results_json
 from .spec import TARGETS, WORKLOADS, BrpcTuning
 
 __all__ = ["main"]
@@ -117,6 +117,15 @@ def _parser() -> argparse.ArgumentParser:
         f"cores alone (default {_FULL['quiet_wait']:g}, {_QUICK['quiet_wait']:g} with --quick)",
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the report as JSON here")
+    parser.add_argument(
+        "--markdown", action="store_true", help="print the table as Markdown (for the README)"
+    )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="PATH",
+        help="measure nothing: print the table of a JSON report written by an earlier run",
+    )
     knobs = parser.add_argument_group("brpc tuning")
     defaults = BrpcTuning()
     knobs.add_argument("--lanes", type=int, default=defaults.lanes, help="lanes per direction")
@@ -181,8 +190,26 @@ def _settings(args: argparse.Namespace) -> runner.Settings:
     )
 
 
+def _render(path: Path, markdown: bool) -> int:
+    data = json.loads(path.read_text())
+    if "results" not in data:
+        raise SystemExit(f"{path} holds no comparison results (a --tuning report?)")
+    results, settings = load_report(data)
+    machine = data.get("machine", {})
+    print(describe_settings(settings))
+    print(
+        f"{data.get('created', '?')}, {machine.get('cpu_model', '?')}, "
+        f"{machine.get('cpu_count', '?')} cores, Python {machine.get('python', '?')}"
+    )
+    print()
+    print(format_table(results, settings, markdown=markdown))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.render is not None:
+        return _render(args.render, args.markdown)
     logging.basicConfig(
         level=logging.INFO,
         format="%(message)s",
@@ -213,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["tuning"] = tuning.sweep_json(sweep, settings)
         else:
             results = runner.run(settings, certs, worker_log_level=worker_log_level)
-            text = format_table(results, settings)
+            text = format_table(results, settings, markdown=args.markdown)
             report.update(results_json(results, settings))
     report["duration_s"] = round(time.monotonic() - started, 1)
     print()

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from .runner import Results, Settings
-from .spec import BASELINES, WORKLOADS, Metric, Target
+from .spec import BASELINES, TARGETS, WORKLOADS, BrpcTuning, Metric, Target
 from .stats import Spread
 
-__all__ = ["NOISE_KEY", "format_table", "ratios", "results_json"]
+__all__ = ["NOISE_KEY", "format_table", "load_report", "ratios", "results_json"]
 
 #: Per-measurement metric: cores other processes kept busy meanwhile.
 NOISE_KEY = "foreign_cores"
@@ -78,8 +79,16 @@ def _render(rows: Sequence[Sequence[str]], right_from: int) -> list[str]:
     return lines
 
 
-def format_table(results: Results, settings: Settings) -> str:
-    """The results as a fixed-width text table (also valid inside a Markdown code block)."""
+def _render_markdown(rows: Sequence[Sequence[str]], right_from: int) -> list[str]:
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    align = ["---" if i < right_from else "---:" for i in range(len(rows[0]))]
+    return [line(rows[0]), line(align), *(line(row) for row in rows[1:])]
+
+
+def format_table(results: Results, settings: Settings, *, markdown: bool = False) -> str:
+    """The results as a fixed-width text table, or as a Markdown table."""
     targets = list(settings.targets)
     brpc_targets = [t for t in targets if t.is_brpc]
     baselines = [t for t in targets if not t.is_brpc]
@@ -101,6 +110,8 @@ def format_table(results: Results, settings: Settings) -> str:
                 value = all_ratios[workload.key][metric.key][f"{b.key}/{base.key}"]
                 row.append("-" if math.isnan(value) else f"{value:.2f}")
             rows.append(row)
+    if markdown:
+        return "\n".join([*_render_markdown(rows, right_from=2), "", describe_noise(results)])
     lines = _render(rows, right_from=2)
     rule = "-" * max(len(line) for line in lines)
     return "\n".join([lines[0], rule, *lines[1:], describe_noise(results)])
@@ -131,6 +142,36 @@ def describe_settings(settings: Settings) -> str:
         f"{spread}; memory with {settings.memory_clients} idle clients; "
         f"brpc {settings.tuning.describe()}"
     )
+
+
+def load_report(data: Mapping[str, Any]) -> tuple[Results, Settings]:
+    """The results and settings of a comparison report written by :func:`results_json`."""
+    raw = data["settings"]
+    tuning = raw["brpc_tuning"]
+    target_keys = {t["key"] for t in data["targets"]}
+    settings = Settings(
+        warmup=raw["warmup_s"],
+        window=raw["window_s"],
+        reps=raw["repetitions"],
+        memory_clients=raw["memory_clients"],
+        workloads=tuple(raw["workloads"]),
+        targets=tuple(t for t in TARGETS if t.key in target_keys),
+        tuning=BrpcTuning(
+            lanes=tuning["lanes"],
+            max_datagram_size=tuning["max_datagram_size"],
+            read_batch=tuning["read_batch"],
+        ),
+        max_noise=raw.get("max_noise_cores", 0.1),
+        retries=raw.get("retries", 0),
+        quiet_wait=raw.get("quiet_wait_s", 0.0),
+    )
+    results = Results()
+    for workload, per_target in data["results"].items():
+        for target, metrics in per_target.items():
+            for metric, spread in metrics.items():
+                values = [math.nan if v is None else float(v) for v in spread["values"]]
+                results.values.setdefault(workload, {}).setdefault(target, {})[metric] = values
+    return results, settings
 
 
 def _target_json(target: Target) -> dict[str, str]:
