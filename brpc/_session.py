@@ -26,6 +26,7 @@ import itertools
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -221,29 +222,26 @@ class QuicSession(QuicConnectionProtocol):
     def _receive_batch(self, data: bytes | str, addr: Any, drain: socket.socket) -> None:
         """Process ``data`` and the datagrams already waiting behind it, then transmit once."""
         self._transmit_deferred = True
-        budget_end = time.perf_counter() + _BATCH_BUDGET
         try:
-            for read in range(1, self.options.read_batch + 1):
-                super().datagram_received(data, addr)
-                if (
-                    self.closed is not None
-                    or read == self.options.read_batch
-                    or time.perf_counter() > budget_end
-                ):
-                    break
-                try:
-                    data, addr = drain.recvfrom(_MAX_DATAGRAM)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as exc:
-                    self.error_received(exc)
-                    break
+            _drain_socket(
+                drain,
+                data,
+                addr,
+                self.options.read_batch,
+                receive=self._receive_one,
+                on_error=self.error_received,
+            )
         except Exception:
             self._transmit_deferred = False
             log.exception("failed to process a datagram; closing the connection")
             self.close(CloseCode.INTERNAL_ERROR, "internal error")
             return
         self.flush_batch()
+
+    def _receive_one(self, data: bytes | str, addr: Any) -> bool:
+        """Process one datagram of a drain; whether to go on draining."""
+        super().datagram_received(data, addr)
+        return self.closed is None
 
     def _after_receive(self) -> None:
         if self.refuse_with is not None and self.closed is None:
@@ -612,22 +610,25 @@ class BatchingQuicServer(QuicServer):
             super().datagram_received(data, addr)
             return
         batch.active = True
-        budget_end = time.perf_counter() + _BATCH_BUDGET
         try:
-            for read in range(1, self._read_batch + 1):
-                super().datagram_received(data, addr)
-                if read == self._read_batch or time.perf_counter() > budget_end:
-                    break
-                try:
-                    data, addr = drain.recvfrom(_MAX_DATAGRAM)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as exc:
-                    log.debug("UDP error on the server socket: %r", exc)
-                    break
+            _drain_socket(
+                drain,
+                data,
+                addr,
+                self._read_batch,
+                receive=self._receive_one,
+                on_error=self._udp_error,
+            )
         finally:
             batch.active = False
             batch.flush()
+
+    def _receive_one(self, data: bytes | str, addr: Any) -> bool:
+        super().datagram_received(data, addr)
+        return True
+
+    def _udp_error(self, exc: OSError) -> None:
+        log.debug("UDP error on the server socket: %r", exc)
 
 
 _MAX_DATAGRAM = 65535
@@ -636,6 +637,31 @@ _MAX_DATAGRAM = 65535
 #: far more (their handlers are started), and holding those back until a long
 #: batch ends puts caller and callee into lock-step.
 _BATCH_BUDGET = 0.0005
+
+
+def _drain_socket(
+    sock: socket.socket,
+    data: bytes | str,
+    addr: Any,
+    limit: int,
+    *,
+    receive: Callable[[bytes | str, Any], bool],
+    on_error: Callable[[OSError], None],
+) -> None:
+    """Hand ``data``, then up to ``limit - 1`` datagrams already waiting on
+    ``sock``, to ``receive``; stop when it returns False, when nothing waits or
+    after :data:`_BATCH_BUDGET` seconds (the early flush)."""
+    budget_end = time.perf_counter() + _BATCH_BUDGET
+    for read in range(1, limit + 1):
+        if not receive(data, addr) or read == limit or time.perf_counter() > budget_end:
+            return
+        try:
+            data, addr = sock.recvfrom(_MAX_DATAGRAM)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            on_error(exc)
+            return
 
 
 def _dup_socket(transport: asyncio.DatagramTransport) -> socket.socket:
