@@ -31,6 +31,7 @@ from grpclib.server import Stream
 
 import brpc
 from examples.fleet import fleet_grpc, fleet_pb2
+from examples.fleet.labels import parse_label
 
 log = logging.getLogger("examples.fleet.agent")
 
@@ -86,13 +87,6 @@ class AgentService(fleet_grpc.AgentBase):
             )
 
 
-def _label(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    return key, value
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m examples.fleet.agent",
@@ -109,7 +103,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--label",
-        type=_label,
+        type=parse_label,
         action="append",
         default=[],
         metavar="KEY=VALUE",

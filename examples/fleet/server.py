@@ -32,6 +32,7 @@ from typing import Any
 
 import brpc
 from examples.fleet import fleet_grpc, fleet_pb2
+from examples.fleet.labels import parse_label
 
 Agent = brpc.ClientInfo[fleet_grpc.AgentStub]
 
@@ -196,13 +197,6 @@ async def live(server: brpc.Server[fleet_grpc.AgentStub], args: argparse.Namespa
     return 0
 
 
-def _label(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    return key, value
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m examples.fleet.server",
@@ -218,7 +212,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--select",
-        type=_label,
+        type=parse_label,
         action="append",
         metavar="KEY=VALUE",
         help="fan out only to agents with this label; repeat for more",
