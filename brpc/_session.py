@@ -384,11 +384,6 @@ class QuicSession(QuicConnectionProtocol):
             for t in self._streams.values()
         ]
 
-    @property
-    def stream_count(self) -> int:
-        """Streams with a live transport."""
-        return len(self._streams)
-
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "peername":
             return _normalize_address(self.quic.get_peer_address()) or default

@@ -41,13 +41,6 @@ class Spread:
             return cls(math.nan, math.nan, math.nan, tuple(values))
         return cls(statistics.median(finite), min(finite), max(finite), tuple(values))
 
-    @property
-    def relative_spread(self) -> float:
-        """(max - min) / median: how much the repetitions disagree."""
-        if not self.median or math.isnan(self.median):
-            return math.nan
-        return (self.high - self.low) / self.median
-
     def to_json(self) -> dict[str, object]:
         return {
             "median": _clean(self.median),
