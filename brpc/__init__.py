@@ -5,7 +5,8 @@ calls the server's services and the server's handlers call services the client
 exposes, all with ordinary grpclib-generated stubs and service bases.
 """
 
-from ._control import ALPN, PROTOCOL_VERSION, HelloLimits
+from ._session.quic.options import QuicOptions
+from ._wire.control import ALPN, PROTOCOL_VERSION, HelloLimits
 from .auth import (
     Authenticator,
     Authorizer,
@@ -26,9 +27,11 @@ from .errors import (
     RefusedError,
 )
 from .fanout import CallResult, FanOut
+from .options import Options
+from .peer import ClientInfo
 from .presence import PresenceEvent, PresenceKind, Watch
 from .registry import Clients, DuplicateNames
-from .server import ClientInfo, Server
+from .server import Server
 
 __all__ = [
     "ALPN",
@@ -50,10 +53,12 @@ __all__ = [
     "HandshakeError",
     "HelloLimits",
     "Identity",
+    "Options",
     "PermissionDenied",
     "PresenceEvent",
     "PresenceKind",
     "ProtocolViolation",
+    "QuicOptions",
     "ReconnectPolicy",
     "RefusedError",
     "Server",

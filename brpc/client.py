@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
 import random
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
@@ -28,30 +29,37 @@ from typing import TYPE_CHECKING, Any
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from ._calls import serving_server
-from ._channel import LinkChannel
-from ._connector import ConnectSettings, TicketBox, connect_link
-from ._grpclib import opening_deadline
-from ._link import Link, LinkSettings
-from ._target import format_target, parse_target
+from ._calls._grpclib import EventDispatch, opening_deadline
+from ._calls.base import CallConnection
+from ._calls.channel import CallChannel
+from ._calls.lanes.layer import LanesCallLayer
+from ._calls.serving import Serving, service_names
+from ._core.connect import HelloSettings, connect_link
+from ._core.control_stream import ControlProtocol
+from ._core.link import Link, PeerInfo
+from ._security.tickets import TicketBox
+from ._session.base import Session, SessionHandler
+from ._session.quic.dial import dial_quic
+from ._session.quic.options import DEFAULT_QUIC_OPTIONS, QuicOptions
+from ._session.quic.tls import client_configuration
+from ._wire.target import format_target, parse_target
 from .errors import CloseCode, ConnectError, RefusedError
+from .options import DEFAULT_OPTIONS, Options
 
 if TYPE_CHECKING:
-    import os
-
-    from ._calls import Servable
+    from ._calls.base import Servable
+    from ._session.quic.impair import NetworkConditions
     from .auth import Authorizer
-    from .testing.network import NetworkConditions
     from .v1 import control_pb2 as pb
 
 __all__ = ["ClientConn", "ConnState", "ReconnectPolicy", "dial"]
 
 log = logging.getLogger(__name__)
 
-# Refusals that another attempt cannot fix.
-_PERMANENT_REFUSALS = frozenset(
-    {"INVALID_HELLO", "UNSUPPORTED_VERSION", "UNAUTHENTICATED", "PERMISSION_DENIED"}
-)
+# Streams the server may have open towards us at once: its lanes and their replacements.
+_MAX_SERVER_STREAMS = 64
+_D = DEFAULT_OPTIONS
+_Q = DEFAULT_QUIC_OPTIONS
 
 
 class ConnState(enum.Enum):
@@ -96,15 +104,39 @@ class ReconnectPolicy:
 
 @dataclass(frozen=True)
 class _DialOptions:
-    connect: ConnectSettings
+    target: str
+    host: str
+    port: int
+    server_name: str
+    ca: str | os.PathLike[str] | None
+    certfile: str | os.PathLike[str] | None
+    keyfile: str | os.PathLike[str] | None
+    insecure: bool
+    hello: HelloSettings
+    options: Options
+    quic: QuicOptions
     services: tuple[Any, ...]
     timeout: float
     reconnect: ReconnectPolicy | None
     wait_for_ready: bool
     session_resumption: bool
+    authorize: Authorizer | None
 
 
-class ClientConn(LinkChannel):
+class _ConnTarget:
+    """Where a ClientConn's calls go: its current connection, or the next one."""
+
+    def __init__(self, conn: ClientConn) -> None:
+        self._conn = conn
+
+    async def acquire(self) -> CallConnection:
+        return await self._conn.usable_link()
+
+    def loss_reason(self) -> str:
+        return self._conn.loss_reason()
+
+
+class ClientConn(CallChannel):
     """A connection to a brpc server; pass it to any grpclib stub.
 
     Made by :func:`dial`. See :attr:`state` for where it is and
@@ -112,9 +144,19 @@ class ClientConn(LinkChannel):
     """
 
     def __init__(self, options: _DialOptions) -> None:
-        link = options.connect.link
+        dispatch = EventDispatch()
+        self._serving = Serving(
+            options.services, max_message_size=options.options.max_message_size, dispatch=dispatch
+        )
+        self._layer = LanesCallLayer(
+            self._serving,
+            lanes=options.options.lanes,
+            max_concurrent_calls=options.options.max_concurrent_calls,
+        )
         super().__init__(
-            options.connect.target, lanes=link.lanes, max_message_size=link.max_message_size
+            options.target,
+            dispatch=dispatch,
+            caller=self._layer.caller(_ConnTarget(self), authority=options.target),
         )
         self._options = options
         self._conn_state = ConnState.CONNECTING
@@ -124,9 +166,9 @@ class ClientConn(LinkChannel):
         self._close_reason: str | None = None
         self._last_error: str | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
         self._rng = random.Random()
-        self._serving = serving_server(options.services, link.max_message_size)
-        self._tickets = TicketBox() if options.session_resumption else None
+        self._tickets: TicketBox[Any] | None = TicketBox() if options.session_resumption else None
         #: Successful connections made so far (1 after dial, more after reconnects).
         self.connections_made = 0
 
@@ -134,7 +176,7 @@ class ClientConn(LinkChannel):
 
     @property
     def target(self) -> str:
-        return self._options.connect.target
+        return self._options.target
 
     @property
     def state(self) -> ConnState:
@@ -159,7 +201,7 @@ class ClientConn(LinkChannel):
     @property
     def peer_address(self) -> tuple[str, int] | None:
         link = self._link
-        return link.peer.address if link is not None else None
+        return link.address if link is not None else None
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until :attr:`state` is READY; raise ConnectError if it becomes CLOSED."""
@@ -180,16 +222,25 @@ class ClientConn(LinkChannel):
     def transport_stats(self) -> list[dict[str, int]]:
         """Byte counters of the current connection's streams (see ``Link.transport_stats``)."""
         link = self._link
-        return link.transport_stats() if link is not None else []
+        return link.session.transport_stats() if link is not None else []
 
-    async def close(self, grace: float | None = None) -> None:  # type: ignore[override]
+    def close(self, grace: float | None = None) -> asyncio.Task[None]:  # type: ignore[override]
         """Close the connection and stop reconnecting.
 
-        With ``grace`` (seconds), drain first: no new calls either way, the
-        server is told the client is going away, and calls in flight in both
+        Works called the grpclib way (``conn.close()``, a plain method) and
+        awaited (``await conn.close()`` waits until it is closed). With
+        ``grace`` (seconds), drain first: no new calls either way, the server
+        is told the client is going away, and calls in flight in both
         directions may finish within ``grace``. Without it, calls in flight fail
         at once with UNAVAILABLE.
         """
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(
+                self._close(grace), name=f"brpc close {self.target}"
+            )
+        return self._closing
+
+    async def _close(self, grace: float | None) -> None:
         if self._closed_event.is_set():
             return
         self._close_reason = self._close_reason or "closed by the client"
@@ -202,15 +253,9 @@ class ClientConn(LinkChannel):
         link = self._link
         if link is not None and link.closed is None:
             if grace is not None and grace > 0:
-                link.draining = True
-                link.send_go_away("client is closing", grace)
-                self.detach_lanes()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(grace):
-                        await link.wait_idle()
-                        await self.wait_lanes_idle()
+                await link.drain(grace, "client is closing")
             link.close(CloseCode.NO_ERROR, "client closed the connection")
-        self.close_lanes()
+        super().close()
         self._closed_event.set()
 
     async def wait_closed(self) -> None:
@@ -232,23 +277,21 @@ class ClientConn(LinkChannel):
         state = self._conn_state.value
         return f"<ClientConn {self.target} {state} id={self.connection_id or '-'}>"
 
-    # -- LinkChannel -----------------------------------------------------------------
+    # -- where calls go -----------------------------------------------------------
 
-    async def open_lane(self, protocol: asyncio.Protocol) -> None:
+    async def usable_link(self) -> Link:
+        """The link a new call may use now, waiting for one if ``wait_for_ready``."""
         link = self._link
         if link is None or not link.usable:
             link = await self._wait_usable_link()
-        link.open_lane(protocol)
+        return link
 
     def loss_reason(self) -> str:
+        """Why calls failed, for their UNAVAILABLE status."""
         link = self._link
         if link is not None and link.closed is not None:
             return link.loss_reason()
         return f"connection to {self.target} lost: {self._last_error}"
-
-    def is_lost(self) -> bool:
-        link = self._link
-        return link is None or link.closed is not None
 
     # -- connection lifecycle -------------------------------------------------------------
 
@@ -263,11 +306,46 @@ class ClientConn(LinkChannel):
         return self
 
     async def _connect(self) -> Link:
+        options = self._options
         return await connect_link(
-            self._options.connect,
-            serving=self._serving,
-            timeout=self._options.timeout,
+            self._dial_session, options.hello, make_link=self._make_link, timeout=options.timeout
+        )
+
+    async def _dial_session(self, handler: SessionHandler) -> Session:
+        o = self._options
+        return await dial_quic(
+            host=o.host,
+            port=o.port,
+            target=o.target,
+            server_name=o.server_name,
+            configuration=client_configuration(
+                server_name=o.server_name,
+                ca=o.ca,
+                certfile=o.certfile,
+                keyfile=o.keyfile,
+                idle_timeout=o.options.dead_peer_timeout,
+                max_datagram_size=o.quic.max_datagram_size,
+                insecure=o.insecure,
+            ),
+            handler=handler,
+            options=o.options,
+            quic_options=o.quic,
+            peer_stream_limit=_MAX_SERVER_STREAMS,
             tickets=self._tickets,
+        )
+
+    def _make_link(self, session: Session, control: ControlProtocol, hello: pb.ServerHello) -> Link:
+        return Link(
+            session,
+            control,
+            connection_id=hello.connection_id,
+            peer=PeerInfo(),
+            layer=self._layer,
+            options=self._options.options,
+            describe=f"server {self.target}",
+            make_handle=lambda _: self,
+            authorize=self._options.authorize,
+            on_go_away=self._on_go_away,
         )
 
     async def _wait_usable_link(self) -> Link:
@@ -314,35 +392,30 @@ class ClientConn(LinkChannel):
     def _adopt(self, link: Link) -> None:
         self._link = link
         self.connections_made += 1
-        link.handle = self
-        link.on_go_away = lambda go_away: self._on_go_away(link, go_away)
         link.add_close_callback(self._link_closed)
         self._set_state(ConnState.READY)
 
     def _link_closed(self, link: Link) -> None:
         if link is not self._link or self._conn_state is ConnState.CLOSED:
             return
-        assert link.closed is not None
-        self._last_error = link.closed.describe()
-        if not link.closed.transport_error:
-            code = link.closed.error_code
-            if code == CloseCode.REFUSED:
-                refusal = link.closed.reason.partition(":")[0]
-                if refusal in _PERMANENT_REFUSALS:
-                    self._give_up(f"server refused the connection: {link.closed.reason}")
-                    return
-            elif code == CloseCode.REPLACED:
+        closed = link.closed
+        assert closed is not None
+        self._last_error = closed.describe()
+        if not closed.transport_error:
+            refusal = closed.refusal
+            if refusal is not None and refusal.permanent:
+                self._give_up(f"server refused the connection: {refusal}")
+                return
+            if closed.error_code == CloseCode.REPLACED:
                 # Reconnecting would replace the replacement, and so on forever.
-                self._give_up(link.closed.describe())
+                self._give_up(closed.describe())
                 return
         self._reconnect_soon()
 
     def _on_go_away(self, link: Link, go_away: pb.GoAway) -> None:
         """The server is draining: calls in flight finish, new ones use a new connection."""
-        link.peer_going_away = True
         if link is self._link and self._conn_state is not ConnState.CLOSED:
             self._last_error = f"server is going away: {go_away.reason}"
-            self.detach_lanes()
             self._reconnect_soon()
 
     def _reconnect_soon(self) -> None:
@@ -359,7 +432,7 @@ class ClientConn(LinkChannel):
         log.warning("%s: %s", self.target, reason)
         self._close_reason = reason
         self._set_state(ConnState.CLOSED)
-        self.close_lanes()
+        super().close()
         self._closed_event.set()
 
     async def _reconnect(self, policy: ReconnectPolicy) -> None:
@@ -370,7 +443,7 @@ class ClientConn(LinkChannel):
                 link = await self._connect()
             except RefusedError as exc:
                 self._last_error = str(exc)
-                if exc.code in _PERMANENT_REFUSALS:
+                if exc.permanent:
                     self._give_up(str(exc))
                     return
             except (ConnectError, OSError) as exc:
@@ -413,14 +486,6 @@ class _Dial:
             await self._conn.close()
 
 
-def _service_names(services: Iterable[Servable]) -> tuple[str, ...]:
-    names: dict[str, None] = {}
-    for servable in services:
-        for method in servable.__mapping__():
-            names[method.split("/")[1]] = None
-    return tuple(names)
-
-
 def dial(
     target: str,
     *,
@@ -435,17 +500,17 @@ def dial(
     timeout: float = 10.0,
     reconnect: bool | ReconnectPolicy = True,
     wait_for_ready: bool = False,
-    lanes: int = 1,
-    max_message_size: int = 4 << 20,
-    max_concurrent_calls: int = 1000,
-    keepalive_interval: float | None = 5.0,
-    dead_peer_timeout: float = 15.0,
-    max_datagram_size: int = 1200,
+    lanes: int = _D.lanes,
+    max_message_size: int = _D.max_message_size,
+    max_concurrent_calls: int = _D.max_concurrent_calls,
+    keepalive_interval: float | None = _D.keepalive_interval,
+    dead_peer_timeout: float = _D.dead_peer_timeout,
+    max_datagram_size: int = _Q.max_datagram_size,
     insecure: bool = False,
     authorize: Authorizer | None = None,
     session_resumption: bool = False,
     network_conditions: NetworkConditions | None = None,
-    read_batch: int = 8,
+    read_batch: int = _Q.read_batch,
 ) -> _Dial:
     """Connect to the brpc server at ``target`` (``host:port``).
 
@@ -485,14 +550,20 @@ def dial(
     hello, :class:`ConnectError` for anything else.
     """
     host, port = parse_target(target)
-    if max_message_size < 1 or max_concurrent_calls < 1 or lanes < 1 or read_batch < 1:
-        raise ValueError(
-            "max_message_size, max_concurrent_calls, lanes and read_batch must be positive"
-        )
-    if dead_peer_timeout <= 0 or timeout <= 0:
-        raise ValueError("dead_peer_timeout and timeout must be positive")
-    if keepalive_interval is not None and not 0 < keepalive_interval < dead_peer_timeout:
-        raise ValueError("keepalive_interval must be positive and below dead_peer_timeout")
+    if timeout <= 0:
+        raise ValueError("timeout must be a positive number of seconds")
+    options = Options(
+        lanes=lanes,
+        max_message_size=max_message_size,
+        max_concurrent_calls=max_concurrent_calls,
+        keepalive_interval=keepalive_interval,
+        dead_peer_timeout=dead_peer_timeout,
+    )
+    quic_options = QuicOptions(
+        max_datagram_size=max_datagram_size,
+        read_batch=read_batch,
+        network_conditions=network_conditions,
+    )
     if insecure:
         log.warning(
             "dialing %s with insecure=True: the server's certificate is NOT verified; "
@@ -507,36 +578,31 @@ def dial(
     else:
         policy = reconnect
     services = tuple(services)
-    options = _DialOptions(
-        connect=ConnectSettings(
-            target=format_target(host, port),
-            host=host,
-            port=port,
-            server_name=server_name or host,
-            ca=ca,
-            certfile=certfile,
-            keyfile=keyfile,
+    formatted = format_target(host, port)
+    dial_options = _DialOptions(
+        target=formatted,
+        host=host,
+        port=port,
+        server_name=server_name or host,
+        ca=ca,
+        certfile=certfile,
+        keyfile=keyfile,
+        insecure=insecure,
+        hello=HelloSettings(
+            target=formatted,
             name=name or "",
             labels=dict(labels or {}),
             token=token or "",
-            services=_service_names(services),
-            keepalive_interval=keepalive_interval,
-            dead_peer_timeout=dead_peer_timeout,
-            max_datagram_size=max_datagram_size,
-            network_conditions=network_conditions,
-            read_batch=read_batch,
-            insecure=insecure,
-            authorize=authorize,
-            link=LinkSettings(
-                lanes=lanes,
-                max_message_size=max_message_size,
-                max_concurrent_calls=max_concurrent_calls,
-            ),
+            services=service_names(services),
+            pending_stream_limit=max_message_size + (64 << 10),
         ),
+        options=options,
+        quic=quic_options,
         services=services,
         timeout=timeout,
         reconnect=policy,
         wait_for_ready=wait_for_ready,
         session_resumption=session_resumption,
+        authorize=authorize,
     )
-    return _Dial(lambda: ClientConn(options))
+    return _Dial(lambda: ClientConn(dial_options))

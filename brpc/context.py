@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from ._calls import current_link
+from ._calls.base import current_call_connection
 
 if TYPE_CHECKING:
     from .client import ClientConn
-    from .server import ClientInfo
+    from .peer import ClientInfo
 
 __all__ = ["current_connection"]
 
@@ -29,11 +29,11 @@ def current_connection() -> ClientInfo[Any] | ClientConn:
     service a client serves, the client's own :class:`~brpc.ClientConn`.
     Raises ``GRPCError(FAILED_PRECONDITION)`` outside a call handled by brpc.
     """
-    link = current_link.get()
-    if link is None or link.handle is None:
+    connection = current_call_connection.get()
+    if connection is None or connection.handle is None:
         raise GRPCError(
             Status.FAILED_PRECONDITION,
             "current_connection() was called outside a call handled by brpc",
         )
-    handle: ClientInfo[Any] | ClientConn = link.handle
+    handle: ClientInfo[Any] | ClientConn = connection.handle
     return handle

@@ -32,7 +32,8 @@ class CloseCode(enum.IntEnum):
     #: The peer broke the brpc protocol (malformed control message, stream
     #: opened before the hello, oversized hello, ...).
     PROTOCOL_VIOLATION = 0x1
-    #: The server refused the client's hello; the reason says why.
+    #: The server refused the client's hello. Refusals close with
+    #: ``0x100 + Refusal.Code`` instead, so the code is data, not text.
     REFUSED = 0x2
     #: The sender is shutting down.
     GOING_AWAY = 0x3
@@ -61,12 +62,15 @@ class HandshakeError(ConnectError):
 class RefusedError(ConnectError):
     """The server completed the handshake but refused the client's hello."""
 
-    def __init__(self, message: str, *, code: str, reason: str) -> None:
+    def __init__(self, message: str, *, code: str, reason: str, permanent: bool = False) -> None:
         super().__init__(message)
         #: Refusal code name, for example ``"UNAUTHENTICATED"``.
         self.code = code
         #: The server's reason, as the server wrote it.
         self.reason = reason
+        #: Whether retrying with the same hello cannot succeed (a reconnecting
+        #: client gives up on these).
+        self.permanent = permanent
 
 
 class ProtocolViolation(BrpcError):

@@ -35,11 +35,11 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.metadata import Deadline
 
-from ._calls import call_deadline
+from ._calls.base import call_deadline
 from .errors import DeadlineExceededError
 
 if TYPE_CHECKING:
-    from .server import ClientInfo
+    from .peer import ClientInfo
 
 __all__ = ["CallResult", "FanOut"]
 

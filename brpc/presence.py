@@ -42,8 +42,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
 if TYPE_CHECKING:
+    from .peer import ClientInfo
     from .registry import Clients
-    from .server import ClientInfo
 
 __all__ = ["Presence", "PresenceCallback", "PresenceEvent", "PresenceKind", "Watch"]
 
@@ -94,8 +94,10 @@ class Presence(Generic[C]):
     """Dispatches one server's presence changes to callbacks and watchers."""
 
     def __init__(self, clients: Clients[C], server_closed: asyncio.Event) -> None:
-        self._clients = clients
-        self._server_closed = server_closed
+        #: The clients connected now (what watchers start from and resync to).
+        self.clients = clients
+        #: Set once the server has closed: watchers end when the last client left.
+        self.server_closed = server_closed
         self._on_connect: list[PresenceCallback[C]] = []
         self._on_disconnect: list[PresenceCallback[C]] = []
         self._watchers: weakref.WeakSet[Watch[C]] = weakref.WeakSet()
@@ -150,7 +152,7 @@ class Presence(Generic[C]):
 
     def _dispatch(self, event: PresenceEvent[C]) -> None:
         for watch in list(self._watchers):
-            watch._push(event)
+            watch.push(event)
         callbacks = self._on_connect if event.connected else self._on_disconnect
         for callback in list(callbacks):
             try:
@@ -180,7 +182,7 @@ class Presence(Generic[C]):
         if self._latest.get(connection_id) is task:
             del self._latest[connection_id]
 
-    def _forget(self, watch: Watch[C]) -> None:
+    def forget(self, watch: Watch[C]) -> None:
         self._watchers.discard(watch)
 
 
@@ -243,7 +245,7 @@ class Watch(Generic[C]):
         self._waiter: asyncio.Future[None] | None = None
         #: Events dropped because the reader fell behind.
         self.dropped = 0
-        current = presence._clients.snapshot()
+        current = presence.clients.snapshot()
         if existing:
             self._events.extend(
                 PresenceEvent(PresenceKind.CONNECTED, info, replayed=True) for info in current
@@ -269,7 +271,7 @@ class Watch(Generic[C]):
                 else:
                     self._known.pop(event.client.connection_id, None)
                 return event
-            if self._presence._server_closed.is_set() and not len(self._presence._clients):
+            if self._presence.server_closed.is_set() and not len(self._presence.clients):
                 self._close()
                 raise StopAsyncIteration
             await self._wait()
@@ -300,7 +302,7 @@ class Watch(Generic[C]):
 
     # -- internals -------------------------------------------------------------------
 
-    def _push(self, event: PresenceEvent[C]) -> None:
+    def push(self, event: PresenceEvent[C]) -> None:
         if self._closed:
             return
         if self._lagged:
@@ -323,7 +325,7 @@ class Watch(Generic[C]):
     def _resync(self) -> None:
         """Replace the dropped backlog with the difference to the table's state."""
         self._lagged = False
-        current = {info.connection_id: info for info in self._presence._clients}
+        current = {info.connection_id: info for info in self._presence.clients}
         for connection_id, info in list(self._known.items()):
             if current.get(connection_id) is not info:
                 self._events.append(PresenceEvent(PresenceKind.DISCONNECTED, info, replayed=True))
@@ -334,7 +336,7 @@ class Watch(Generic[C]):
     async def _wait(self) -> None:
         loop = asyncio.get_running_loop()
         self._waiter = waiter = loop.create_future()
-        server_closed = self._presence._server_closed
+        server_closed = self._presence.server_closed
         watcher: asyncio.Task[Any] | None = None
         if not server_closed.is_set():
             watcher = loop.create_task(server_closed.wait(), name="brpc watch: server closed")
@@ -355,7 +357,7 @@ class Watch(Generic[C]):
             self._closed = True
             self._events.clear()
             self._known.clear()
-            self._presence._forget(self)
+            self._presence.forget(self)
             self._wake()
 
 

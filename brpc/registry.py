@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Generic, TypeAlias, TypeVar
 
 if TYPE_CHECKING:
-    from .server import ClientInfo
+    from .peer import ClientInfo
 
-__all__ = ["Clients", "DuplicateNames", "Selector"]
+__all__ = ["ClientTable", "Clients", "DuplicateNames", "Selector"]
 
 C = TypeVar("C")
 
@@ -152,9 +152,12 @@ class Clients(Generic[C]):
         """A list of the clients connected right now."""
         return list(self._by_id.values())
 
-    # -- changes (the server's) ------------------------------------------------------
 
-    def _add(self, info: ClientInfo[C]) -> None:
+class ClientTable(Clients[C]):
+    """The server's own, changeable table behind the :class:`Clients` view it hands out."""
+
+    def add(self, info: ClientInfo[C]) -> None:
+        """Register a client whose hello was accepted."""
         connection_id = info.connection_id
         if connection_id in self._by_id:
             raise ValueError(f"connection {connection_id} is already registered")
@@ -165,7 +168,7 @@ class Clients(Generic[C]):
         for service in info.services:
             self._by_service.setdefault(service, {})[connection_id] = info
 
-    def _remove(self, info: ClientInfo[C]) -> bool:
+    def remove(self, info: ClientInfo[C]) -> bool:
         """Forget ``info``; False when it was not registered (or already removed)."""
         connection_id = info.connection_id
         if self._by_id.get(connection_id) is not info:

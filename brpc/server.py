@@ -1,14 +1,16 @@
-"""The accepting side: :class:`Server` and its view of each client, :class:`ClientInfo`.
+"""The accepting side: :class:`Server`.
 
-A :class:`Server` listens on one UDP port. For every QUIC connection it runs
-the handshake, waits for the client's hello on the control stream, checks it
-and answers with a connection ID (or a refusal). From then on:
+A :class:`Server` listens on one UDP port. Each QUIC connection gets an
+acceptor (:mod:`brpc._core.accept`) that runs the handshake and the hello;
+the server admits the client (duplicate names, connection ID, its link and
+:class:`~brpc.ClientInfo`) and keeps the table of connected clients. From
+then on:
 
-- calls the client makes on lanes it opens are served by ``handlers``; inside
+- calls the client makes are served by ``handlers``; inside
   a handler :meth:`Server.client_from_context` returns a stub bound to the
   calling client's own connection, found from the stream the call arrived on;
 - the server calls the client's services through ``ClientInfo.stub`` (or
-  ``ClientInfo.channel``), on lanes the server opens;
+  ``ClientInfo.channel``), over the same connection;
 - when the connection ends, calls in flight to that client fail with
   UNAVAILABLE and the client leaves the server's table of clients.
 """
@@ -19,42 +21,42 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-from aioquic.asyncio.server import QuicServer
-from aioquic.quic.connection import QuicConnection
-from aioquic.quic.packet import QuicErrorCode
-from aioquic.tls import SessionTicket
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
-from grpclib.server import Stream
 
-from . import _aioquic
-from ._acceptor import IncomingConnection, Refused
-from ._calls import current_link, serving_server
-from ._channel import LinkChannel
-from ._control import PROTOCOL_VERSION, HelloLimits
-from ._grpclib import server_h2_stream
-from ._link import Link, LinkSettings, PeerInfo
-from ._session import BatchingQuicServer, QuicSession, SessionOptions
-from ._target import format_target
-from ._tls import server_configuration
-from ._verify import ClientCertificateVerifier
+from ._calls._grpclib import EventDispatch
+from ._calls.base import connection_of
+from ._calls.lanes.layer import LanesCallLayer
+from ._calls.serving import Serving
+from ._core.accept import Acceptor, AcceptSettings, Hello, Refused
+from ._core.link import Link, PeerInfo
+from ._security.tickets import TicketStore
+from ._security.verify import ClientCertificateVerifier
+from ._session.quic.listen import QuicListener
+from ._session.quic.options import DEFAULT_QUIC_OPTIONS, QuicOptions
+from ._session.quic.tls import server_configuration
+from ._wire.control import PROTOCOL_VERSION, HelloLimits
+from ._wire.refusal import RefusalCode
+from ._wire.target import format_target
 from .auth import Authenticator, Authorizer, Identity
 from .errors import CloseCode
 from .fanout import CallResult, FanOut
+from .options import DEFAULT_OPTIONS, Options
+from .peer import ClientInfo
 from .presence import Presence, PresenceCallback, Watch
-from .registry import Clients, DuplicateNames, Selector
-from .testing.network import NetworkConditions
+from .registry import Clients, ClientTable, DuplicateNames, Selector
 from .v1 import control_pb2 as pb
 
 if TYPE_CHECKING:
     import os
 
-    from ._calls import Servable
+    from ._calls.base import Servable
+    from ._session.quic.impair import NetworkConditions
 
 
 __all__ = ["ClientInfo", "Server"]
@@ -66,169 +68,8 @@ T = TypeVar("T")
 
 # Streams a client may have open towards the server at once: control + lanes.
 _MAX_CLIENT_STREAMS = 64
-
-
-class _ClientChannel(LinkChannel):
-    """The server's channel to one client: lanes on that client's link."""
-
-    def __init__(self, link: Link, *, lanes: int, max_message_size: int) -> None:
-        super().__init__(
-            link.peer.name or link.connection_id, lanes=lanes, max_message_size=max_message_size
-        )
-        self._link = link
-        link.add_close_callback(lambda _: self.close_lanes())
-
-    async def open_lane(self, protocol: asyncio.Protocol) -> None:
-        self._link.open_lane(protocol)
-
-    def loss_reason(self) -> str:
-        return self._link.loss_reason()
-
-    def is_lost(self) -> bool:
-        return self._link.closed is not None
-
-
-class ClientInfo(Generic[C]):
-    """A connected client as the server sees it.
-
-    ``stub`` calls the client's services over this client's own connection;
-    everything else describes the client. The object stays valid after the
-    client leaves (``closed`` becomes true and calls fail with UNAVAILABLE).
-    """
-
-    def __init__(self, link: Link, server: Server[C], *, lanes: int) -> None:
-        self._link = link
-        self._server = server
-        self._channel = _ClientChannel(link, lanes=lanes, max_message_size=link.max_message_size)
-        #: A grpclib ``Channel`` to this client: ``SomeStub(info.channel)``.
-        self.channel: Channel = self._channel
-        self._stub: C | None = None
-
-    @property
-    def connection_id(self) -> str:
-        return self._link.connection_id
-
-    @property
-    def name(self) -> str:
-        return self._link.peer.name
-
-    @property
-    def labels(self) -> Mapping[str, str]:
-        return self._link.peer.labels
-
-    @property
-    def services(self) -> tuple[str, ...]:
-        return self._link.peer.services
-
-    @property
-    def address(self) -> tuple[str, int] | None:
-        return self._link.peer.address
-
-    @property
-    def identity(self) -> Identity | None:
-        """The client's verified identity (mutual TLS and/or the authentication
-        hook), or None when the server checks neither."""
-        return self._link.peer.identity
-
-    @property
-    def connected_at(self) -> float:
-        """Wall-clock time (``time.time()``) the client's hello was accepted."""
-        return self._link.peer.connected_at
-
-    @property
-    def stub(self) -> C:
-        """The server's ``client_stub`` bound to this client's connection."""
-        if self._stub is None:
-            factory = self._server.client_stub
-            if factory is None:
-                raise RuntimeError(
-                    "this Server was made without client_stub=...; pass the generated stub "
-                    "class (for example client_stub=NamerStub) to call clients"
-                )
-            self._stub = factory(self.channel)
-        return self._stub
-
-    @property
-    def closed(self) -> bool:
-        return self._link.closed is not None
-
-    @property
-    def close_reason(self) -> str | None:
-        closed = self._link.closed
-        return closed.describe() if closed is not None else None
-
-    @property
-    def calls_in_flight(self) -> int:
-        """Calls from this client being handled right now."""
-        return self._link.calls_in
-
-    async def ping(self) -> float:
-        """Round-trip time to the client over the control stream, in seconds."""
-        return await self._link.ping()
-
-    def transport_stats(self) -> list[dict[str, int]]:
-        """Byte counters of this client's streams (see ``Link.transport_stats``)."""
-        return self._link.transport_stats()
-
-    def _begin_drain(self, reason: str, grace: float) -> None:
-        """No new calls either way; tell the client we are going away."""
-        link = self._link
-        if link.closed is None:
-            link.draining = True
-            link.send_go_away(reason, grace)
-            self._channel.detach_lanes()
-
-    def _peer_going_away(self) -> None:
-        """The client is draining: no new calls to it."""
-        self._link.peer_going_away = True
-        self._channel.detach_lanes()
-
-    def _busy(self) -> bool:
-        return self._link.calls_in > 0 or self._channel.calls_in_flight > 0
-
-    async def _wait_idle(self) -> None:
-        await self._link.wait_idle()
-        await self._channel.wait_lanes_idle()
-
-    def close(self, reason: str = "closed by the server") -> None:
-        """Disconnect this client; its calls in flight fail."""
-        self._link.close(CloseCode.NO_ERROR, reason)
-
-    async def wait_closed(self) -> None:
-        await self._link.closed_event.wait()
-
-    def __repr__(self) -> str:
-        name = f" {self.name!r}" if self.name else ""
-        state = " closed" if self.closed else ""
-        return f"<ClientInfo{name} id={self.connection_id} {self.address}{state}>"
-
-
-class _Listener(BatchingQuicServer):
-    """aioquic's server protocol, telling when its socket is really closed."""
-
-    def __init__(self, socket_closed: asyncio.Event, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._socket_closed = socket_closed
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        self._socket_closed.set()
-
-
-class _TicketStore:
-    """TLS session tickets for resumption: bounded, and each usable once."""
-
-    def __init__(self, limit: int = 10000) -> None:
-        self._limit = limit
-        self._tickets: dict[bytes, SessionTicket] = {}
-
-    def add(self, ticket: SessionTicket) -> None:
-        if len(self._tickets) >= self._limit:
-            del self._tickets[next(iter(self._tickets))]
-        self._tickets[ticket.ticket] = ticket
-
-    def pop(self, label: bytes) -> SessionTicket | None:
-        return self._tickets.pop(label, None)
+_D = DEFAULT_OPTIONS
+_Q = DEFAULT_QUIC_OPTIONS
 
 
 class Server(Generic[C]):
@@ -263,15 +104,15 @@ class Server(Generic[C]):
         client_stub: Callable[[Channel], C] | None = None,
         certfile: str | os.PathLike[str],
         keyfile: str | os.PathLike[str] | None = None,
-        lanes: int = 1,
-        max_message_size: int = 4 << 20,
-        max_concurrent_calls: int = 1000,
+        lanes: int = _D.lanes,
+        max_message_size: int = _D.max_message_size,
+        max_concurrent_calls: int = _D.max_concurrent_calls,
         max_connections: int = 10000,
-        keepalive_interval: float | None = 5.0,
-        dead_peer_timeout: float = 15.0,
-        handshake_timeout: float = 10.0,
-        hello_timeout: float = 10.0,
-        max_datagram_size: int = 1200,
+        keepalive_interval: float | None = _D.keepalive_interval,
+        dead_peer_timeout: float = _D.dead_peer_timeout,
+        handshake_timeout: float = _D.handshake_timeout,
+        hello_timeout: float = _D.hello_timeout,
+        max_datagram_size: int = _Q.max_datagram_size,
         hello_limits: HelloLimits | None = None,
         client_ca: str | os.PathLike[str] | None = None,
         authenticate: Authenticator | None = None,
@@ -280,113 +121,108 @@ class Server(Generic[C]):
         retry: bool = False,
         network_conditions: NetworkConditions | None = None,
         duplicate_names: DuplicateNames = DuplicateNames.REPLACE,
-        read_batch: int = 8,
+        read_batch: int = _Q.read_batch,
     ) -> None:
-        if max_message_size < 1:
-            raise ValueError("max_message_size must be positive")
-        if max_connections < 1 or max_concurrent_calls < 1 or read_batch < 1:
-            raise ValueError(
-                "max_connections, max_concurrent_calls and read_batch must be positive"
-            )
-        if keepalive_interval is not None and not 0 < keepalive_interval < dead_peer_timeout:
-            raise ValueError("keepalive_interval must be positive and below dead_peer_timeout")
+        options = Options(
+            lanes=lanes,
+            max_message_size=max_message_size,
+            max_concurrent_calls=max_concurrent_calls,
+            keepalive_interval=keepalive_interval,
+            dead_peer_timeout=dead_peer_timeout,
+            handshake_timeout=handshake_timeout,
+            hello_timeout=hello_timeout,
+        )
+        quic_options = QuicOptions(
+            max_datagram_size=max_datagram_size,
+            read_batch=read_batch,
+            network_conditions=network_conditions,
+        )
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be positive, not {max_connections!r}")
         if session_tickets and client_ca is not None:
             raise ValueError(
                 "session_tickets cannot be combined with client_ca: a resumed TLS handshake "
                 "carries no client certificate to verify"
             )
         self.client_stub = client_stub
-        self._client_verifier = (
-            ClientCertificateVerifier(client_ca) if client_ca is not None else None
-        )
-        self._authenticate = authenticate
+        self.options = options
+        self.quic_options = quic_options
         self._authorize = authorize
-        self._tickets = _TicketStore() if session_tickets else None
-        self._retry = retry
-        self._configuration = server_configuration(
-            certfile=certfile,
-            keyfile=keyfile,
-            idle_timeout=dead_peer_timeout,
-            max_datagram_size=max_datagram_size,
-        )
-        self._session_options = SessionOptions(
-            keepalive_interval=keepalive_interval,
-            handshake_timeout=handshake_timeout,
-            network_conditions=network_conditions,
-            read_batch=read_batch,
-        )
-        self._link_settings = LinkSettings(
-            lanes=lanes,
-            max_message_size=max_message_size,
-            max_concurrent_calls=max_concurrent_calls,
-        )
-        self._keepalive_interval = keepalive_interval
-        self._dead_peer_timeout = dead_peer_timeout
-        self._max_connections = max_connections
-        self._hello_timeout = hello_timeout
-        self._hello_limits = hello_limits or HelloLimits()
-        self._grpc = serving_server(handlers, max_message_size)
+        self._duplicate_names = DuplicateNames(duplicate_names)
         #: grpclib's event dispatcher: ``grpclib.events.listen(server, RecvRequest, cb)`` works.
-        self.__dispatch__ = self._grpc.__dispatch__
-        self._connections: set[IncomingConnection] = set()
-        self._quic: QuicServer | None = None
-        self._udp: asyncio.DatagramTransport | None = None
+        self.__dispatch__ = EventDispatch()
+        serving = Serving(handlers, max_message_size=max_message_size, dispatch=self.__dispatch__)
+        self._layer = LanesCallLayer(
+            serving, lanes=lanes, max_concurrent_calls=max_concurrent_calls
+        )
+        self._accept_settings = AcceptSettings(
+            hello_timeout=hello_timeout,
+            hello_limits=hello_limits or HelloLimits(),
+            verifier=ClientCertificateVerifier(client_ca) if client_ca is not None else None,
+            authenticate=authenticate,
+        )
+        tickets: TicketStore[Any] | None = TicketStore() if session_tickets else None
+        self._listener = QuicListener(
+            configuration=server_configuration(
+                certfile=certfile,
+                keyfile=keyfile,
+                idle_timeout=dead_peer_timeout,
+                max_datagram_size=max_datagram_size,
+            ),
+            options=options,
+            quic_options=quic_options,
+            accept=lambda: Acceptor(self._accept_settings, self),
+            max_connections=max_connections,
+            peer_stream_limit=_MAX_CLIENT_STREAMS,
+            request_client_certificate=client_ca is not None,
+            retry=retry,
+            tickets=tickets,
+        )
+        self._started = False
         self._closing = False
         self._closed = asyncio.Event()
-        self._duplicate_names = DuplicateNames(duplicate_names)
-        self._clients: Clients[C] = Clients()
+        self._links: dict[str, Link] = {}
+        self._clients: ClientTable[C] = ClientTable()
         self._presence: Presence[C] = Presence(self._clients, self._closed)
         self._drain_task: asyncio.Task[None] | None = None
-        self._socket_closed = asyncio.Event()
-        self._host = ""
-        self._port = 0
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self, host: str, port: int = 0) -> None:
         """Listen on UDP ``host:port``; port 0 picks a free one (see :attr:`port`)."""
-        if self._quic is not None:
+        if self._started:
             raise RuntimeError("the server is already started")
-        loop = asyncio.get_running_loop()
-        transport, protocol = await loop.create_datagram_endpoint(
-            lambda: _Listener(
-                self._socket_closed,
-                configuration=self._configuration,
-                create_protocol=self._new_session,
-                read_batch=self._session_options.read_batch,
-                retry=self._retry,
-                session_ticket_fetcher=self._tickets.pop if self._tickets else None,
-                session_ticket_handler=self._tickets.add if self._tickets else None,
-            ),
-            local_addr=(host, port),
-        )
-        self._udp = transport
-        self._quic = protocol
-        self._host, self._port = transport.get_extra_info("sockname")[:2]
+        self._started = True
+        await self._listener.start(host, port)
         log.info("brpc server listening on %s", self.address)
 
     @property
     def port(self) -> int:
         """The UDP port the server listens on (after :meth:`start`)."""
-        return self._port
+        return self._listener.port
 
     @property
     def host(self) -> str:
-        return self._host
+        return self._listener.host
 
     @property
     def connection_count(self) -> int:
-        """QUIC connections being served, including those still in their handshake."""
-        return len(self._connections)
+        """Connections being served, including those still in their handshake."""
+        return len(self._listener.sessions)
 
     @property
     def address(self) -> str:
         """``host:port`` the server listens on, suitable for :func:`brpc.dial`."""
-        return format_target(self._host, self._port)
+        return format_target(self.host, self.port)
+
+    @property
+    def closing(self) -> bool:
+        """Whether :meth:`close` was called: new clients are refused."""
+        return self._closing
 
     async def serve_forever(self) -> None:
         """Wait until the server is closed."""
-        if self._quic is None:
+        if not self._started:
             raise RuntimeError("call start() before serve_forever()")
         await self._closed.wait()
 
@@ -403,42 +239,40 @@ class Server(Generic[C]):
         if self._closing:
             return
         self._closing = True
-        for connection in list(self._connections):
-            if connection.link is None and connection.session is not None:
-                connection.session.close(CloseCode.GOING_AWAY, "server is shutting down")
+        self._listener.stop_accepting()
+        linked = {id(link.session) for link in self._links.values()}
+        for session in list(self._listener.sessions):
+            if id(session) not in linked:
+                session.close(CloseCode.GOING_AWAY, "server is shutting down")
         if grace is None or grace <= 0:
             self._finish_close()
             return
-        for info in self._clients:
-            info._begin_drain("server is shutting down", grace)
         self._drain_task = asyncio.get_running_loop().create_task(
             self._drain(grace), name="brpc server drain"
         )
 
     async def _drain(self, grace: float) -> None:
+        links = list(self._links.values())
         try:
-            async with asyncio.timeout(grace):
-                for info in self._clients:
-                    await info._wait_idle()
-        except TimeoutError:
-            busy = sum(1 for info in self._clients if info._busy())
-            log.warning("drain: %d clients still had calls in flight after %s s", busy, grace)
+            idle = await asyncio.gather(
+                *(link.drain(grace, "server is shutting down") for link in links)
+            )
+            busy = idle.count(False)
+            if busy:
+                log.warning("drain: %d clients still had calls in flight after %s s", busy, grace)
         finally:
             self._finish_close()
 
     def _finish_close(self) -> None:
-        for connection in list(self._connections):
-            if connection.session is not None:
-                connection.session.close(CloseCode.GOING_AWAY, "server is shutting down")
-        if self._udp is not None:
-            self._udp.close()
+        for session in list(self._listener.sessions):
+            session.close(CloseCode.GOING_AWAY, "server is shutting down")
+        self._listener.close()
         self._closed.set()
 
     async def wait_closed(self) -> None:
         """Wait until :meth:`close` finished and the UDP port is free again."""
         await self._closed.wait()
-        if self._udp is not None:
-            await self._socket_closed.wait()
+        await self._listener.wait_closed()
 
     async def __aenter__(self) -> Server[C]:
         return self
@@ -454,7 +288,7 @@ class Server(Generic[C]):
 
     # -- clients ---------------------------------------------------------------------
 
-    def client_from_context(self, stream: Stream[Any, Any]) -> C:
+    def client_from_context(self, stream: Any) -> C:
         """The stub bound to the client whose call ``stream`` is.
 
         Identity comes from the connection the call arrived on, never from
@@ -470,21 +304,17 @@ class Server(Generic[C]):
             )
         return info.stub
 
-    def client_info_from_context(self, stream: Stream[Any, Any]) -> ClientInfo[C]:
+    def client_info_from_context(self, stream: Any) -> ClientInfo[C]:
         """The :class:`ClientInfo` of the client whose call ``stream`` is (its
         identity, name, labels, ...), found from the connection the call
         arrived on. Raises like :meth:`client_from_context`, except that it
         still answers after the client left (``info.closed`` tells)."""
         return self._client_of(stream)
 
-    def _client_of(self, stream: Stream[Any, Any]) -> ClientInfo[C]:
-        if not isinstance(stream, Stream):
-            raise TypeError(f"expected the handler's grpclib.server.Stream, got {stream!r}")
-        transport = server_h2_stream(stream)._transport
-        context = transport.get_extra_info("context")
-        link = context.get(current_link) if context is not None else None
-        info = link.handle if link is not None else None
-        if not isinstance(info, ClientInfo) or info._server is not self:
+    def _client_of(self, stream: Any) -> ClientInfo[C]:
+        connection = connection_of(stream)
+        info = connection.handle if connection is not None else None
+        if not isinstance(info, ClientInfo) or info.server is not self:
             raise GRPCError(
                 Status.FAILED_PRECONDITION,
                 "client_from_context() needs the stream of a call that a brpc client made "
@@ -574,116 +404,108 @@ class Server(Generic[C]):
         ) as results:
             return await results.gather()
 
-    # -- internals -------------------------------------------------------------------
+    # -- Admitter (the acceptors' view of the server) -----------------------------------
 
-    def _new_session(self, quic: QuicConnection, stream_handler: Any = None) -> QuicSession:
-        connection = IncomingConnection(self)
-        _aioquic.set_peer_bidi_stream_limit(quic, _MAX_CLIENT_STREAMS)
-        if self._client_verifier is not None:
-            _aioquic.request_client_certificate(quic)
-        session = QuicSession(quic, handler=connection, options=self._session_options)
-        connection.session = session
-        if self._closing:
-            session.refuse_with = (QuicErrorCode.CONNECTION_REFUSED, "server is shutting down")
-        elif len(self._connections) >= self._max_connections:
-            session.refuse_with = (
-                QuicErrorCode.CONNECTION_REFUSED,
-                f"server is at its limit of {self._max_connections} connections",
-            )
-        else:
-            self._connections.add(connection)
-        return session
-
-    def _admit(
-        self, connection: IncomingConnection, hello: pb.ClientHello, identity: Identity | None
-    ) -> Link:
-        """Make the link of a client whose hello passed every check, register it
-        and answer the hello. Raise :class:`Refused` to refuse it instead."""
-        session, control = connection.session, connection.control
-        assert session is not None and control is not None
+    def admit(self, hello: Hello) -> tuple[Link, pb.ServerHello]:
+        """Make the link of a client whose hello passed every check, and the
+        server hello that answers it. Raise :class:`Refused` to refuse it instead."""
+        message = hello.message
         connection_id = secrets.token_hex(16)
-        name_conflict = self._admit_name(hello.name, connection_id, identity)
-        if name_conflict is not None:
-            raise Refused(pb.Refusal.ALREADY_EXISTS, name_conflict)
-        peer = PeerInfo(
-            name=hello.name,
-            labels=dict(hello.labels),
-            services=tuple(hello.services),
-            address=session.get_extra_info("peername"),
-            connected_at=time.time(),
-            identity=identity,
-        )
+        self._admit_name(message.name, connection_id, hello.identity)
         label = (
-            f"client {hello.name!r} ({connection_id})" if hello.name else f"client {connection_id}"
+            f"client {message.name!r} ({connection_id})"
+            if message.name
+            else f"client {connection_id}"
         )
         link = Link(
-            session,
-            control,
+            hello.session,
+            hello.control,
             connection_id=connection_id,
-            peer=peer,
-            serving=self._grpc,
-            settings=self._link_settings,
+            peer=PeerInfo(
+                name=message.name,
+                labels=dict(message.labels),
+                services=tuple(message.services),
+                connected_at=time.time(),
+                identity=hello.identity,
+            ),
+            layer=self._layer,
+            options=self.options,
             describe=label,
+            make_handle=self._client_info,
+            authorize=self._authorize,
         )
-        info: ClientInfo[C] = ClientInfo(link, self, lanes=self._link_settings.lanes)
-        link.handle = info
-        link.authorizer = self._authorize
-        link.on_go_away = lambda _: info._peer_going_away()
-        connection.link = link
-        control.send(
-            pb.Envelope(
-                server_hello=pb.ServerHello(
-                    protocol_version=PROTOCOL_VERSION,
-                    connection_id=connection_id,
-                    limits=self._limits_message(),
-                )
-            )
+        server_hello = pb.ServerHello(
+            protocol_version=PROTOCOL_VERSION,
+            connection_id=connection_id,
+            limits=self._limits_message(),
         )
-        log.info("%s connected from %s", label, peer.address)
-        # Last: connect callbacks may call the client (its hello is answered)
-        # or close it (the connection already knows its link).
-        self._register(info)
-        return link
+        return link, server_hello
 
-    def _admit_name(self, name: str, connection_id: str, identity: Identity | None) -> str | None:
-        """Apply ``duplicate_names`` to a hello: the reason to refuse it, or None."""
-        holders = self._clients.find(name=name) if name else []
-        if not holders or self._duplicate_names is DuplicateNames.ALLOW:
-            return None
-        if self._duplicate_names is DuplicateNames.REJECT:
-            return f"a client named {name!r} is already connected ({holders[0].connection_id})"
-        for old in holders:
-            if not _same_identity(old.identity, identity):
-                return (
-                    f"a client named {name!r} with another identity is already connected "
-                    f"({old.connection_id}); only the same identity may replace it"
-                )
-        for old in holders:
-            log.info("client %r (%s) replaced by %s", name, old.connection_id, connection_id)
-            old._link.close(
-                CloseCode.REPLACED,
-                f"replaced by a newer connection ({connection_id}) with the same name {name!r}",
-            )
-        return None
-
-    def _register(self, info: ClientInfo[C]) -> None:
-        link = info._link
-        self._clients._add(info)
+    def connected(self, link: Link) -> None:
+        """The server hello of ``link`` went out: the client is in the table."""
+        info = cast(ClientInfo[C], link.handle)
+        log.info("%r connected from %s", link, link.address)
+        self._links[link.connection_id] = link
+        self._clients.add(info)
         link.add_close_callback(lambda _: self._unregister(info))
         self._presence.connected(info)
 
+    # -- internals -------------------------------------------------------------------
+
+    def _client_info(self, link: Link) -> ClientInfo[C]:
+        return ClientInfo(
+            link,
+            server=self,
+            layer=self._layer,
+            dispatch=self.__dispatch__,
+            client_stub=self.client_stub,
+        )
+
+    def _admit_name(self, name: str, connection_id: str, identity: Identity | None) -> None:
+        """Apply ``duplicate_names`` to a hello: raise :class:`Refused` to refuse it.
+
+        Refusals name nothing that belongs to the other client; the log does.
+        """
+        holders = self._clients.find(name=name) if name else []
+        if not holders or self._duplicate_names is DuplicateNames.ALLOW:
+            return
+        if self._duplicate_names is DuplicateNames.REJECT:
+            log.info("refused name %r: held by %s", name, holders[0].connection_id)
+            raise Refused(
+                RefusalCode.ALREADY_EXISTS, f"a client named {name!r} is already connected"
+            )
+        for old in holders:
+            if not _same_identity(old.identity, identity):
+                log.info(
+                    "refused name %r: held by %s with another identity", name, old.connection_id
+                )
+                raise Refused(
+                    RefusalCode.ALREADY_EXISTS,
+                    f"a client named {name!r} with another identity is already connected; "
+                    "only the same identity may replace it",
+                )
+        for old in holders:
+            log.info("client %r (%s) replaced by %s", name, old.connection_id, connection_id)
+            link = self._links.get(old.connection_id)
+            if link is not None:
+                link.close(
+                    CloseCode.REPLACED,
+                    f"replaced by a newer connection ({connection_id}) with the same name {name!r}",
+                )
+
     def _unregister(self, info: ClientInfo[C]) -> None:
-        if self._clients._remove(info):
+        self._links.pop(info.connection_id, None)
+        if self._clients.remove(info):
             log.info("client %s disconnected: %s", info.connection_id, info.close_reason)
             self._presence.disconnected(info)
 
     def _limits_message(self) -> pb.Limits:
-        settings = self._link_settings
+        options = self.options
         return pb.Limits(
-            max_message_size=settings.max_message_size,
-            max_concurrent_calls=settings.max_concurrent_calls,
-            keepalive_interval_ms=int((self._keepalive_interval or 0) * 1000),
-            dead_peer_timeout_ms=int(self._dead_peer_timeout * 1000),
+            max_message_size=options.max_message_size,
+            max_concurrent_calls=options.max_concurrent_calls,
+            keepalive_interval_ms=int((options.keepalive_interval or 0) * 1000),
+            dead_peer_timeout_ms=int(options.dead_peer_timeout * 1000),
         )
 
 

@@ -18,7 +18,7 @@ class QuicPair:
     """A client and a server QuicConnection exchanging datagrams in memory."""
 
     def __init__(self, ca: Path, certfile: Path, keyfile: Path, *, peer_limit: int | None = None):
-        from brpc import _aioquic
+        from brpc._session.quic import _aioquic
 
         self.now = 0.0
         client_cfg = QuicConfiguration(is_client=True, alpn_protocols=["brpc/1"])

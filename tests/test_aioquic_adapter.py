@@ -8,7 +8,7 @@ from typing import Any
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, StreamDataReceived
 from quicpair import QuicPair
 
-from brpc import _aioquic
+from brpc._session.quic import _aioquic
 
 
 def pair(certs: Any, **kwargs: Any) -> QuicPair:

@@ -11,7 +11,7 @@ from probes import Probe
 from rawquic import port_of, raw_client, raw_server
 
 import brpc
-from brpc._control import encode_envelope
+from brpc._wire.control import encode_envelope
 from brpc.certs import generate_ca, issue_certificate
 from brpc.testing.v1.echo_grpc import EchoStub
 from brpc.testing.v1.echo_pb2 import EchoRequest
@@ -139,7 +139,9 @@ async def test_unsupported_version_is_refused(make_server: Any, connect: Any, ce
         ended = await peer.wait_ended()
         refusal = pb.Envelope()
         refusal.ParseFromString(peer.received[0][1:])
-    assert ended.error_code == brpc.CloseCode.REFUSED
+    # The close carries the refusal code as data: 0x100 + Refusal.Code.
+    assert ended.error_code == 0x100 + pb.Refusal.UNSUPPORTED_VERSION
+    assert ended.reason_phrase == refusal.refusal.reason
     assert refusal.refusal.code == pb.Refusal.UNSUPPORTED_VERSION
     assert "version 99" in refusal.refusal.reason
     await _still_serves(server, connect)

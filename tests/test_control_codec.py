@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from brpc._control import ControlDecoder, HelloLimits, check_client_hello, encode_envelope
+from brpc._wire.control import ControlDecoder, HelloLimits, check_client_hello, encode_envelope
 from brpc.errors import ProtocolViolation
 from brpc.v1 import control_pb2 as pb
 

@@ -12,7 +12,7 @@ from grpclib.exceptions import GRPCError
 from probes import Probe
 
 import brpc
-from brpc.testing.network import NetworkConditions
+from brpc.testing import NetworkConditions
 from brpc.testing.v1.echo_grpc import EchoStub
 from brpc.testing.v1.echo_pb2 import EchoRequest
 

@@ -13,7 +13,7 @@ from grpclib.metadata import Deadline
 from grpclib.server import Stream
 
 import brpc
-from brpc._calls import call_deadline
+from brpc._calls.base import call_deadline
 from brpc.testing.v1 import echo_grpc
 from brpc.testing.v1.echo_grpc import EchoStub
 from brpc.testing.v1.echo_pb2 import EchoReply, EchoRequest

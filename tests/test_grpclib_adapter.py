@@ -1,4 +1,4 @@
-"""Every private grpclib detail brpc relies on (brpc/_grpclib.py).
+"""Every private grpclib detail brpc relies on (brpc/_calls/_grpclib.py).
 
 The behaviour built on them is covered end to end by test_semantics.py (limits,
 status mapping, unknown methods, 200 concurrent calls on a fresh lane); here each
@@ -13,14 +13,34 @@ import inspect
 from typing import Any
 
 import grpclib.client
+import grpclib.const
+import grpclib.events
+import grpclib.exceptions
 import grpclib.protocol
 import grpclib.server
+import grpclib.stream
+from grpclib.events import RecvRequest, SendRequest, listen
 from h2.settings import SettingCodes
 from hyperframe.frame import Frame, SettingsFrame
 
-from brpc._calls import serving_server
-from brpc._grpclib import server_lane_protocol
+from brpc._calls._grpclib import (
+    EventDispatch,
+    LaneProtocol,
+    server_lane_protocol,
+    serving_server,
+)
+from brpc._calls.serving import Serving
 from brpc.testing import EchoService
+
+
+def _server() -> grpclib.server.Server:
+    serving = Serving([EchoService()], max_message_size=1 << 20, dispatch=EventDispatch())
+    return serving_server(
+        serving.mapping,
+        codec=serving.codec,
+        status_details_codec=serving.status_details_codec,
+        dispatch=serving.dispatch,
+    )
 
 
 async def test_private_names_exist() -> None:
@@ -39,6 +59,31 @@ async def test_private_names_exist() -> None:
     )
     source = inspect.getsource(grpclib.stream.recv_message)
     assert "recv_data(5)" in source and "recv_data(message_len)" in source
+    # LaneProtocol builds grpclib's Connection itself and retypes its streams.
+    assert list(inspect.signature(grpclib.protocol.Connection.create_stream).parameters) == [
+        "self",
+        "stream_id",
+        "wrapper",
+    ]
+    assert not hasattr(grpclib.protocol.Stream, "__slots__")
+    source = inspect.getsource(grpclib.protocol.EventsProcessor)
+    assert "self.connection.create_stream(" in source
+    assert "stream_close_waiter" in inspect.getsource(grpclib.protocol.Connection)
+
+
+def test_one_dispatcher_takes_channel_and_server_events() -> None:
+    dispatch = EventDispatch()
+
+    async def callback(event: Any) -> None:
+        pass
+
+    class Target:
+        __dispatch__ = dispatch
+
+    listen(Target(), RecvRequest, callback)
+    listen(Target(), SendRequest, callback)
+    assert issubclass(EventDispatch, grpclib.events._DispatchServerEvents)
+    assert issubclass(EventDispatch, grpclib.events._DispatchChannelEvents)
 
 
 class _Capture(asyncio.Transport):
@@ -60,9 +105,8 @@ class _Capture(asyncio.Transport):
 
 
 async def test_server_lane_announces_the_limit_in_the_first_settings() -> None:
-    protocol = server_lane_protocol(
-        serving_server([EchoService()], 1 << 20), max_concurrent_streams=321
-    )
+    protocol = server_lane_protocol(_server(), max_message_size=1 << 20, max_concurrent_streams=321)
+    assert isinstance(protocol, LaneProtocol)
     transport = _Capture()
     protocol.connection_made(transport)
     frame, length = Frame.parse_frame_header(memoryview(bytes(transport.data[:9])))
@@ -71,4 +115,19 @@ async def test_server_lane_announces_the_limit_in_the_first_settings() -> None:
     assert frame.settings[SettingCodes.MAX_CONCURRENT_STREAMS] == 321
     enforced = protocol.connection._connection.local_settings.max_concurrent_streams
     assert enforced == 642
+    protocol.connection_lost(None)
+
+
+async def test_lane_streams_refuse_oversized_messages_by_their_prefix() -> None:
+    protocol = server_lane_protocol(_server(), max_message_size=10, max_concurrent_streams=5)
+    protocol.connection_made(_Capture())
+    stream = protocol.connection.create_stream(stream_id=1)
+    assert type(stream).__name__ == "_LimitedStream"
+    try:
+        await stream.recv_data(11)
+    except grpclib.exceptions.GRPCError as exc:
+        assert exc.status is grpclib.const.Status.RESOURCE_EXHAUSTED
+        assert "11 bytes exceeds the limit of 10 bytes" in str(exc.message)
+    else:
+        raise AssertionError("an oversized message was accepted")
     protocol.connection_lost(None)

@@ -50,4 +50,4 @@ async def test_connect_call_disconnect_cycles(make_server: Any, certs: Any) -> N
     assert _open_fds() == fds
     assert _tasks() == tasks
     # aioquic keeps each connection for its closing period (three probe timeouts)
-    await wait_for(lambda: len(server._quic._protocols) == 0, timeout=30)
+    await wait_for(lambda: server._listener.engine_connections == 0, timeout=30)

@@ -190,7 +190,7 @@ async def test_client_drain_lets_calls_finish_both_ways(make_server: Any, connec
     await server_side.started.wait()
     await client_side.started.wait()
 
-    closing = asyncio.create_task(conn.close(grace=30))
+    closing = conn.close(grace=30)  # already running: close() returns its task
     await wait_for(lambda: info._link.peer_going_away)  # the server heard the go-away
     with pytest.raises(GRPCError) as refused:
         await info.stub.Unary(EchoRequest(text="new"))

@@ -53,7 +53,7 @@ async def test_max_concurrent_calls_per_direction(
     for task in blocked:
         task.cancel()
     await asyncio.gather(*blocked, return_exceptions=True)
-    await wait_for(lambda: server.clients_snapshot()[0]._link.calls_in == 0)
+    await wait_for(lambda: server.clients_snapshot()[0].calls_in_flight == 0)
     assert (await stub.Unary(EchoRequest(text="room again"))).text == "room again"
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from probes import Probe
 
-from brpc.testing.network import NetworkConditions
+from brpc.testing import NetworkConditions
 from brpc.testing.v1.echo_grpc import EchoStub
 from brpc.testing.v1.echo_pb2 import EchoRequest
 

@@ -44,7 +44,7 @@ async def test_killed_client_is_noticed_within_the_dead_peer_bound(
         assert line.startswith("connected ")
         (info,) = server.clients_snapshot()
         call = asyncio.create_task(info.stub.Unary(EchoRequest(text="block")))
-        await wait_for(lambda: info.calls_in_flight == 0 and info._channel.calls_in_flight == 1)
+        await wait_for(lambda: info.calls_in_flight == 0 and info.outgoing_calls_in_flight == 1)
         process.send_signal(signal.SIGKILL)
         await process.wait()
         # noticed within the dead-peer bound (with room for a slow machine)

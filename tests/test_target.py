@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from brpc._target import format_target, parse_target
+from brpc._wire.target import format_target, parse_target
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,10 @@
 """Helpers for testing and benchmarking brpc: an echo service with one method of
-each gRPC cardinality (``brpc.testing.v1.echo``) and its plain implementation."""
+each gRPC cardinality (``brpc.testing.v1.echo``) and its plain implementation,
+simulated bad networks (:class:`NetworkConditions`) and an in-memory pair of
+connected sessions (:func:`session_pair`) for tests below the QUIC layer."""
 
+from .._session.memory import MemorySession, session_pair
+from .._session.quic.impair import NetworkConditions
 from .echo import EchoService
 
-__all__ = ["EchoService"]
+__all__ = ["EchoService", "MemorySession", "NetworkConditions", "session_pair"]

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from .auth import Identity
-from .errors import BrpcError
+from ..auth import Identity
+from ..errors import BrpcError
 
 __all__ = ["CertificateRejected", "ClientCertificateVerifier", "identity_of"]
 

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
-from .errors import ProtocolViolation
-from .v1 import control_pb2 as pb
+from ..errors import ProtocolViolation
+from ..v1 import control_pb2 as pb
 
 __all__ = [
     "ALPN",
+    "CONTROL_MESSAGE_LIMIT",
     "PROTOCOL_VERSION",
     "ControlDecoder",
     "HelloLimits",
@@ -31,6 +32,8 @@ __all__ = [
 ALPN = "brpc/1"
 #: The control-protocol version this implementation speaks.
 PROTOCOL_VERSION = 1
+#: Largest control message (one envelope) either side accepts, in bytes.
+CONTROL_MESSAGE_LIMIT = 64 << 10
 
 _MAX_VARINT_BYTES = 10
 _SERVICE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from aioquic.asyncio.server import QuicServer
 from aioquic.quic.connection import QuicConnection, QuicConnectionState
 from aioquic.quic.events import ConnectionTerminated
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "close_event",
+    "endpoint_connection_count",
     "is_stream_known",
     "peer_certificate",
     "peer_certificate_chain",
@@ -114,3 +116,12 @@ def request_client_certificate(quic: QuicConnection) -> None:
         quic.tls._request_client_certificate = True
 
     quic._initialize = _initialize  # type: ignore[method-assign]
+
+
+def endpoint_connection_count(endpoint: QuicServer) -> int:
+    """Connections a server endpoint still routes datagrams to, closing ones included.
+
+    aioquic keeps each connection in ``QuicServer._protocols`` (one entry per
+    connection ID) until its closing period ends; this counts the distinct ones.
+    """
+    return len({id(protocol) for protocol in endpoint._protocols.values()})

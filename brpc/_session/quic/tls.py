@@ -14,9 +14,10 @@ import ssl
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.packet import QuicErrorCode
 from aioquic.tls import AlertDescription, SessionTicket
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ._control import ALPN
-from ._session import SessionClosed
+from ..._wire.control import ALPN
+from ..base import SessionClosed
 
 __all__ = [
     "client_configuration",
@@ -66,6 +67,7 @@ def client_configuration(
             _check_file(certfile, "certificate file"),
             _check_file(keyfile, "key file") if keyfile is not None else None,
         )
+        _check_key_pair(configuration, certfile)
     elif keyfile is not None:
         raise ValueError("keyfile was given without certfile")
     return configuration
@@ -88,7 +90,25 @@ def server_configuration(
         _check_file(certfile, "certificate file"),
         _check_file(keyfile, "key file") if keyfile is not None else None,
     )
+    _check_key_pair(configuration, certfile)
     return configuration
+
+
+def _check_key_pair(configuration: QuicConfiguration, certfile: PathLike) -> None:
+    """Refuse a certificate without its private key, or with a key that is not its own."""
+    certificate, key = configuration.certificate, configuration.private_key
+    if certificate is None or key is None:
+        raise ValueError(
+            f"no private key for the certificate in {os.fspath(certfile)!r}: pass keyfile=... "
+            "(the PEM file of the certificate's private key)"
+        )
+    mine = certificate.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    theirs = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    if mine != theirs:
+        raise ValueError(
+            f"the private key does not belong to the certificate in {os.fspath(certfile)!r}: "
+            "pass the keyfile made together with that certificate"
+        )
 
 
 def _alert_name(error_code: int) -> str | None:

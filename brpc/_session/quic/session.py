@@ -1,13 +1,14 @@
 """The QUIC session: one QUIC connection and the streams on it.
 
 :class:`QuicSession` is the asyncio adapter around an aioquic
-:class:`QuicConnection`. It knows streams, not gRPC:
+:class:`QuicConnection` and brpc's :class:`~brpc._session.base.Session` on
+QUIC. It knows streams, not gRPC:
 
 - it opens local bidirectional streams and announces new peer-opened ones to
   its :class:`SessionHandler`, which supplies the protocol that runs on them;
 - it routes stream data, FINs, resets and STOP_SENDING to each stream's
-  :class:`QuicStreamTransport`, and resumes paused writers when
-  acknowledgements drain their send buffers;
+  :class:`StreamTransport`, and resumes paused writers when acknowledgements
+  drain their send buffers;
 - it sends QUIC PINGs every ``keepalive_interval`` (aioquic sends none by
   itself), so that an idle connection outlives the idle timeout and NAT
   bindings stay open;
@@ -25,107 +26,51 @@ import ipaddress
 import itertools
 import logging
 import socket
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from aioquic.asyncio.protocol import QuicConnectionProtocol, QuicStreamHandler
-from aioquic.asyncio.server import QuicServer
+from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection, stream_is_client_initiated
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
+from ..._security.peercert import PeerCertificate
+from ...errors import CloseCode
+from ...options import Options
+from ..base import SessionClosed, SessionHandler
+from ..stream_transport import StreamTransport
 from . import _aioquic
-from ._peercert import PeerCertificate
-from ._stream_transport import QuicStreamTransport
-from .errors import CloseCode
-from .testing.network import ImpairedTransport, NetworkConditions
+from .batching import DatagramBatch, drain_socket, dup_socket
+from .impair import ImpairedTransport
+from .options import QuicOptions
 
-__all__ = [
-    "BatchingQuicServer",
-    "DatagramBatch",
-    "QuicSession",
-    "SessionClosed",
-    "SessionHandler",
-    "SessionOptions",
-]
+if TYPE_CHECKING:
+    from cryptography import x509
+
+__all__ = ["QuicSession", "transport_code_name"]
 
 log = logging.getLogger(__name__)
 
 _CRYPTO_ERROR_BASE = 0x100
 
 
-@dataclass(frozen=True)
-class SessionOptions:
-    """Tuning of one QUIC session."""
-
-    #: Seconds between keepalive PINGs; ``None`` disables them.
-    keepalive_interval: float | None = 5.0
-    #: Seconds the TLS handshake may take before the session is closed.
-    handshake_timeout: float | None = 10.0
-    #: Unacknowledged bytes per stream above which writers are paused.
-    write_high_water: int = 1 << 20
-    #: ... and below which they are resumed.
-    write_low_water: int = 256 << 10
-    #: Required ALPN; the session closes if the handshake negotiated another.
-    alpn: str | None = None
-    #: Simulated loss and reordering (tests only).
-    network_conditions: NetworkConditions | None = None
-    #: Datagrams read from the socket per wake-up before one transmit; 1 reads
-    #: one at a time. Batching only applies where the session reads its own
-    #: socket (the dialing side) or under a :class:`BatchingQuicServer`, and
-    #: not with ``network_conditions``.
-    read_batch: int = 1
+def transport_code_name(error_code: int) -> str:
+    """A QUIC transport error code's name; TLS alerts as ``TLS alert N``."""
+    if _CRYPTO_ERROR_BASE <= error_code < 0x200:
+        return f"TLS alert {error_code - _CRYPTO_ERROR_BASE}"
+    try:
+        return QuicErrorCode(error_code).name
+    except ValueError:
+        return f"transport error 0x{error_code:x}"
 
 
-@dataclass(frozen=True)
-class SessionClosed:
-    """Why a session ended."""
-
-    error_code: int
-    reason: str
-    #: True for QUIC transport errors (including TLS alerts), False for
-    #: application (brpc) close codes.
-    transport_error: bool
-    #: True when this side initiated the close.
-    local: bool
-
-    def describe(self) -> str:
-        """A sentence for humans: who closed, with which code, why."""
-        who = "closed locally" if self.local else "closed by peer"
-        if self.transport_error:
-            if self.error_code >= _CRYPTO_ERROR_BASE and self.error_code < 0x200:
-                code = f"TLS alert {self.error_code - _CRYPTO_ERROR_BASE}"
-            else:
-                try:
-                    code = QuicErrorCode(self.error_code).name
-                except ValueError:
-                    code = f"transport error 0x{self.error_code:x}"
-        else:
-            try:
-                code = CloseCode(self.error_code).name
-            except ValueError:
-                code = f"application error 0x{self.error_code:x}"
-        reason = self.reason or "no reason given"
-        if self.reason == "Idle timeout":
-            return "connection timed out: no packets from peer within the idle timeout"
-        return f"connection {who} ({code}): {reason}"
-
-
-class SessionHandler(Protocol):
-    """What a session reports to the brpc layer above it."""
-
-    def handshake_completed(self, session: QuicSession) -> None: ...
-
-    def stream_opened(
-        self, session: QuicSession, stream_id: int
-    ) -> tuple[asyncio.Protocol, contextvars.Context | None] | None:
-        """Return the protocol (and context) for a new peer-opened stream, or
-        ``None`` to refuse it (the stream is reset)."""
-        ...
-
-    def session_closed(self, session: QuicSession, closed: SessionClosed) -> None: ...
+def _closed(error_code: int, reason: str, *, transport_error: bool, local: bool) -> SessionClosed:
+    return SessionClosed(
+        error_code=error_code,
+        reason=reason,
+        transport_error=transport_error,
+        local=local,
+        code_name=transport_code_name(error_code) if transport_error else "",
+    )
 
 
 class QuicSession(QuicConnectionProtocol):
@@ -134,24 +79,36 @@ class QuicSession(QuicConnectionProtocol):
     def __init__(
         self,
         quic: QuicConnection,
-        stream_handler: QuicStreamHandler | None = None,
         *,
         handler: SessionHandler,
-        options: SessionOptions,
+        options: Options,
+        quic_options: QuicOptions,
+        alpn: str | None = None,
+        handshake_timeout: float | None = None,
         owns_transport: bool = False,
+        batch: DatagramBatch | None = None,
+        refuse: tuple[int, str] | None = None,
     ) -> None:
-        super().__init__(quic, stream_handler)
+        """``alpn``: the ALPN the handshake must negotiate; ``handshake_timeout``:
+        close if the handshake takes longer; ``owns_transport``: the session has
+        its own UDP socket (the dialing side); ``batch``: the server's read batch
+        this session defers its transmits to; ``refuse``: a transport error code
+        and reason to close with as soon as the first datagram is processed."""
+        super().__init__(quic)
         self.quic = quic
         self.handler = handler
         self.options = options
+        self.quic_options = quic_options
+        self._alpn = alpn
+        self._handshake_timeout = handshake_timeout
         self._owns_transport = owns_transport
         self._is_client = quic.configuration.is_client
         self._udp: asyncio.DatagramTransport | None = None
-        self._streams: dict[int, QuicStreamTransport] = {}
+        self._streams: dict[int, StreamTransport] = {}
         # Streams we finished with but aioquic still tracks; late frames for
         # them must not look like new streams.
         self._retired: set[int] = set()
-        self._paused: set[QuicStreamTransport] = set()
+        self._paused: set[StreamTransport] = set()
         self._flush_handle: asyncio.Handle | None = None
         self._timers: list[asyncio.TimerHandle] = []
         self._ping_ids = itertools.count(1)
@@ -163,12 +120,8 @@ class QuicSession(QuicConnectionProtocol):
         self.session_resumed = False
         self.closed: SessionClosed | None = None
         self.terminated = asyncio.Event()
-        #: When set, the connection is closed with this transport error code and
-        #: reason as soon as its first datagram is processed (over a limit, ...).
-        self.refuse_with: tuple[int, str] | None = None
-        #: Set by a :class:`BatchingQuicServer`: datagrams it hands over while
-        #: it drains its socket are transmitted for once the drain ends.
-        self.batch: DatagramBatch | None = None
+        self._refuse = refuse
+        self._batch = batch
         self._transmit_deferred = False
         self._drain: socket.socket | None = None
 
@@ -176,17 +129,17 @@ class QuicSession(QuicConnectionProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._udp = cast(asyncio.DatagramTransport, transport)
-        conditions = self.options.network_conditions
+        conditions = self.quic_options.network_conditions
         if conditions is not None:
             transport = ImpairedTransport(self._udp, conditions)
-        elif self._owns_transport and self.options.read_batch > 1:
-            self._drain = _dup_socket(self._udp)
+        elif self._owns_transport and self.quic_options.read_batch > 1:
+            self._drain = dup_socket(self._udp)
         super().connection_made(transport)
-        if self.options.handshake_timeout is not None:
-            self._later(self.options.handshake_timeout, self._handshake_timed_out)
+        if self._handshake_timeout is not None:
+            self._later(self._handshake_timeout, self._handshake_timed_out)
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
-        conditions = self.options.network_conditions
+        conditions = self.quic_options.network_conditions
         if conditions is not None:
             conditions.deliver(self._datagram_received, data, addr)
         else:
@@ -195,7 +148,7 @@ class QuicSession(QuicConnectionProtocol):
     def _datagram_received(self, data: bytes | str, addr: Any) -> None:
         if self.closed is not None and self.terminated.is_set():
             return
-        batch = self.batch
+        batch = self._batch
         if batch is not None and batch.active:
             batch.add(self)
             self._transmit_deferred = True
@@ -223,11 +176,11 @@ class QuicSession(QuicConnectionProtocol):
         """Process ``data`` and the datagrams already waiting behind it, then transmit once."""
         self._transmit_deferred = True
         try:
-            _drain_socket(
+            drain_socket(
                 drain,
                 data,
                 addr,
-                self.options.read_batch,
+                self.quic_options.read_batch,
                 receive=self._receive_one,
                 on_error=self.error_received,
             )
@@ -244,8 +197,8 @@ class QuicSession(QuicConnectionProtocol):
         return self.closed is None
 
     def _after_receive(self) -> None:
-        if self.refuse_with is not None and self.closed is None:
-            code, reason = self.refuse_with
+        if self._refuse is not None and self.closed is None:
+            code, reason = self._refuse
             self.close(code, reason, transport_error=True)
             return
         self._check_closing()
@@ -254,9 +207,9 @@ class QuicSession(QuicConnectionProtocol):
         # ICMP errors (port unreachable, ...) on connected UDP sockets.
         if not self.handshake_done and isinstance(exc, ConnectionRefusedError):
             self._report_closed(
-                SessionClosed(
-                    error_code=QuicErrorCode.CONNECTION_REFUSED,
-                    reason="nothing is listening on that UDP port (ICMP port unreachable)",
+                _closed(
+                    QuicErrorCode.CONNECTION_REFUSED,
+                    "nothing is listening on that UDP port (ICMP port unreachable)",
                     transport_error=True,
                     local=True,
                 )
@@ -300,6 +253,7 @@ class QuicSession(QuicConnectionProtocol):
         QUIC transport error code instead (for example CONNECTION_REFUSED).
         """
         if self.closed is None:
+            self.transmit()  # stream data already written leaves before the close
             self.quic.close(
                 error_code=error_code,
                 frame_type=QuicFrameType.PADDING if transport_error else None,
@@ -307,19 +261,14 @@ class QuicSession(QuicConnectionProtocol):
             )
             self.transmit()
             self._report_closed(
-                SessionClosed(
-                    error_code=error_code,
-                    reason=reason_phrase,
-                    transport_error=transport_error,
-                    local=True,
-                )
+                _closed(error_code, reason_phrase, transport_error=transport_error, local=True)
             )
 
     # -- streams -----------------------------------------------------------------
 
     def open_stream(
         self, protocol: asyncio.Protocol, context: contextvars.Context | None = None
-    ) -> QuicStreamTransport:
+    ) -> StreamTransport:
         """Open a local bidirectional stream running ``protocol``."""
         if self.closed is not None:
             raise ConnectionError(self.closed.describe())
@@ -345,10 +294,10 @@ class QuicSession(QuicConnectionProtocol):
     def send_buffer_size(self, stream_id: int) -> int:
         return _aioquic.send_buffer_size(self.quic, stream_id)
 
-    def watch_paused(self, transport: QuicStreamTransport) -> None:
+    def watch_paused(self, transport: StreamTransport) -> None:
         self._paused.add(transport)
 
-    def forget_stream(self, transport: QuicStreamTransport) -> None:
+    def forget_stream(self, transport: StreamTransport) -> None:
         sid = transport.stream_id
         if self._streams.get(sid) is transport:
             del self._streams[sid]
@@ -384,9 +333,23 @@ class QuicSession(QuicConnectionProtocol):
             for t in self._streams.values()
         ]
 
+    @property
+    def peer_address(self) -> tuple[str, int] | None:
+        return _normalize_address(self.quic.get_peer_address())
+
+    def peer_certificate(self) -> x509.Certificate | None:
+        return _aioquic.peer_certificate(self.quic)
+
+    def peer_certificate_chain(self) -> list[x509.Certificate]:
+        return _aioquic.peer_certificate_chain(self.quic)
+
+    def extra_info(self, name: str, default: Any = None) -> Any:
+        """What stream transports answer for ``get_extra_info(name)``."""
+        return self.get_extra_info(name, default)
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "peername":
-            return _normalize_address(self.quic.get_peer_address()) or default
+            return self.peer_address or default
         if name == "sockname":
             return self._udp.get_extra_info("sockname") if self._udp is not None else default
         if name in ("peercert", "ssl_object"):
@@ -425,9 +388,9 @@ class QuicSession(QuicConnectionProtocol):
             self._handshake_completed(event)
         elif isinstance(event, events.ConnectionTerminated):
             self._report_closed(
-                SessionClosed(
-                    error_code=event.error_code,
-                    reason=event.reason_phrase,
+                _closed(
+                    event.error_code,
+                    event.reason_phrase,
                     transport_error=event.frame_type is not None,
                     local=False,
                 )
@@ -436,7 +399,7 @@ class QuicSession(QuicConnectionProtocol):
             if self._owns_transport and self._udp is not None:
                 self._udp.close()
 
-    def _incoming(self, stream_id: int) -> QuicStreamTransport | None:
+    def _incoming(self, stream_id: int) -> StreamTransport | None:
         if (
             stream_id in self._retired
             or stream_is_client_initiated(stream_id) == self._is_client
@@ -456,8 +419,8 @@ class QuicSession(QuicConnectionProtocol):
 
     def _attach(
         self, stream_id: int, protocol: asyncio.Protocol, context: contextvars.Context | None
-    ) -> QuicStreamTransport:
-        transport = QuicStreamTransport(
+    ) -> StreamTransport:
+        transport = StreamTransport(
             self,
             stream_id,
             protocol,
@@ -483,7 +446,7 @@ class QuicSession(QuicConnectionProtocol):
         self.handshake_done = True
         self.alpn_protocol = event.alpn_protocol
         self.session_resumed = event.session_resumed
-        wanted = self.options.alpn
+        wanted = self._alpn
         if wanted is not None and event.alpn_protocol != wanted:
             got = event.alpn_protocol or "none"
             self.close(
@@ -498,7 +461,7 @@ class QuicSession(QuicConnectionProtocol):
 
     def _handshake_timed_out(self) -> None:
         if not self.handshake_done and self.closed is None:
-            timeout = self.options.handshake_timeout
+            timeout = self._handshake_timeout
             self.close(
                 CloseCode.HANDSHAKE_TIMEOUT, f"TLS handshake did not complete within {timeout} s"
             )
@@ -529,9 +492,9 @@ class QuicSession(QuicConnectionProtocol):
             if ending is not None:
                 event, local = ending
                 self._report_closed(
-                    SessionClosed(
-                        error_code=event.error_code,
-                        reason=event.reason_phrase,
+                    _closed(
+                        event.error_code,
+                        event.reason_phrase,
                         transport_error=event.frame_type is not None,
                         local=local,
                     )
@@ -550,120 +513,6 @@ class QuicSession(QuicConnectionProtocol):
             transport.connection_terminated(error)
         self._streams.clear()
         self.handler.session_closed(self, closed)
-
-
-class DatagramBatch:
-    """The sessions that received datagrams during one drain of a shared socket."""
-
-    def __init__(self) -> None:
-        self.active = False
-        self._sessions: dict[QuicSession, None] = {}
-
-    def add(self, session: QuicSession) -> None:
-        self._sessions[session] = None
-
-    def flush(self) -> None:
-        sessions, self._sessions = self._sessions, {}
-        for session in sessions:
-            try:
-                session.flush_batch()
-            except Exception:
-                log.exception("failed to transmit after a batch of datagrams")
-
-
-class BatchingQuicServer(QuicServer):
-    """A :class:`QuicServer` that, with ``read_batch`` > 1, reads up to that many
-    waiting datagrams per wake-up and lets each session transmit once for all
-    of them, at the end."""
-
-    def __init__(self, *, read_batch: int = 1, create_protocol: Any, **kwargs: Any) -> None:
-        self._read_batch = read_batch
-        self._batch = DatagramBatch()
-        self._drain: socket.socket | None = None
-
-        def create(*args: Any, **kw: Any) -> Any:
-            session = create_protocol(*args, **kw)
-            session.batch = self._batch
-            return session
-
-        super().__init__(create_protocol=create if read_batch > 1 else create_protocol, **kwargs)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        if self._read_batch > 1:
-            self._drain = _dup_socket(cast(asyncio.DatagramTransport, transport))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._drain is not None:
-            self._drain.close()
-            self._drain = None
-        super().connection_lost(exc)
-
-    def datagram_received(self, data: bytes | str, addr: Any) -> None:
-        batch, drain = self._batch, self._drain
-        if drain is None:
-            super().datagram_received(data, addr)
-            return
-        batch.active = True
-        try:
-            _drain_socket(
-                drain,
-                data,
-                addr,
-                self._read_batch,
-                receive=self._receive_one,
-                on_error=self._udp_error,
-            )
-        finally:
-            batch.active = False
-            batch.flush()
-
-    def _receive_one(self, data: bytes | str, addr: Any) -> bool:
-        super().datagram_received(data, addr)
-        return True
-
-    def _udp_error(self, exc: OSError) -> None:
-        log.debug("UDP error on the server socket: %r", exc)
-
-
-_MAX_DATAGRAM = 65535
-#: Early flush: a drain stops once it took this long (seconds). Datagrams of
-#: bulk data cost little each and batch well; datagrams carrying calls cost
-#: far more (their handlers are started), and holding those back until a long
-#: batch ends puts caller and callee into lock-step.
-_BATCH_BUDGET = 0.0005
-
-
-def _drain_socket(
-    sock: socket.socket,
-    data: bytes | str,
-    addr: Any,
-    limit: int,
-    *,
-    receive: Callable[[bytes | str, Any], bool],
-    on_error: Callable[[OSError], None],
-) -> None:
-    """Hand ``data``, then up to ``limit - 1`` datagrams already waiting on
-    ``sock``, to ``receive``; stop when it returns False, when nothing waits or
-    after :data:`_BATCH_BUDGET` seconds (the early flush)."""
-    budget_end = time.perf_counter() + _BATCH_BUDGET
-    for read in range(1, limit + 1):
-        if not receive(data, addr) or read == limit or time.perf_counter() > budget_end:
-            return
-        try:
-            data, addr = sock.recvfrom(_MAX_DATAGRAM)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            on_error(exc)
-            return
-
-
-def _dup_socket(transport: asyncio.DatagramTransport) -> socket.socket:
-    """A second, non-blocking handle on ``transport``'s socket, to read waiting datagrams."""
-    sock = cast(socket.socket, transport.get_extra_info("socket").dup())
-    sock.setblocking(False)
-    return sock
 
 
 def _normalize_address(addr: Any) -> tuple[str, int] | None:

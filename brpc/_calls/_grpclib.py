@@ -4,14 +4,17 @@ grpclib (tested with 0.4.8-0.4.9, pinned in pyproject.toml) runs HTTP/2 over
 any asyncio transport, but the seams brpc needs are private:
 
 - :class:`LaneChannel` overrides ``Channel._create_connection`` so that each
-  (re)connection opens a new QUIC stream instead of a TCP socket, and builds
+  (re)connection opens a new stream instead of a TCP socket, and builds
   :class:`CallStream` objects instead of grpclib's ``Stream``;
-- :class:`CallStream` installs a received-message size limit on the HTTP/2
-  stream and turns transport failures into ``GRPCError`` with the right status;
-- :func:`server_lane_protocol` builds the server-side HTTP/2 protocol of a
-  ``grpclib.server.Server`` for one lane and caps concurrent streams on it;
-- :func:`limit_received_message_size` refuses a message by its length prefix,
-  before buffering its body.
+- :class:`CallStream` turns transport failures and passed deadlines into
+  ``GRPCError`` with the right status;
+- :class:`LaneProtocol` is grpclib's HTTP/2 protocol with brpc's received
+  message limit (checked by each message's length prefix, before its body is
+  buffered, with no per-call closure) and, on the serving side, brpc's
+  concurrent-stream limit;
+- :class:`EventDispatch` dispatches grpclib's channel *and* server events, so
+  ``grpclib.events.listen(conn, RecvRequest, cb)`` works on a dialing client
+  that serves services as on a server.
 
 ``tests/test_grpclib_adapter.py`` exercises each of these so that a grpclib
 upgrade that moves them fails there.
@@ -27,18 +30,21 @@ from typing import Any, TypeAlias, TypeVar, cast
 import h2.exceptions
 from grpclib.client import Channel, Stream
 from grpclib.client import Handler as ClientHandler
+from grpclib.config import Configuration
 from grpclib.const import Cardinality, Status
+from grpclib.events import _DispatchChannelEvents, _DispatchServerEvents
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.metadata import Deadline, _Metadata, _MetadataLike
-from grpclib.protocol import Connection, EventsProcessor, H2Protocol
+from grpclib.protocol import AbstractHandler, Connection, EventsProcessor, H2Protocol
 from grpclib.protocol import Stream as H2Stream
 from grpclib.server import Server
-from grpclib.server import Stream as ServerStream
+from grpclib.utils import Wrapper
+from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.settings import SettingCodes
 from multidict import MultiDict
 
-from .errors import DeadlineExceededError
+from ..errors import DeadlineExceededError
 
 # grpclib's names for these types are private; the rest of brpc uses these.
 MetadataLike: TypeAlias = _MetadataLike
@@ -47,16 +53,15 @@ RecvType = TypeVar("RecvType")
 
 __all__ = [
     "CallStream",
+    "EventDispatch",
     "LaneChannel",
+    "LaneProtocol",
     "MetadataLike",
     "RecvType",
     "SendType",
     "close_lane",
-    "limit_received_message_size",
     "opening_deadline",
-    "server_h2_stream",
-    "server_lane_protocol",
-    "wait_lane_idle",
+    "serving_server",
 ]
 
 
@@ -67,56 +72,90 @@ opening_deadline: contextvars.ContextVar[Deadline | None] = contextvars.ContextV
 )
 
 
-def limit_received_message_size(h2_stream: H2Stream, limit: int) -> None:
-    """Make ``h2_stream`` refuse gRPC messages longer than ``limit`` bytes.
+class EventDispatch(_DispatchServerEvents, _DispatchChannelEvents):
+    """grpclib's event dispatcher for both sides of calls.
+
+    A brpc endpoint both calls and serves over one connection, so one object
+    dispatches channel events (SendRequest, RecvTrailingMetadata, ...) and
+    server events (RecvRequest, SendTrailingMetadata, ...). SendMessage and
+    RecvMessage fire for messages this side sends and receives, either way.
+    """
+
+
+class _LimitedStream(H2Stream):
+    """grpclib's HTTP/2 stream, refusing gRPC messages longer than ``_limit``.
 
     grpclib reads a message as ``recv_data(5)`` (flag and length) followed by
     ``recv_data(length)``, acknowledging flow-control credit as it goes, so a
-    peer could make it buffer up to 4 GiB. The wrapper rejects the second read
-    by its size, before any of the body is buffered.
+    peer could make it buffer up to 4 GiB. The second read is refused by its
+    size, before any of the body is buffered.
     """
-    original = h2_stream.recv_data
 
-    async def recv_data(size: int) -> bytes:
-        if size > limit:
+    _limit: int
+
+    async def recv_data(self, size: int) -> bytes:
+        if size > self._limit:
             raise GRPCError(
                 Status.RESOURCE_EXHAUSTED,
-                f"received message of {size} bytes exceeds the limit of {limit} bytes "
+                f"received message of {size} bytes exceeds the limit of {self._limit} bytes "
                 "(max_message_size)",
             )
-        return await original(size)
-
-    h2_stream.recv_data = recv_data  # type: ignore[method-assign]
+        return await super().recv_data(size)
 
 
-def server_h2_stream(stream: ServerStream[Any, Any]) -> H2Stream:
-    """The HTTP/2 stream under a server-side gRPC stream."""
-    return stream._stream
+class _LimitedConnection(Connection):
+    """grpclib's HTTP/2 connection whose streams are :class:`_LimitedStream`."""
+
+    def __init__(self, *args: Any, max_message_size: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._max_message_size = max_message_size
+
+    def create_stream(
+        self, *, stream_id: int | None = None, wrapper: Wrapper | None = None
+    ) -> H2Stream:
+        stream = super().create_stream(stream_id=stream_id, wrapper=wrapper)
+        # Same layout, one more method: retyping adds no per-call objects or cycles.
+        stream.__class__ = _LimitedStream
+        cast(_LimitedStream, stream)._limit = self._max_message_size
+        return stream
 
 
-class _ServerLaneProtocol(H2Protocol):
-    """grpclib's server HTTP/2 protocol, announcing brpc's concurrent-stream limit.
+class LaneProtocol(H2Protocol):
+    """grpclib's HTTP/2 protocol for one lane, either side, with brpc's limits.
 
-    h2 starts every connection with an inbound limit of 100 streams, enforced at
-    once, while a client may open streams before it has seen our SETTINGS; 200
-    concurrent calls on a fresh lane would kill it. So ``connection_made`` (the
-    same steps as grpclib's) announces ``max_concurrent_streams`` in the first
-    SETTINGS frame and lets h2 enforce twice that, so that streams opened before
-    the SETTINGS arrive survive.
+    ``connection_made`` takes grpclib's own steps, with two differences: every
+    stream refuses messages above ``max_message_size`` by their length prefix,
+    and with ``max_concurrent_streams`` (the serving side) the first SETTINGS
+    frame announces that limit while h2 enforces twice it. h2 starts every
+    connection with an inbound limit of 100 streams, enforced at once, while a
+    client may open streams before it has seen our SETTINGS; 200 concurrent
+    calls on a fresh lane would otherwise kill it.
     """
 
-    def __init__(self, template: H2Protocol, max_concurrent_streams: int) -> None:
-        super().__init__(template.handler, template.config, template.h2_config)
+    def __init__(
+        self,
+        handler: AbstractHandler,
+        config: Configuration,
+        h2_config: H2Configuration,
+        *,
+        max_message_size: int,
+        max_concurrent_streams: int | None = None,
+    ) -> None:
+        super().__init__(handler, config, h2_config)
+        self._max_message_size = max_message_size
         self._max_concurrent_streams = max_concurrent_streams
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         h2_conn = H2Connection(config=self.h2_config)
         settings = h2_conn.local_settings
-        settings[SettingCodes.MAX_CONCURRENT_STREAMS] = self._max_concurrent_streams
-        settings.acknowledge()
+        limit = self._max_concurrent_streams
+        if limit is not None:
+            settings[SettingCodes.MAX_CONCURRENT_STREAMS] = limit
+            settings.acknowledge()
         h2_conn.initiate_connection()  # announces the limit
-        settings[SettingCodes.MAX_CONCURRENT_STREAMS] = 2 * self._max_concurrent_streams
-        settings.acknowledge()  # enforced, not announced
+        if limit is not None:
+            settings[SettingCodes.MAX_CONCURRENT_STREAMS] = 2 * limit
+            settings.acknowledge()  # enforced, not announced
 
         initial = settings.initial_window_size
         conn_delta = self.config.http2_connection_window_size - initial
@@ -127,18 +166,44 @@ class _ServerLaneProtocol(H2Protocol):
             h2_conn.update_settings(
                 {SettingCodes.INITIAL_WINDOW_SIZE: self.config.http2_stream_window_size}
             )
-        self.connection = Connection(
-            h2_conn, cast(asyncio.Transport, transport), config=self.config
+        self.connection = _LimitedConnection(
+            h2_conn,
+            cast(asyncio.Transport, transport),
+            config=self.config,
+            max_message_size=self._max_message_size,
         )
         self.connection.flush()
         self.connection.initialize()
         self.processor = EventsProcessor(self.handler, self.connection)
 
 
-def server_lane_protocol(server: Server, *, max_concurrent_streams: int) -> H2Protocol:
-    """A new server-side HTTP/2 protocol of ``server`` for one lane."""
+def serving_server(mapping: Any, *, codec: Any, status_details_codec: Any, dispatch: Any) -> Server:
+    """A grpclib server whose handlers are ``mapping`` and whose events go to ``dispatch``."""
+    server = Server([_Mapped(mapping)], codec=codec, status_details_codec=status_details_codec)
+    server.__dispatch__ = dispatch
+    return server
+
+
+def server_lane_protocol(
+    server: Server, *, max_message_size: int, max_concurrent_streams: int
+) -> LaneProtocol:
+    """A new serving-side HTTP/2 protocol of ``server`` for one lane."""
     template = server._protocol_factory()
-    return _ServerLaneProtocol(template, max_concurrent_streams)
+    return LaneProtocol(
+        template.handler,
+        template.config,
+        template.h2_config,
+        max_message_size=max_message_size,
+        max_concurrent_streams=max_concurrent_streams,
+    )
+
+
+class _Mapped:
+    def __init__(self, mapping: Any) -> None:
+        self._mapping = mapping
+
+    def __mapping__(self) -> Any:
+        return self._mapping
 
 
 class CallStream(Stream[SendType, RecvType]):
@@ -152,6 +217,16 @@ class CallStream(Stream[SendType, RecvType]):
     """
 
     _channel: LaneChannel
+    #: The connection this call is counted on while in flight (see LaneChannel.call_started).
+    counted_on: Any = None
+
+    async def __aenter__(self) -> CallStream[SendType, RecvType]:
+        try:
+            await super().__aenter__()
+        except TimeoutError:
+            # The deadline had passed before the call started.
+            raise DeadlineExceededError() from None
+        return self
 
     async def send_request(self, *, end: bool = False) -> None:
         token = opening_deadline.set(self._deadline)
@@ -159,7 +234,7 @@ class CallStream(Stream[SendType, RecvType]):
             await super().send_request(end=end)
         finally:
             opening_deadline.reset(token)
-        limit_received_message_size(self._stream, self._channel.max_message_size)
+        self._channel.call_started(self)
 
     def _raise_for_content_type(self, headers_map: dict[str, str]) -> None:
         # A trailers-only response carries the call's status; grpclib's own
@@ -189,6 +264,8 @@ class CallStream(Stream[SendType, RecvType]):
             await super().__aexit__(exc_type, exc_val, exc_tb)
         except Exception as exc:
             raise self._translate(exc) from exc
+        finally:
+            self._channel.call_ended(self)
         if exc_val is not None:
             if isinstance(exc_val, Exception):
                 translated = self._translate(exc_val)
@@ -228,19 +305,6 @@ def _lost(protocol: H2Protocol) -> bool:
     return bool(cast(ClientHandler, protocol.handler).connection_lost)
 
 
-def lane_streams(protocol: H2Protocol) -> int:
-    """Calls with an HTTP/2 stream open on a client-side lane."""
-    return 0 if _lost(protocol) else len(protocol.processor.streams)
-
-
-async def wait_lane_idle(protocol: H2Protocol) -> None:
-    """Wait until no call has an HTTP/2 stream open on a client-side lane."""
-    while lane_streams(protocol):
-        released = protocol.connection.stream_close_waiter
-        released.clear()
-        await released.wait()
-
-
 def close_lane(protocol: H2Protocol) -> None:
     """Close a client-side lane; calls still on it fail."""
     if not _lost(protocol):
@@ -248,7 +312,7 @@ def close_lane(protocol: H2Protocol) -> None:
 
 
 class LaneChannel(Channel):
-    """A grpclib channel whose connections are QUIC streams ("lanes").
+    """A grpclib channel whose connections are streams of a session ("lanes").
 
     Subclasses open the stream in :meth:`open_lane`. When the lane dies,
     grpclib calls ``_create_connection`` again on the next call, which opens a
@@ -288,6 +352,17 @@ class LaneChannel(Channel):
         """Whether the current lane (or the whole connection) is gone."""
         protocol = self._protocol
         return protocol is None or _lost(protocol)
+
+    def call_started(self, stream: CallStream[Any, Any]) -> None:
+        """``stream`` sent its request on the current lane."""
+
+    def call_ended(self, stream: CallStream[Any, Any]) -> None:
+        """``stream`` left its ``async with`` block (whether or not it started)."""
+
+    def _protocol_factory(self) -> H2Protocol:
+        return LaneProtocol(
+            ClientHandler(), self._config, self._h2_config, max_message_size=self.max_message_size
+        )
 
     @property
     def protocol(self) -> H2Protocol | None:

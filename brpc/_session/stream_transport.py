@@ -1,7 +1,7 @@
-"""An asyncio transport over one bidirectional QUIC stream.
+"""An asyncio transport over one bidirectional stream of a session.
 
-:class:`QuicStreamTransport` lets any :class:`asyncio.Protocol` (grpclib's
-HTTP/2 protocol, the control protocol) run over a QUIC stream:
+:class:`StreamTransport` lets any :class:`asyncio.Protocol` (grpclib's HTTP/2
+protocol, the control protocol, a per-call stream) run over a session's stream:
 
 - writes go to the QUIC stream; the protocol's ``pause_writing`` is called when
   the stream's unacknowledged send buffer passes a high-water mark and
@@ -17,7 +17,9 @@ When given a :class:`contextvars.Context`, every protocol callback runs in it;
 tasks the protocol starts from ``data_received`` inherit it. This is how a
 handler knows which connection its call arrived on.
 
-The transport does no I/O itself: it calls back into its :class:`QuicSession`.
+The transport does no I/O itself: it calls back into its session through the
+:class:`~brpc._session.base.StreamHost` interface, so every session
+implementation (QUIC, in-memory) shares it.
 """
 
 from __future__ import annotations
@@ -26,14 +28,32 @@ import asyncio
 import contextvars
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from ._session import QuicSession
-
-__all__ = ["QuicStreamTransport", "StreamCounters"]
+__all__ = ["StreamCounters", "StreamHost", "StreamTransport"]
 
 log = logging.getLogger(__name__)
+
+#: ids of the contexts stream callbacks are running in right now.
+_ENTERED: set[int] = set()
+
+
+class StreamHost(Protocol):
+    """What a stream transport asks of the session its stream belongs to (every session)."""
+
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None: ...
+
+    def reset_stream(self, stream_id: int, error_code: int = 0) -> None: ...
+
+    def stop_stream(self, stream_id: int, error_code: int = 0) -> None: ...
+
+    def send_buffer_size(self, stream_id: int) -> int: ...
+
+    def watch_paused(self, transport: StreamTransport) -> None: ...
+
+    def forget_stream(self, transport: StreamTransport) -> None: ...
+
+    def extra_info(self, name: str, default: Any = None) -> Any: ...
 
 
 class StreamCounters:
@@ -50,12 +70,12 @@ class StreamCounters:
         self.pauses = 0
 
 
-class QuicStreamTransport(asyncio.Transport):
-    """asyncio transport for one bidirectional QUIC stream of a session."""
+class StreamTransport(asyncio.Transport):
+    """asyncio transport for one bidirectional stream of a session."""
 
     def __init__(
         self,
-        session: QuicSession,
+        session: StreamHost,
         stream_id: int,
         protocol: asyncio.Protocol,
         *,
@@ -85,7 +105,7 @@ class QuicStreamTransport(asyncio.Transport):
             return self.stream_id
         if name == "context":
             return self._context
-        return self._session.get_extra_info(name, default)
+        return self._session.extra_info(name, default)
 
     def is_closing(self) -> bool:
         return self._write_closed
@@ -95,7 +115,7 @@ class QuicStreamTransport(asyncio.Transport):
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         if not isinstance(protocol, asyncio.Protocol):
-            raise TypeError("a QUIC stream transport needs an asyncio.Protocol")
+            raise TypeError("a stream transport needs an asyncio.Protocol")
         self._protocol = protocol
 
     def set_context(self, context: contextvars.Context | None) -> None:
@@ -137,7 +157,7 @@ class QuicStreamTransport(asyncio.Transport):
             self._paused = True
             counters.pauses += 1
             self._session.watch_paused(self)
-            self._call(self._protocol.pause_writing)
+            self._call_outside(self._protocol.pause_writing)
 
     def writelines(self, list_of_data: Any) -> None:
         for data in list_of_data:
@@ -178,7 +198,7 @@ class QuicStreamTransport(asyncio.Transport):
         ):
             self._paused = False
             if not self._lost:
-                self._call(self._protocol.resume_writing)
+                self._call_outside(self._protocol.resume_writing)
             return True
         return False
 
@@ -229,13 +249,34 @@ class QuicStreamTransport(asyncio.Transport):
         self._session.forget_stream(self)
         self._call(self._protocol.connection_lost, exc)
 
-    def _call(self, callback: Callable[..., object], *args: Any) -> None:
+    def _call_outside(self, callback: Callable[[], object]) -> None:
+        """Run a flow-control callback without entering the stream's context.
+
+        A write from inside ``data_received`` (already running in the context)
+        can pause the writer; entering the context again there would raise.
+        Pausing and resuming start no tasks, so they need no context.
+        """
         try:
-            if self._context is None:
+            callback()
+        except Exception:
+            log.exception("protocol on stream %d failed; resetting it", self.stream_id)
+            if not self._lost:
+                self.abort()
+
+    def _call(self, callback: Callable[..., object], *args: Any) -> None:
+        context = self._context
+        try:
+            if context is None or id(context) in _ENTERED:
+                # Already inside it (a callback of another stream of the same
+                # connection led here): entering it again would raise.
                 callback(*args)
             else:
-                self._context.run(callback, *args)
+                _ENTERED.add(id(context))
+                try:
+                    context.run(callback, *args)
+                finally:
+                    _ENTERED.discard(id(context))
         except Exception:
-            log.exception("protocol on QUIC stream %d failed; resetting it", self.stream_id)
+            log.exception("protocol on stream %d failed; resetting it", self.stream_id)
             if not self._lost:
                 self.abort()

@@ -1,0 +1,1 @@
+"""Security without I/O: certificate verification, peer certificates, TLS session tickets."""

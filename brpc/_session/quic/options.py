@@ -1,0 +1,33 @@
+"""Settings of the QUIC engine, each default defined once, validated when made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .impair import NetworkConditions
+
+__all__ = ["DEFAULT_QUIC_OPTIONS", "QuicOptions"]
+
+
+@dataclass(frozen=True)
+class QuicOptions:
+    """How brpc uses QUIC on one side; protocol-neutral settings are in :class:`brpc.Options`."""
+
+    #: QUIC datagram payload size; 1200 fits any path that carries QUIC.
+    max_datagram_size: int = 1200
+    #: Datagrams read from the socket per wake-up before one transmit (1: one at a time).
+    read_batch: int = 8
+    #: Simulated loss and reordering, for tests.
+    network_conditions: NetworkConditions | None = None
+
+    def __post_init__(self) -> None:
+        if not 1200 <= self.max_datagram_size <= 16383:
+            raise ValueError(
+                "max_datagram_size must be between 1200 (the QUIC minimum) and 16383 "
+                f"(aioquic's frame encoding limit), not {self.max_datagram_size!r}"
+            )
+        if self.read_batch < 1:
+            raise ValueError(f"read_batch must be positive, not {self.read_batch!r}")
+
+
+DEFAULT_QUIC_OPTIONS = QuicOptions()

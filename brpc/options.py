@@ -1,0 +1,64 @@
+"""The protocol-neutral settings of one side of brpc connections, each default defined once.
+
+:class:`Options` is validated when it is made (like grpclib's
+``Configuration``): a bad value raises ``ValueError`` naming the setting.
+:func:`brpc.dial` and :class:`brpc.Server` take the same settings as keyword
+arguments and build one of these; their defaults come from here. Settings of
+the QUIC engine (datagram size, read batching) are in
+:class:`brpc.QuicOptions`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+__all__ = ["DEFAULT_OPTIONS", "Options"]
+
+
+@dataclass(frozen=True)
+class Options:
+    """Limits, timers and tuning that do not depend on the transport."""
+
+    #: Largest gRPC message sent or received, in bytes.
+    max_message_size: int = 4 << 20
+    #: Calls from the peer handled at once on one connection.
+    max_concurrent_calls: int = 1000
+    #: HTTP/2 lanes (streams) for this side's calls, with the lanes call layer.
+    lanes: int = 1
+    #: Seconds between keepalive pings; ``None`` sends none.
+    keepalive_interval: float | None = 5.0
+    #: Seconds without any packet from the peer after which it is declared dead.
+    dead_peer_timeout: float = 15.0
+    #: Seconds the transport handshake (TLS) may take.
+    handshake_timeout: float = 10.0
+    #: Seconds a server waits for a client's hello after the handshake.
+    hello_timeout: float = 10.0
+    #: Unacknowledged bytes per stream above which writers are paused ...
+    write_high_water: int = 1 << 20
+    #: ... and below which they are resumed.
+    write_low_water: int = 256 << 10
+
+    def __post_init__(self) -> None:
+        for name in ("max_message_size", "max_concurrent_calls", "lanes", "write_high_water"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, not {getattr(self, name)!r}")
+        for name in ("dead_peer_timeout", "handshake_timeout", "hello_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be a positive number of seconds")
+        interval = self.keepalive_interval
+        if interval is not None and not 0 < interval < self.dead_peer_timeout:
+            raise ValueError(
+                f"keepalive_interval ({interval}) must be positive and below dead_peer_timeout "
+                f"({self.dead_peer_timeout})"
+            )
+        if not 0 <= self.write_low_water <= self.write_high_water:
+            raise ValueError("need 0 <= write_low_water <= write_high_water")
+
+    @classmethod
+    def names(cls) -> frozenset[str]:
+        """The settings' names (the keyword arguments that map onto them)."""
+        return frozenset(f.name for f in fields(cls))
+
+
+#: The defaults, for signatures that repeat them as keyword arguments.
+DEFAULT_OPTIONS = Options()

@@ -1,0 +1,164 @@
+"""A connected client as the server sees it: :class:`ClientInfo`.
+
+Its own module so that the client table, presence and fan-out can name it
+without importing the server. A ClientInfo stands for one connection: it
+describes the client (what its hello said, its verified identity, where its
+packets come from) and calls the client's services over that connection
+(``stub`` and ``channel``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from ._calls.channel import CallChannel
+from .errors import CloseCode
+
+if TYPE_CHECKING:
+    from ._calls._grpclib import EventDispatch
+    from ._calls.base import CallConnection, CallLayer
+    from ._core.link import Link
+    from .auth import Identity
+
+__all__ = ["ClientInfo"]
+
+C = TypeVar("C")
+
+
+class _LinkTarget:
+    """Calls to one client go over its one connection, or fail."""
+
+    def __init__(self, link: Link) -> None:
+        self._link = link
+
+    async def acquire(self) -> CallConnection:
+        link = self._link
+        if link.closed is not None:
+            raise GRPCError(Status.UNAVAILABLE, link.loss_reason())
+        if not link.usable:
+            raise GRPCError(Status.UNAVAILABLE, f"{link!r} is closing: it takes no new calls")
+        return link
+
+    def loss_reason(self) -> str:
+        return self._link.loss_reason()
+
+
+class ClientInfo(Generic[C]):
+    """A connected client as the server sees it.
+
+    ``stub`` calls the client's services over this client's own connection;
+    everything else describes the client. The object stays valid after the
+    client leaves (``closed`` becomes true and calls fail with UNAVAILABLE).
+    """
+
+    def __init__(
+        self,
+        link: Link,
+        *,
+        server: object,
+        layer: CallLayer,
+        dispatch: EventDispatch,
+        client_stub: Callable[[Channel], C] | None,
+    ) -> None:
+        self._link = link
+        #: The server this client is connected to.
+        self.server = server
+        self._client_stub = client_stub
+        authority = link.peer.name or link.connection_id
+        #: A grpclib ``Channel`` to this client: ``SomeStub(info.channel)``.
+        self.channel: Channel = CallChannel(
+            authority,
+            dispatch=dispatch,
+            caller=layer.caller(_LinkTarget(link), authority=authority),
+        )
+        self._stub: C | None = None
+        link.add_close_callback(lambda _: self.channel.close())
+
+    @property
+    def connection_id(self) -> str:
+        return self._link.connection_id
+
+    @property
+    def name(self) -> str:
+        return self._link.peer.name
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return self._link.peer.labels
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        return self._link.peer.services
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """Where the client's packets come from now (kept current across NAT rebinding)."""
+        return self._link.address
+
+    @property
+    def identity(self) -> Identity | None:
+        """The client's verified identity (mutual TLS and/or the authentication
+        hook), or None when the server checks neither."""
+        return self._link.peer.identity
+
+    @property
+    def connected_at(self) -> float:
+        """Wall-clock time (``time.time()``) the client's hello was accepted."""
+        return self._link.peer.connected_at
+
+    @property
+    def stub(self) -> C:
+        """The server's ``client_stub`` bound to this client's connection."""
+        if self._stub is None:
+            factory = self._client_stub
+            if factory is None:
+                raise RuntimeError(
+                    "this Server was made without client_stub=...; pass the generated stub "
+                    "class (for example client_stub=NamerStub) to call clients"
+                )
+            self._stub = factory(self.channel)
+        return self._stub
+
+    @property
+    def closed(self) -> bool:
+        return self._link.closed is not None
+
+    @property
+    def close_reason(self) -> str | None:
+        closed = self._link.closed
+        return closed.describe() if closed is not None else None
+
+    @property
+    def calls_in_flight(self) -> int:
+        """Calls from this client being handled right now."""
+        return self._link.calls_in
+
+    @property
+    def outgoing_calls_in_flight(self) -> int:
+        """Calls to this client (through :attr:`stub` or :attr:`channel`) in flight right now."""
+        return self._link.calls_out
+
+    async def ping(self) -> float:
+        """Round-trip time to the client over the control stream, in seconds."""
+        return await self._link.ping()
+
+    def transport_stats(self) -> list[dict[str, int]]:
+        """Byte counters of this client's streams."""
+        return self._link.session.transport_stats()
+
+    def close(self, reason: str = "closed by the server") -> None:
+        """Disconnect this client; its calls in flight fail."""
+        self._link.close(CloseCode.NO_ERROR, reason)
+
+    async def wait_closed(self) -> None:
+        await self._link.closed_event.wait()
+
+    def __repr__(self) -> str:
+        name = f" {self.name!r}" if self.name else ""
+        state = " closed" if self.closed else ""
+        return f"<ClientInfo{name} id={self.connection_id} {self.address}{state}>"
