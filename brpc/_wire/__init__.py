@@ -1,0 +1,1 @@
+"""Wire formats and parsers with no I/O."""
