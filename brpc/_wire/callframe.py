@@ -258,17 +258,18 @@ def encode_response_headers(metadata: MetadataLike | None = None) -> bytes:
 
 
 def encode_trailers(
-    status: int,
+    status: Status | int,
     message: str | None = None,
     details: bytes | None = None,
     metadata: MetadataLike | None = None,
 ) -> bytes:
     """Return the callee's trailer frame.
 
+    ``status`` is a grpclib :class:`~grpclib.const.Status` or its number;
     ``details`` is a serialized ``google.rpc.Status`` and is sent as is.
     """
     block = pb.Trailers(
-        status=int(status),
+        status=status.value if isinstance(status, Status) else status,
         message=message or "",
         details=details or b"",
         metadata=to_proto_metadata(metadata),
