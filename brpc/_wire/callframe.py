@@ -26,10 +26,10 @@ from .metadata import (
     MetadataError,
     MetadataLike,
     MetadataPairs,
+    add_proto_metadata,
     from_proto_metadata,
     timeout_from_us,
     timeout_to_us,
-    to_proto_metadata,
 )
 
 __all__ = [
@@ -55,6 +55,8 @@ __all__ = [
 #: Bytes in a frame's prefix: the type byte and the 4-byte body length.
 FRAME_PREFIX_SIZE = 5
 _PREFIX = struct.Struct(">BI")
+_PACK_PREFIX = _PREFIX.pack
+_UNPACK_PREFIX_FROM = _PREFIX.unpack_from
 _MAX_BODY = (1 << 32) - 1
 
 
@@ -96,6 +98,13 @@ class StreamError(enum.IntEnum):
     #: handler never started, a retry on another connection is safe.
     CONNECTION_CLOSING = 0x16
 
+
+# Plain ints for the hot path (enum member lookups cost more than the comparison).
+_MESSAGE = int(FrameType.MESSAGE)
+_COMPRESSED_MESSAGE = int(FrameType.COMPRESSED_MESSAGE)
+_REQUEST_HEADERS = int(FrameType.REQUEST_HEADERS)
+_RESPONSE_HEADERS = int(FrameType.RESPONSE_HEADERS)
+_TRAILERS = int(FrameType.TRAILERS)
 
 _PEER_ERROR_STATUS: dict[int, tuple[Status, str]] = {
     StreamError.NO_ERROR: (
@@ -219,7 +228,7 @@ def message_prefix(length: int) -> bytes:
     """
     if length > _MAX_BODY:
         raise ValueError(f"a message of {length} bytes does not fit a frame (at most 4 GiB - 1)")
-    return _PREFIX.pack(FrameType.MESSAGE, length)
+    return _PACK_PREFIX(_MESSAGE, length)
 
 
 def encode_message(data: bytes | bytearray | memoryview) -> bytes:
@@ -227,8 +236,12 @@ def encode_message(data: bytes | bytearray | memoryview) -> bytes:
     return message_prefix(len(data)) + data
 
 
-def _block_frame(kind: FrameType, body: bytes) -> bytes:
-    return _PREFIX.pack(kind, len(body)) + body
+def _block_frame(kind: int, body: bytes) -> bytes:
+    return _PACK_PREFIX(kind, len(body)) + body
+
+
+_EMPTY_RESPONSE_HEADERS = _block_frame(_RESPONSE_HEADERS, b"")
+_OK_TRAILERS = _block_frame(_TRAILERS, b"")
 
 
 def encode_request_headers(
@@ -242,19 +255,19 @@ def encode_request_headers(
     ``timeout`` is in seconds (``None`` for none). Raises
     :class:`~brpc._wire.metadata.MetadataError` for metadata that may not be sent.
     """
-    block = pb.RequestHeaders(
-        path=path,
-        metadata=to_proto_metadata(metadata),
-        timeout_us=timeout_to_us(timeout),
-        user_agent=user_agent,
-    )
-    return _block_frame(FrameType.REQUEST_HEADERS, block.SerializeToString())
+    block = pb.RequestHeaders(path=path, timeout_us=timeout_to_us(timeout), user_agent=user_agent)
+    if metadata:
+        add_proto_metadata(block.metadata, metadata)
+    return _block_frame(_REQUEST_HEADERS, block.SerializeToString())
 
 
 def encode_response_headers(metadata: MetadataLike | None = None) -> bytes:
     """Return the callee's initial-metadata frame."""
-    block = pb.ResponseHeaders(metadata=to_proto_metadata(metadata))
-    return _block_frame(FrameType.RESPONSE_HEADERS, block.SerializeToString())
+    if not metadata:
+        return _EMPTY_RESPONSE_HEADERS
+    block = pb.ResponseHeaders()
+    add_proto_metadata(block.metadata, metadata)
+    return _block_frame(_RESPONSE_HEADERS, block.SerializeToString())
 
 
 def encode_trailers(
@@ -268,13 +281,15 @@ def encode_trailers(
     ``status`` is a grpclib :class:`~grpclib.const.Status` or its number;
     ``details`` is a serialized ``google.rpc.Status`` and is sent as is.
     """
-    block = pb.Trailers(
-        status=status.value if isinstance(status, Status) else status,
-        message=message or "",
-        details=details or b"",
-        metadata=to_proto_metadata(metadata),
-    )
-    return _block_frame(FrameType.TRAILERS, block.SerializeToString())
+    code = status.value if isinstance(status, Status) else status
+    if not (message or details or metadata):
+        if code == 0:
+            return _OK_TRAILERS
+        return _block_frame(_TRAILERS, pb.Trailers(status=code).SerializeToString())
+    block = pb.Trailers(status=code, message=message or "", details=details or b"")
+    if metadata:
+        add_proto_metadata(block.metadata, metadata)
+    return _block_frame(_TRAILERS, block.SerializeToString())
 
 
 # -- decoder ----------------------------------------------------------------------------
@@ -308,7 +323,7 @@ def _metadata(block: pb.RequestHeaders | pb.ResponseHeaders | pb.Trailers) -> Me
 
 
 def _block_event(kind: int, body: bytes) -> FrameEvent:
-    if kind == FrameType.REQUEST_HEADERS:
+    if kind == _REQUEST_HEADERS:
         request = _parse_block(pb.RequestHeaders(), body)
         if not request.path.startswith("/"):
             raise _protocol_error(
@@ -321,7 +336,7 @@ def _block_event(kind: int, body: bytes) -> FrameEvent:
             timeout_from_us(request.timeout_us),
             request.user_agent,
         )
-    if kind == FrameType.RESPONSE_HEADERS:
+    if kind == _RESPONSE_HEADERS:
         return ResponseHeadersReceived(_metadata(_parse_block(pb.ResponseHeaders(), body)))
     trailers = _parse_block(pb.Trailers(), body)
     return TrailersReceived(
@@ -329,9 +344,7 @@ def _block_event(kind: int, body: bytes) -> FrameEvent:
     )
 
 
-_BLOCK_TYPES = frozenset(
-    {FrameType.REQUEST_HEADERS, FrameType.RESPONSE_HEADERS, FrameType.TRAILERS}
-)
+_BLOCK_TYPES = frozenset({_REQUEST_HEADERS, _RESPONSE_HEADERS, _TRAILERS})
 
 
 class FrameDecoder:
@@ -416,9 +429,10 @@ class FrameDecoder:
                 kind, length = _PREFIX.unpack(self._prefix)
                 self._prefix.clear()
             else:
-                kind, length = _PREFIX.unpack_from(data, pos)
+                kind, length = _UNPACK_PREFIX_FROM(data, pos)
                 pos += FRAME_PREFIX_SIZE
-            self._check(kind, length)
+            if kind != _MESSAGE or length > self._max_message:
+                self._check(kind, length)
             end = pos + length
             if end <= size:
                 # The fast path: the whole body is in this chunk.
@@ -426,7 +440,7 @@ class FrameDecoder:
                 if type(body) is not bytes:
                     body = bytes(body)
                 pos = end
-                if kind == FrameType.MESSAGE:
+                if kind == _MESSAGE:
                     events.append(MessageReceived(body))
                 else:
                     events.append(_block_event(kind, body))
@@ -452,14 +466,14 @@ class FrameDecoder:
             parts, self._parts = self._parts, []
             body = b"".join(parts)
             kind, self._kind = self._kind, -1
-            if kind == FrameType.MESSAGE:
+            if kind == _MESSAGE:
                 events.append(MessageReceived(body))
             else:
                 events.append(_block_event(kind, body))
         return pos + take
 
     def _check(self, kind: int, length: int) -> None:
-        if kind == FrameType.MESSAGE:
+        if kind == _MESSAGE:
             if length > self._max_message:
                 raise MessageTooLarge(
                     f"received message of {length} bytes exceeds the limit of "
@@ -472,7 +486,7 @@ class FrameDecoder:
                     f"received {name} block of {length} bytes exceeds the limit of "
                     f"{self._max_header} bytes (max_header_size)"
                 )
-        elif kind == FrameType.COMPRESSED_MESSAGE:
+        elif kind == _COMPRESSED_MESSAGE:
             raise CallStreamError(
                 StreamError.INTERNAL, "compressed messages are not supported", Status.INTERNAL
             )

@@ -14,6 +14,8 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from typing import TypeAlias
 
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
+
 from ..v1 import call_pb2 as pb
 
 __all__ = [
@@ -21,11 +23,11 @@ __all__ = [
     "MetadataError",
     "MetadataLike",
     "MetadataPairs",
+    "add_proto_metadata",
     "check_metadata_key",
     "from_proto_metadata",
     "timeout_from_us",
     "timeout_to_us",
-    "to_proto_metadata",
 ]
 
 #: grpclib-style metadata as users pass it.
@@ -37,11 +39,16 @@ MetadataPairs: TypeAlias = list[tuple[str, str | bytes]]
 MAX_TIMEOUT_US = (1 << 64) - 1
 
 _KEY = re.compile(r"[0-9a-z_.\-]+")
-_TEXT_VALUE = re.compile(r"[ -~]+")  # space and printable ASCII, at least one character
 # Keys HTTP/2 gRPC uses for itself; their meaning is carried by block fields.
 _RESERVED_KEYS = frozenset({"te", "content-type", "user-agent"})
 # "grpc-" keys gRPC lets travel as metadata (retry bookkeeping); all others are reserved.
 _ALLOWED_GRPC_KEYS = frozenset({"grpc-previous-rpc-attempts", "grpc-retry-pushback-ms"})
+
+
+# Keys already found valid, so that the usual few keys are checked once. Bounded: keys
+# come from peers too.
+_VALID_KEYS: set[str] = set()
+_VALID_KEYS_LIMIT = 1024
 
 
 class MetadataError(ValueError):
@@ -61,16 +68,20 @@ def check_metadata_key(key: str) -> None:
         )
     if key in _RESERVED_KEYS or (key.startswith("grpc-") and key not in _ALLOWED_GRPC_KEYS):
         raise MetadataError(f"invalid metadata key {key!r}: the key is reserved by gRPC")
+    if len(_VALID_KEYS) < _VALID_KEYS_LIMIT:
+        _VALID_KEYS.add(key)
 
 
 def _check_entry(key: str, value: object) -> None:
-    check_metadata_key(key)
+    if key not in _VALID_KEYS:
+        check_metadata_key(key)
     if key.endswith("-bin"):
         if not isinstance(value, bytes | bytearray | memoryview):
             raise MetadataError(f"metadata key {key!r} ends in '-bin': its value must be bytes")
     elif not isinstance(value, str):
         raise MetadataError(f"metadata key {key!r} does not end in '-bin': its value must be str")
-    elif not _TEXT_VALUE.fullmatch(value):
+    elif not (value and value.isascii() and value.isprintable()):
+        # One or more of space and printable ASCII (0x20-0x7E).
         raise MetadataError(
             f"invalid value for metadata key {key!r}: text values are one or more printable "
             "ASCII characters (use a key ending in '-bin' for anything else)"
@@ -86,19 +97,19 @@ def _pairs(metadata: MetadataLike | None) -> Iterable[tuple[str, str | bytes]]:
     return metadata
 
 
-def to_proto_metadata(metadata: MetadataLike | None) -> list[pb.Metadata]:
-    """Check ``metadata`` and return it as block entries, in order.
+def add_proto_metadata(
+    entries: RepeatedCompositeFieldContainer[pb.Metadata], metadata: MetadataLike | None
+) -> None:
+    """Check ``metadata`` and append it to a block's ``entries``, in order.
 
     Raises :class:`MetadataError` for a key or value that may not be sent.
     """
-    out: list[pb.Metadata] = []
     for key, value in _pairs(metadata):
         _check_entry(key, value)
         if isinstance(value, str):
-            out.append(pb.Metadata(key=key, text=value))
+            entries.add(key=key, text=value)
         else:
-            out.append(pb.Metadata(key=key, binary=bytes(value)))
-    return out
+            entries.add(key=key, binary=bytes(value))
 
 
 def from_proto_metadata(entries: Iterable[pb.Metadata]) -> MetadataPairs:
