@@ -36,6 +36,7 @@ __all__ = [
     "FRAME_PREFIX_SIZE",
     "CallStreamError",
     "FrameDecoder",
+    "FrameEvent",
     "FrameType",
     "MessageReceived",
     "MessageTooLarge",
