@@ -32,6 +32,7 @@ from brpc._wire.callframe import (
     peer_error_status,
     refused_before_start,
 )
+from brpc._wire.calllayer import CallLayerMismatch, accepted_call_layer, choose_call_layer
 from brpc._wire.callstate import (
     CalleeReceiveState,
     CallerReceiveState,
@@ -621,3 +622,52 @@ def test_valid_frames_survive_any_chunking(
         start = point
     decoder.end_of_stream()
     assert events == [event for _, event in frames]
+
+
+# -- call-layer negotiation -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("offered", "supported", "chosen"),
+    [
+        (["streams", "lanes"], ["streams", "lanes"], "streams"),
+        (["lanes", "streams"], ["streams", "lanes"], "lanes"),  # the client's order wins
+        (["streams", "lanes"], ["lanes"], "lanes"),
+        ([], ["streams", "lanes"], "lanes"),  # an old client
+        (["future", "streams"], ["streams"], "streams"),  # unknown names are skipped
+    ],
+)
+def test_choose_call_layer(offered: list[str], supported: list[str], chosen: str) -> None:
+    assert choose_call_layer(offered, supported) == chosen
+    assert accepted_call_layer(chosen, offered) == chosen
+
+
+def test_no_common_call_layer() -> None:
+    with pytest.raises(CallLayerMismatch, match=r"'streams'.*accepts 'lanes'"):
+        choose_call_layer(["streams"], ["lanes"])
+    with pytest.raises(CallLayerMismatch, match="no common call layer"):
+        choose_call_layer([], ["streams"])
+
+
+def test_client_reads_the_servers_choice() -> None:
+    assert accepted_call_layer("", ["streams", "lanes"]) == "lanes"  # an old server
+    assert accepted_call_layer("", []) == "lanes"
+    with pytest.raises(CallLayerMismatch, match="did not offer"):
+        accepted_call_layer("", ["streams"])
+    with pytest.raises(CallLayerMismatch, match="did not offer"):
+        accepted_call_layer("streams", [])
+
+
+def test_hello_fields_carry_the_negotiation() -> None:
+    from brpc.v1 import control_pb2
+
+    hello = control_pb2.ClientHello(protocol_version=1, call_layers=["streams", "lanes"])
+    parsed = control_pb2.ClientHello.FromString(hello.SerializeToString())
+    answer = control_pb2.ServerHello.FromString(
+        control_pb2.ServerHello(
+            call_layer=choose_call_layer(parsed.call_layers, ["streams"])
+        ).SerializeToString()
+    )
+    assert accepted_call_layer(answer.call_layer, hello.call_layers) == "streams"
+    # An old server's ServerHello (no field 4) reads as "lanes".
+    assert control_pb2.ServerHello.FromString(b"").call_layer == ""
