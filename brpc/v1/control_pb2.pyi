@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ClientHello(_message.Message):
-    __slots__ = ("protocol_version", "name", "labels", "services", "token")
+    __slots__ = ("protocol_version", "name", "labels", "services", "token", "call_layers")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -21,12 +21,14 @@ class ClientHello(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CALL_LAYERS_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     name: str
     labels: _containers.ScalarMap[str, str]
     services: _containers.RepeatedScalarFieldContainer[str]
     token: str
-    def __init__(self, protocol_version: _Optional[int] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., services: _Optional[_Iterable[str]] = ..., token: _Optional[str] = ...) -> None: ...
+    call_layers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, protocol_version: _Optional[int] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., services: _Optional[_Iterable[str]] = ..., token: _Optional[str] = ..., call_layers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_message_size", "max_concurrent_calls", "keepalive_interval_ms", "dead_peer_timeout_ms")
@@ -41,14 +43,16 @@ class Limits(_message.Message):
     def __init__(self, max_message_size: _Optional[int] = ..., max_concurrent_calls: _Optional[int] = ..., keepalive_interval_ms: _Optional[int] = ..., dead_peer_timeout_ms: _Optional[int] = ...) -> None: ...
 
 class ServerHello(_message.Message):
-    __slots__ = ("protocol_version", "connection_id", "limits")
+    __slots__ = ("protocol_version", "connection_id", "limits", "call_layer")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    CALL_LAYER_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     connection_id: str
     limits: Limits
-    def __init__(self, protocol_version: _Optional[int] = ..., connection_id: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+    call_layer: str
+    def __init__(self, protocol_version: _Optional[int] = ..., connection_id: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., call_layer: _Optional[str] = ...) -> None: ...
 
 class Refusal(_message.Message):
     __slots__ = ("code", "reason")
