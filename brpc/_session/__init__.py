@@ -1,0 +1,1 @@
+"""Sessions: authenticated stream multiplexers."""

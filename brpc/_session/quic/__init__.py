@@ -1,0 +1,1 @@
+"""The QUIC session: aioquic or qh3 behind one adapter each."""
