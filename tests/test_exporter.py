@@ -32,7 +32,9 @@ INSTALL: dict[str, Callable[[Any], None]] = {
 }
 
 
-def connection(engine: str, certs: Any, *, is_client: bool, odcid: bytes = b"") -> Any:
+def connection(
+    engine: str, certs: Any, *, is_client: bool, odcid: bytes = b"", client_cert: bool = False
+) -> Any:
     config: Any
     if engine == "aioquic":
         config = AioquicConfiguration(is_client=is_client, alpn_protocols=["brpc/1"])
@@ -41,6 +43,8 @@ def connection(engine: str, certs: Any, *, is_client: bool, odcid: bytes = b"") 
     if is_client:
         config.server_name = "localhost"
         config.load_verify_locations(cafile=str(certs.ca))
+        if client_cert:
+            config.load_cert_chain(str(certs.client_cert), str(certs.client_key))
         if engine == "aioquic":
             return AioquicConnection(configuration=config)
         return Qh3Connection(configuration=config)
@@ -50,10 +54,17 @@ def connection(engine: str, certs: Any, *, is_client: bool, odcid: bytes = b"") 
     return Qh3Connection(configuration=config, original_destination_connection_id=odcid)
 
 
-def handshake(certs: Any, client_engine: str, server_engine: str) -> tuple[Any, Any]:
+def handshake(
+    certs: Any,
+    client_engine: str,
+    server_engine: str,
+    *,
+    client_cert: bool = False,
+    server_hook: Callable[[Any], None] | None = None,
+) -> tuple[Any, Any]:
     """A completed handshake between two engines, pumped in memory."""
     now = 0.0
-    client = connection(client_engine, certs, is_client=True)
+    client = connection(client_engine, certs, is_client=True, client_cert=client_cert)
     INSTALL[client_engine](client)
     client.connect(SERVER_ADDR, now=now)
     server: Any = None
@@ -66,6 +77,8 @@ def handshake(certs: Any, client_engine: str, server_engine: str) -> tuple[Any, 
                 odcid = pull_quic_header(Buffer(data=data), host_cid_length=8).destination_cid
                 server = connection(server_engine, certs, is_client=False, odcid=odcid)
                 INSTALL[server_engine](server)
+                if server_hook is not None:
+                    server_hook(server)
             server.receive_datagram(data, CLIENT_ADDR, now=now)
         for data, _ in server.datagrams_to_send(now=now) if server is not None else []:
             moved = True
@@ -135,3 +148,19 @@ def test_exporter_expansion_follows_rfc_8446() -> None:
     assert tls_exporter(master, b"label", b"ctx", 40) == expected
     with pytest.raises(ValueError):
         tls_exporter(bytes(20), b"label", b"", 32)
+
+
+def test_a_qh3_client_answers_a_certificate_request(certs: Any) -> None:
+    """qh3's TLS client does send a certificate when asked (only its server never asks):
+    a qh3 client has mutual TLS with an aioquic server, bound to the same exporter."""
+    from brpc import _aioquic
+
+    client, server = handshake(
+        certs, "qh3", "aioquic", client_cert=True, server_hook=_aioquic.request_client_certificate
+    )
+    certificate = _aioquic.peer_certificate(server)
+    assert certificate is not None
+    assert "CN=client" in certificate.subject.rfc4514_string()
+    assert _qh3.exporter_secret(client, LABEL, 32) == _aioquic_exporter.exporter_secret(
+        server, LABEL, 32
+    )

@@ -170,3 +170,33 @@ def test_own_path_mtu_probing_reaches_1472(certs: Any) -> None:
         p.pump(step=0.01)
     assert p.client._core is not None
     assert p.client._core.active_path[5] == 1472
+
+
+def server_to_client_sizes(p: Qh3Pair) -> int:
+    assert p.server is not None
+    p.sent.clear()
+    p.server.send_stream_data(1, b"x" * 100_000, end_stream=True)
+    for _ in range(20):
+        p.pump(step=0.01)
+    return max(size for sender, size in p.sent if sender == "server")
+
+
+def test_a_qh3_client_caps_what_servers_send_it_at_1472(certs: Any) -> None:
+    p = pair(certs, max_datagram_size=9000)
+    assert p.server is not None and p.server._tls is not None
+    assert p.server._tls.remote_transport_parameters is not None
+    assert p.server._tls.remote_transport_parameters.max_udp_payload_size == 1472
+    assert server_to_client_sizes(p) <= 1472
+
+
+def test_the_client_cap_can_be_raised(certs: Any) -> None:
+    def client_hook(quic: Any) -> None:
+        _qh3.set_max_udp_payload_size(quic, 9000)
+        _qh3.set_peer_bidi_stream_limit(quic, 200)  # both edits apply
+
+    p = pair(certs, max_datagram_size=9000, client_hook=client_hook)
+    assert p.server is not None and p.server._tls is not None
+    parameters = p.server._tls.remote_transport_parameters
+    assert parameters is not None
+    assert (parameters.max_udp_payload_size, parameters.initial_max_streams_bidi) == (9000, 200)
+    assert 8000 < server_to_client_sizes(p) <= 9000

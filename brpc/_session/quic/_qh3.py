@@ -51,6 +51,7 @@ __all__ = [
     "send_probe",
     "set_address_validation_token",
     "set_max_datagram_size",
+    "set_max_udp_payload_size",
     "set_peer_bidi_stream_limit",
 ]
 
@@ -117,7 +118,6 @@ def set_peer_bidi_stream_limit(quic: QuicConnection, limit: int) -> None:
     if quic._core is not None:
         raise RuntimeError("set the stream limit before the connection starts")
     create_core = quic._create_core
-    create_tls = quic._create_tls
 
     def _create_core(remote_addr: NetworkAddress, initial_dcid: bytes, now: float) -> None:
         core_class = _connection_module.QuicConnectionCore
@@ -138,33 +138,57 @@ def set_peer_bidi_stream_limit(quic: QuicConnection, limit: int) -> None:
         finally:
             _connection_module.QuicConnectionCore = core_class
 
+    quic._create_core = _create_core  # type: ignore[method-assign]
+    _edit_transport_parameters(quic, "initial_max_streams_bidi", limit)
+
+
+def set_max_udp_payload_size(quic: QuicConnection, size: int) -> None:
+    """Tell the peer it may send datagrams of up to ``size`` bytes to this client.
+
+    A qh3 client hard-codes ``max_udp_payload_size = 1472`` in its transport
+    parameters (``QuicTlsBridge.serialize_transport_parameters``) and servers
+    honour it: without this, everything a server sends to a qh3 client is cut to
+    1,472-byte datagrams whatever either side's ``max_datagram_size``. Call
+    right after the connection object is made.
+    """
+    if not 1200 <= size <= 65_527:
+        raise ValueError("max_udp_payload_size must be within 1200..65527")
+    _edit_transport_parameters(quic, "max_udp_payload_size", size)
+
+
+def _edit_transport_parameters(quic: QuicConnection, name: str, value: int) -> None:
+    """Make the transport parameters ``quic`` sends carry ``name = value``.
+
+    The TLS bridge is made lazily by the private ``QuicConnection._create_tls``;
+    it serializes its parameters once in its constructor (into the TLS context's
+    ``handshake_extensions``) and again after a version change (its
+    ``serialize_transport_parameters``): both are rewritten.
+    """
+    if quic._tls is not None:
+        raise RuntimeError("change transport parameters before the connection starts")
+    create_tls = quic._create_tls
+
     def _create_tls(remote_source_cid: bytes | None) -> Any:
         bridge = create_tls(remote_source_cid)
         serialize = bridge.serialize_transport_parameters
 
         def serialize_transport_parameters() -> bytes:
-            return _with_bidi_stream_limit(serialize(), limit)
+            encoded = serialize()
+            parameters = pull_quic_transport_parameters(Buffer(data=encoded))
+            setattr(parameters, name, value)
+            buf = Buffer(capacity=len(encoded) + 16)
+            push_quic_transport_parameters(buf, parameters)
+            return bytes(buf.data)
 
-        # The bridge serializes once in its constructor (into the TLS context's
-        # handshake extensions) and again after a version change (the method).
         bridge.serialize_transport_parameters = serialize_transport_parameters  # type: ignore[method-assign]
         context = bridge.tls
         context.handshake_extensions = [
-            (kind, serialize_transport_parameters() if kind == _TRANSPORT_PARAMETERS else value)
-            for kind, value in context.handshake_extensions
+            (kind, serialize_transport_parameters() if kind == _TRANSPORT_PARAMETERS else data)
+            for kind, data in context.handshake_extensions
         ]
         return bridge
 
-    quic._create_core = _create_core  # type: ignore[method-assign]
     quic._create_tls = _create_tls  # type: ignore[method-assign]
-
-
-def _with_bidi_stream_limit(encoded: bytes, limit: int) -> bytes:
-    parameters = pull_quic_transport_parameters(Buffer(data=encoded))
-    parameters.initial_max_streams_bidi = limit
-    buf = Buffer(capacity=len(encoded) + 16)
-    push_quic_transport_parameters(buf, parameters)
-    return bytes(buf.data)
 
 
 def peer_bidi_stream_credit(quic: QuicConnection) -> int:
