@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
 from hypothesis import given
@@ -169,3 +170,47 @@ def test_connected_sendto_under_uvloop(connected: bool) -> None:
 async def test_connected_sendto_under_asyncio(connected: bool) -> None:
     assert await send_like_aioquic(connected, wrap=True) == b"hello"
     assert await send_like_aioquic(connected, wrap=False) == b"hello"
+
+
+async def aioquic_handshake_over_a_connected_socket(certs: Any) -> None:
+    """Dial the way brpc does (a connected socket handed to the loop) with aioquic's
+    own asyncio protocol, its transport wrapped by ``connected_sendto``."""
+    from aioquic.asyncio.protocol import QuicConnectionProtocol
+    from aioquic.asyncio.server import serve
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.connection import QuicConnection
+
+    class Dialer(QuicConnectionProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            # uvloop's UDPTransport does not subclass asyncio.DatagramTransport.
+            wrapped = udp.connected_sendto(cast(asyncio.DatagramTransport, transport))
+            super().connection_made(wrapped)
+
+    server_config = QuicConfiguration(is_client=False, alpn_protocols=["brpc/1"])
+    server_config.load_cert_chain(str(certs.server_cert), str(certs.server_key))
+    server = await serve("127.0.0.1", 0, configuration=server_config)
+    address = server._transport.get_extra_info("sockname")[:2]
+    client_config = QuicConfiguration(is_client=True, alpn_protocols=["brpc/1"])
+    client_config.server_name = "localhost"
+    client_config.load_verify_locations(cafile=str(certs.ca))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    sock.connect(address)
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: Dialer(QuicConnection(configuration=client_config)), sock=sock
+    )
+    try:
+        protocol.connect(address)
+        async with asyncio.timeout(10):
+            await protocol.wait_connected()
+    finally:
+        protocol.close()
+        transport.close()
+        server.close()
+
+
+def test_aioquic_dials_under_uvloop_with_the_wrapper(certs: Any) -> None:
+    import uvloop
+
+    uvloop.run(aioquic_handshake_over_a_connected_socket(certs))
