@@ -200,3 +200,16 @@ def test_the_client_cap_can_be_raised(certs: Any) -> None:
     assert parameters is not None
     assert (parameters.max_udp_payload_size, parameters.initial_max_streams_bidi) == (9000, 200)
     assert 8000 < server_to_client_sizes(p) <= 9000
+
+
+def test_close_event_of_a_tls_failure_names_this_side(certs: Any, tmp_path: Any) -> None:
+    from brpc.certs import write_dev_certificates
+
+    stranger = write_dev_certificates(tmp_path, client_names=("client",))
+    p = Qh3Pair(stranger.ca, certs.server_cert, certs.server_key)
+    assert p.server is not None
+    client_side = _qh3.close_event(p.client)
+    server_side = _qh3.close_event(p.server)
+    assert client_side is not None and server_side is not None
+    assert client_side[1] is True and server_side[1] is False
+    assert "certificate" in client_side[0].reason_phrase

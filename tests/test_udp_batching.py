@@ -214,3 +214,14 @@ def test_aioquic_dials_under_uvloop_with_the_wrapper(certs: Any) -> None:
     import uvloop
 
     uvloop.run(aioquic_handshake_over_a_connected_socket(certs))
+
+
+def test_receive_buffer_hands_qh3_the_coalesced_buffer(
+    sockets: tuple[socket.socket, socket.socket],
+) -> None:
+    sender, receiver = sockets
+    into = udp.UdpBatching(receiver)  # GRO applies to datagrams queued after this
+    sent = datagrams(10)
+    udp.UdpBatching(sender).send(sent, receiver.getsockname())
+    data, segment_size, addr = into.receive_buffer()
+    assert (data, segment_size, addr) == (b"".join(sent), 1200, sender.getsockname())

@@ -171,12 +171,19 @@ class UdpBatching:
         """Receive what one system call returns: one datagram, or with GRO several
         from the same sender. Raises ``BlockingIOError`` on a non-blocking socket
         with nothing to read."""
+        data, segment_size, addr = self.receive_buffer()
+        return split_gro_buffer(data, segment_size), addr
+
+    def receive_buffer(self) -> tuple[bytes, int | None, Address]:
+        """Like :meth:`receive`, without splitting: the buffer, its segment size
+        (None for a single datagram) and the sender. For engines that take the
+        coalesced buffer whole (qh3's ``QuicConnection.receive_gro_buffer``)."""
         self.syscalls += 1
         if self.gro:
             data, ancdata, _flags, addr = self.sock.recvmsg(_GRO_BUFFER, socket.CMSG_SPACE(4))
-            return split_gro_buffer(data, gro_segment_size(ancdata)), addr
+            return data, gro_segment_size(ancdata), addr
         data, addr = self.sock.recvfrom(_GRO_BUFFER)
-        return [data], addr
+        return data, None, addr
 
     def _sendmsg(
         self, run: list[bytes], ancdata: list[tuple[int, int, bytes]], addr: Address | None
