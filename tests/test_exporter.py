@@ -105,8 +105,10 @@ def test_both_ends_derive_the_same_secret(
 
 
 def test_an_aioquic_client_cannot_reach_a_qh3_server(certs: Any) -> None:
-    """qh3 2.1.0's server fails its first flight to an aioquic client (its packet
-    builder runs out of room). When this starts passing, add the pair above."""
+    """qh3 2.1.0's server fails its first flight to an aioquic client: aioquic pads
+    its Initial datagram (1,200 bytes) with bytes after the 522-byte packet, qh3
+    counts only the packet toward the anti-amplification budget (3 x 522), and its
+    packet builder raises instead of waiting. When this passes, add the pair above."""
     from qh3.quic.connection import QuicConnectionError
 
     with pytest.raises(QuicConnectionError, match="packet builder capacity exhausted"):
@@ -164,3 +166,16 @@ def test_a_qh3_client_answers_a_certificate_request(certs: Any) -> None:
     assert _qh3.exporter_secret(client, LABEL, 32) == _aioquic_exporter.exporter_secret(
         server, LABEL, 32
     )
+
+
+def test_why_an_aioquic_client_fails_on_qh3(certs: Any) -> None:
+    from qh3._hazmat import pull_quic_header as qh3_pull_header
+
+    client = connection("aioquic", certs, is_client=True)
+    client.connect(SERVER_ADDR, now=0.0)
+    datagram = client.datagrams_to_send(now=0.0)[0][0]
+    header = qh3_pull_header(datagram, 0, 8)
+    assert len(datagram) == 1200 and header[9] < 1200  # padding after the packet
+    server = connection("qh3", certs, is_client=False, odcid=header[3])
+    server.receive_datagram(datagram, CLIENT_ADDR, 0.0)
+    assert server._core.active_path[4] == header[9]  # bytes received: the packet only
