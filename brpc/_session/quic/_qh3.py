@@ -1,0 +1,378 @@
+"""The only module that touches qh3's private attributes.
+
+qh3 (an aioquic fork with its packet core in Rust, tested with the 2.1 series,
+pinned by the ``fast`` extra in pyproject.toml) offers the same functions as
+``brpc/_session/quic/_aioquic.py``, plus the helpers brpc needs where qh3
+differs from aioquic. Each function documents the private detail it reaches;
+``tests/test_qh3_adapter.py`` exercises every one against real qh3
+:class:`QuicConnection` objects so that a qh3 upgrade that moves them fails there.
+
+What qh3 cannot do raises :class:`EngineLimitation` naming the gap:
+
+- its TLS server never sends a CertificateRequest (``qh3.tls.Context`` has no
+  server state that accepts a client Certificate), so there is no mutual TLS with
+  a qh3 server; :func:`exporter_secret` gives what a proof of the client key
+  bound to the TLS session needs instead;
+- its packet core (``qh3._hazmat.QuicConnectionCore``) fixes the datagram size
+  when it is created and has no way to send a padded probe, so brpc's own path-MTU
+  prober cannot drive it (qh3 probes one step, to 1,472 bytes, by itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from weakref import WeakKeyDictionary
+
+from cryptography import x509
+from qh3 import tls as qh3_tls
+from qh3._hazmat import Buffer
+from qh3.quic.configuration import QuicConfiguration
+from qh3.quic.connection import NetworkAddress, QuicConnection
+from qh3.quic.events import ConnectionTerminated
+from qh3.quic.packet import pull_quic_transport_parameters, push_quic_transport_parameters
+
+from brpc._session.quic._exporter import EXPORTER_MASTER_LABEL, tls_exporter
+from brpc._session.quic._limits import EngineLimitation
+
+__all__ = [
+    "QH3_DEFAULT_PEER_BIDI_STREAMS",
+    "close_event",
+    "configure",
+    "exporter_secret",
+    "install_exporter",
+    "is_stream_known",
+    "peer_address",
+    "peer_bidi_stream_credit",
+    "peer_certificate",
+    "peer_certificate_chain",
+    "request_client_certificate",
+    "send_buffer_size",
+    "send_probe",
+    "set_address_validation_token",
+    "set_max_datagram_size",
+    "set_max_udp_payload_size",
+    "set_peer_bidi_stream_limit",
+]
+
+QH3_DEFAULT_PEER_BIDI_STREAMS = 100
+"""The limit qh3 hard-codes for peer-initiated bidirectional streams."""
+
+# Position of ``local_max_streams_bidi`` among QuicConnectionCore's arguments
+# (see qh3/_hazmat.pyi and QuicConnection._create_core).
+_CORE_LOCAL_MAX_STREAMS_BIDI = 21
+
+# QuicConnection._create_core looks QuicConnectionCore up in its module when it runs.
+_connection_module: Any = __import__("qh3.quic.connection", fromlist=["QuicConnectionCore"])
+
+_TRANSPORT_PARAMETERS = qh3_tls.ExtensionType.QUIC_TRANSPORT_PARAMETERS
+
+_masters: WeakKeyDictionary[QuicConnection, bytes] = WeakKeyDictionary()
+
+
+def send_buffer_size(quic: QuicConnection, stream_id: int) -> int:
+    """Bytes written to ``stream_id`` that have not been sent for the first time.
+
+    qh3 keeps stream buffers in its Rust core and exposes only this count
+    (public ``get_send_buffer_size``), not the bytes sent but unacknowledged
+    that aioquic's figure includes. Those are bounded by the congestion window,
+    so the unsent count is the part that grows when a writer outpaces the path
+    and is what write backpressure should watch. Unknown streams hold nothing.
+    """
+    if not 0 <= stream_id < (1 << 62):
+        return 0
+    return quic.get_send_buffer_size(stream_id)
+
+
+def is_stream_known(quic: QuicConnection, stream_id: int) -> bool:
+    """Whether qh3 still holds state for ``stream_id``.
+
+    For a stream this side opened, qh3 tracks it in the private
+    ``QuicConnection._created_local_stream_ids`` until the core reports it
+    finished in both directions. For a peer's stream qh3 exposes only whether
+    this side can still send on it (``_core.can_send_stream``): once this side
+    has finished sending, the stream reads as unknown although the peer may still
+    send; calls that need the receive side (``stop_stream``) then raise
+    ``ValueError``, which callers guarding with this function should tolerate.
+    """
+    if quic._core is None:
+        return False
+    local = stream_id & 1 == (0 if quic.configuration.is_client else 1)
+    if local:
+        return stream_id in quic._created_local_stream_ids
+    return quic._core.can_send_stream(stream_id)
+
+
+def set_peer_bidi_stream_limit(quic: QuicConnection, limit: int) -> None:
+    """Let the peer open up to ``limit`` concurrent bidirectional streams.
+
+    qh3 hard-codes 100 twice: in the transport parameters its TLS bridge
+    serializes (``QuicTlsBridge.serialize_transport_parameters``) and in the
+    argument its Rust core is built with (``QuicConnection._create_core``). Both
+    are created lazily (``connect`` on a client, the first datagram on a server),
+    so this wraps the two private factories on this connection; call it right
+    after the connection object is made.
+    """
+    if limit < 1:
+        raise ValueError("the bidirectional stream limit must be at least 1")
+    if quic._core is not None:
+        raise RuntimeError("set the stream limit before the connection starts")
+    create_core = quic._create_core
+
+    def _create_core(remote_addr: NetworkAddress, initial_dcid: bytes, now: float) -> None:
+        core_class = _connection_module.QuicConnectionCore
+
+        def core_with_limit(*args: Any) -> Any:
+            values = list(args)
+            if values[_CORE_LOCAL_MAX_STREAMS_BIDI] != QH3_DEFAULT_PEER_BIDI_STREAMS:
+                raise RuntimeError(
+                    "qh3's QuicConnectionCore arguments moved: update brpc's qh3 adapter"
+                )
+            values[_CORE_LOCAL_MAX_STREAMS_BIDI] = limit
+            return core_class(*values)
+
+        # Swapped for the duration of this synchronous call only.
+        _connection_module.QuicConnectionCore = core_with_limit
+        try:
+            create_core(remote_addr, initial_dcid, now)
+        finally:
+            _connection_module.QuicConnectionCore = core_class
+
+    quic._create_core = _create_core  # type: ignore[method-assign]
+    _edit_transport_parameters(quic, "initial_max_streams_bidi", limit)
+
+
+def set_max_udp_payload_size(quic: QuicConnection, size: int) -> None:
+    """Tell the peer it may send datagrams of up to ``size`` bytes to this client.
+
+    A qh3 client hard-codes ``max_udp_payload_size = 1472`` in its transport
+    parameters (``QuicTlsBridge.serialize_transport_parameters``) and servers
+    honour it: without this, everything a server sends to a qh3 client is cut to
+    1,472-byte datagrams whatever either side's ``max_datagram_size``. Call
+    right after the connection object is made.
+    """
+    if not 1200 <= size <= 65_527:
+        raise ValueError("max_udp_payload_size must be within 1200..65527")
+    _edit_transport_parameters(quic, "max_udp_payload_size", size)
+
+
+def _edit_transport_parameters(quic: QuicConnection, name: str, value: int) -> None:
+    """Make the transport parameters ``quic`` sends carry ``name = value``.
+
+    The TLS bridge is made lazily by the private ``QuicConnection._create_tls``;
+    it serializes its parameters once in its constructor (into the TLS context's
+    ``handshake_extensions``) and again after a version change (its
+    ``serialize_transport_parameters``): both are rewritten.
+    """
+    if quic._tls is not None:
+        raise RuntimeError("change transport parameters before the connection starts")
+    create_tls = quic._create_tls
+
+    def _create_tls(remote_source_cid: bytes | None) -> Any:
+        bridge = create_tls(remote_source_cid)
+        serialize = bridge.serialize_transport_parameters
+
+        def serialize_transport_parameters() -> bytes:
+            encoded = serialize()
+            parameters = pull_quic_transport_parameters(Buffer(data=encoded))
+            setattr(parameters, name, value)
+            buf = Buffer(capacity=len(encoded) + 16)
+            push_quic_transport_parameters(buf, parameters)
+            return bytes(buf.data)
+
+        bridge.serialize_transport_parameters = serialize_transport_parameters  # type: ignore[method-assign]
+        context = bridge.tls
+        context.handshake_extensions = [
+            (kind, serialize_transport_parameters() if kind == _TRANSPORT_PARAMETERS else data)
+            for kind, data in context.handshake_extensions
+        ]
+        return bridge
+
+    quic._create_tls = _create_tls  # type: ignore[method-assign]
+
+
+def peer_bidi_stream_credit(quic: QuicConnection) -> int:
+    """How many more bidirectional streams this side may open now.
+
+    qh3 raises ``ValueError`` when a send would open a stream past the peer's
+    limit instead of queuing it as aioquic does; callers open a stream only
+    while this is positive and queue otherwise. Read from the core's
+    ``stream_limits`` (peer's cumulative bidi limit, uni limit, bidi opened, uni
+    opened). Zero before the handshake has given the peer's limit.
+    """
+    core = quic._core
+    if core is None:
+        return 0
+    peer_limit, _, opened, _ = core.stream_limits
+    return max(0, peer_limit - opened)
+
+
+def close_event(quic: QuicConnection) -> tuple[ConnectionTerminated, bool] | None:
+    """How the connection is ending, as soon as it starts ending, and whether
+    this side started it.
+
+    qh3 reports :class:`ConnectionTerminated` only when the closing or draining
+    period is over. The reason is known at once (private ``_close_event``) and
+    the Rust core's ``state`` reads ``"closing"`` when this side closed
+    (including its TLS errors) and ``"draining"`` when the peer did.
+    """
+    core = quic._core
+    if core is None:
+        return None
+    state = core.state
+    if state not in ("closing", "draining"):
+        return None
+    event = quic._close_event or ConnectionTerminated(
+        error_code=0, frame_type=None, reason_phrase=""
+    )
+    return event, state == "closing"
+
+
+def peer_certificate(quic: QuicConnection) -> x509.Certificate | None:
+    """The certificate the peer presented in the TLS handshake, if any.
+
+    qh3 returns its own certificate type (``qh3._hazmat.Certificate``, public
+    ``get_peercert``); this converts it through DER.
+    """
+    certificate = quic.get_peercert()
+    if certificate is None:
+        return None
+    return x509.load_der_x509_certificate(certificate.public_bytes())
+
+
+def peer_certificate_chain(quic: QuicConnection) -> list[x509.Certificate]:
+    """The intermediate certificates the peer sent after its own."""
+    return [x509.load_der_x509_certificate(c.public_bytes()) for c in quic.get_issuercerts()]
+
+
+def request_client_certificate(quic: QuicConnection) -> None:
+    """Always raises: a qh3 server cannot ask for a client certificate.
+
+    qh3's TLS server (``qh3.tls.Context._server_handle_hello``) never sends a
+    CertificateRequest and has no state that accepts a client Certificate or
+    CertificateVerify; there is no private switch as in aioquic. Authenticate
+    clients above TLS with a signature over :func:`exporter_secret` instead.
+    """
+    raise EngineLimitation(
+        "qh3 cannot request a client certificate in the TLS handshake (its TLS server "
+        "has no CertificateRequest); use engine='aioquic' for TLS client certificates, "
+        "or authenticate the client with a key proof bound to the TLS exporter secret"
+    )
+
+
+def install_exporter(quic: QuicConnection) -> None:
+    """Capture the exporter master secret of ``quic``'s handshake when it happens.
+
+    qh3's TLS is Python (``qh3.tls.Context``, reached as ``bridge.tls`` of the
+    private ``QuicTlsBridge`` made by ``QuicConnection._create_tls``). Its key
+    schedule (``Context.key_schedule``) holds the master secret and the
+    transcript; the transcript moves past the server's Finished right after the
+    application traffic secrets are derived, so this wraps the context's
+    ``update_traffic_key_cb`` and derives ``exporter_master_secret`` on the
+    first 1-RTT key. Call right after the connection object is made.
+    """
+    create_tls = quic._create_tls
+
+    def _create_tls(remote_source_cid: bytes | None) -> Any:
+        bridge = create_tls(remote_source_cid)
+        context = bridge.tls
+        forward: Callable[..., None] = context.update_traffic_key_cb
+
+        def update_traffic_key(
+            direction: Any, epoch: qh3_tls.Epoch, cipher_suite: Any, secret: bytes
+        ) -> None:
+            if epoch == qh3_tls.Epoch.ONE_RTT and quic not in _masters:
+                schedule = context.key_schedule
+                assert schedule is not None
+                _masters[quic] = schedule.derive_secret(EXPORTER_MASTER_LABEL)
+            forward(direction, epoch, cipher_suite, secret)
+
+        context.update_traffic_key_cb = update_traffic_key
+        return bridge
+
+    quic._create_tls = _create_tls  # type: ignore[method-assign]
+
+
+def exporter_secret(quic: QuicConnection, label: bytes, length: int, context: bytes = b"") -> bytes:
+    """TLS-Exporter(label, context, length) (RFC 8446 section 7.5) of this connection.
+
+    Both ends get the same bytes, and the same as an aioquic peer computes with
+    ``_aioquic_exporter.exporter_secret``; any other TLS session gets different
+    ones. Needs :func:`install_exporter` before the handshake.
+    """
+    master = _masters.get(quic)
+    if master is None:
+        raise RuntimeError(
+            "no exporter secret: call install_exporter() on the connection before its "
+            "handshake, and export only after the handshake completes"
+        )
+    return tls_exporter(master, label, context, length)
+
+
+def peer_address(quic: QuicConnection) -> NetworkAddress | None:
+    """The peer's current address (aioquic's ``get_peer_address``, which qh3 lacks).
+
+    Read from the Rust core's ``active_path`` (path id, local address, remote
+    address, bytes received, bytes sent, datagram size), so it follows a
+    migrated peer. None before the connection has started.
+    """
+    core = quic._core
+    if core is None:
+        return None
+    remote: NetworkAddress = core.active_path[2]
+    return remote
+
+
+def configure(
+    configuration: QuicConfiguration, *, congestion_control_algorithm: str | None = None
+) -> QuicConfiguration:
+    """Check options aioquic has and qh3 does not, and return ``configuration``.
+
+    qh3's configuration has no ``congestion_control_algorithm`` (its Rust core
+    has one built-in controller): asking for one raises instead of being ignored.
+    For aioquic's ``token`` use :func:`set_address_validation_token`.
+    """
+    if congestion_control_algorithm is not None:
+        raise EngineLimitation(
+            f"qh3 has no choice of congestion control ({congestion_control_algorithm!r} "
+            "asked); leave it unset or use engine='aioquic'"
+        )
+    return configuration
+
+
+def set_address_validation_token(quic: QuicConnection, token: bytes) -> None:
+    """Send ``token`` (from a NEW_TOKEN or Retry) in this client's Initial packets.
+
+    aioquic takes it as ``QuicConfiguration.token``; qh3 has no such option but
+    its core has ``set_initial_token``. Call after ``connect`` and before the
+    first ``datagrams_to_send``.
+    """
+    if quic._core is None:
+        raise RuntimeError("set the token after connect() and before sending")
+    quic._core.set_initial_token(token)
+
+
+def set_max_datagram_size(quic: QuicConnection, size: int) -> None:
+    """Always raises: qh3 fixes the datagram size when its core is created.
+
+    ``QuicConfiguration.max_datagram_size`` is passed to the Rust core once
+    (``QuicConnection._create_core``) and the core has no setter. Choose the
+    size in the configuration before connecting; qh3 also probes one step to
+    1,472 bytes by itself (``probe_datagram_size``, client only).
+    """
+    raise EngineLimitation(
+        f"qh3 cannot change the datagram size of a running connection (asked {size}); "
+        "set QuicConfiguration.max_datagram_size before connecting"
+    )
+
+
+def send_probe(quic: QuicConnection, size: int, uid: int) -> None:
+    """Always raises: qh3 cannot send a padded probe of a chosen size.
+
+    Its core sends PING frames (``send_ping``) only inside ordinary packets of the
+    current datagram size and decides padding itself.
+    """
+    raise EngineLimitation(
+        f"qh3 cannot send a {size}-byte path MTU probe; its own probing "
+        "(QuicConfiguration.probe_datagram_size) is the only one it supports"
+    )

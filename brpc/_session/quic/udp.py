@@ -1,0 +1,245 @@
+"""Batched UDP I/O for QUIC datagrams: Linux GSO and GRO, with plain fallbacks.
+
+Sending: a run of equal-size datagrams (the last may be shorter) to one address
+goes out in one ``sendmsg`` carrying a ``(SOL_UDP, UDP_SEGMENT)`` control
+message; the kernel (or the NIC) cuts it into datagrams. Receiving: with
+``UDP_GRO`` on, one ``recvmsg`` can return several datagrams from one sender
+coalesced, with their size in a ``UDP_GRO`` control message.
+
+Support is detected at run time, per socket: other platforms, kernels without
+the options, and sockets whose device refuses segmentation (``EIO`` when
+checksum offload is off) fall back to one ``sendto``/``recvfrom`` per datagram,
+and a refusal is remembered so it is paid once. The grouping and splitting are
+pure functions; :class:`UdpBatching` holds the per-socket decision.
+
+Also here: :func:`connected_sendto`, which makes aioquic's
+``transport.sendto(data, addr)`` work on connected sockets under uvloop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import struct
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "GSO_MAX_BYTES",
+    "GSO_MAX_SEGMENTS",
+    "SOL_UDP",
+    "UDP_GRO",
+    "UDP_SEGMENT",
+    "UdpBatching",
+    "connected_sendto",
+    "gro_segment_size",
+    "gso_runs",
+    "split_gro_buffer",
+]
+
+logger = logging.getLogger(__name__)
+
+SOL_UDP = 17
+UDP_SEGMENT = 103  # linux/udp.h
+UDP_GRO = 104  # linux/udp.h
+GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS in the kernel
+GSO_MAX_BYTES = 65_000  # one IP packet: 65,535 minus IPv6 and UDP headers, rounded down
+_GRO_BUFFER = 65_535
+_IS_LINUX = sys.platform.startswith("linux")
+_GSO_REFUSED = (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT)
+
+Address = Any  # what socket.sendto takes: (host, port) or (host, port, flow, scope)
+
+
+# -- pure functions --------------------------------------------------------------
+
+
+def gso_runs(
+    datagrams: Sequence[bytes],
+    *,
+    max_segments: int = GSO_MAX_SEGMENTS,
+    max_bytes: int = GSO_MAX_BYTES,
+) -> Iterator[tuple[int, list[bytes]]]:
+    """Split ``datagrams`` (in order) into runs one GSO send can carry.
+
+    Yields ``(segment_size, run)``: every datagram of a run is ``segment_size``
+    bytes except possibly the last, which is shorter and ends the run; a run has
+    at most ``max_segments`` datagrams and ``max_bytes`` bytes. A run of one is
+    sent without GSO.
+    """
+    run: list[bytes] = []
+    size = 0
+    total = 0
+    for datagram in datagrams:
+        length = len(datagram)
+        if run and (
+            length > size
+            or len(run) >= max_segments
+            or total + length > max_bytes
+            or len(run[-1]) < size
+        ):
+            yield size, run
+            run = []
+        if not run:
+            size = length
+            total = 0
+        run.append(datagram)
+        total += length
+    if run:
+        yield size, run
+
+
+def split_gro_buffer(buffer: bytes, segment_size: int | None) -> list[bytes]:
+    """The datagrams in a buffer ``recvmsg`` returned: ``segment_size``-byte pieces,
+    the last possibly shorter. Without a segment size the buffer is one datagram."""
+    if segment_size is None or segment_size <= 0 or segment_size >= len(buffer):
+        return [buffer]
+    view = memoryview(buffer)
+    return [bytes(view[i : i + segment_size]) for i in range(0, len(buffer), segment_size)]
+
+
+def gro_segment_size(ancdata: Sequence[tuple[int, int, bytes]]) -> int | None:
+    """The segment size in ``recvmsg``'s control messages, None if it sent none."""
+    for level, kind, data in ancdata:
+        if level == SOL_UDP and kind == UDP_GRO and len(data) >= 4:
+            size: int = struct.unpack("=i", data[:4])[0]
+            return size
+    return None
+
+
+def _segment_cmsg(size: int) -> list[tuple[int, int, bytes]]:
+    return [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
+
+
+# -- per-socket I/O --------------------------------------------------------------
+
+
+@dataclass
+class UdpBatching:
+    """Batched send and receive on one UDP socket, falling back where refused.
+
+    ``gso`` and ``gro`` start as what the platform offers (or what the caller
+    forces, e.g. ``gso=False`` to test the fallback) and turn off for good the
+    first time the kernel refuses them. ``max_segments`` is the kernel's limit
+    per GSO send. ``syscalls`` counts the send and receive system calls made.
+    """
+
+    sock: socket.socket
+    gso: bool = _IS_LINUX
+    gro: bool = _IS_LINUX
+    max_segments: int = GSO_MAX_SEGMENTS
+    syscalls: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        if self.gso:
+            self.gso = _has_option(self.sock, UDP_SEGMENT)
+        if self.gro:
+            try:
+                self.sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+            except OSError:
+                self.gro = False
+
+    def send(self, datagrams: Sequence[bytes], addr: Address | None = None) -> int:
+        """Send ``datagrams`` to ``addr`` (None on a connected socket), in order.
+
+        Returns the number of system calls it took. Errors other than a GSO
+        refusal (e.g. ``BlockingIOError``) propagate; datagrams before the
+        failing call have been sent.
+        """
+        calls = 0
+        for size, run in gso_runs(datagrams, max_segments=self.max_segments):
+            if len(run) > 1 and self.gso:
+                try:
+                    self._sendmsg(run, _segment_cmsg(size), addr)
+                    calls += 1
+                    continue
+                except OSError as exc:
+                    if exc.errno not in _GSO_REFUSED:
+                        raise
+                    logger.info("UDP GSO refused (%s); sending datagrams one by one", exc)
+                    self.gso = False
+            for datagram in run:
+                self._sendto(datagram, addr)
+                calls += 1
+        return calls
+
+    def receive(self) -> tuple[list[bytes], Address]:
+        """Receive what one system call returns: one datagram, or with GRO several
+        from the same sender. Raises ``BlockingIOError`` on a non-blocking socket
+        with nothing to read."""
+        data, segment_size, addr = self.receive_buffer()
+        return split_gro_buffer(data, segment_size), addr
+
+    def receive_buffer(self) -> tuple[bytes, int | None, Address]:
+        """Like :meth:`receive`, without splitting: the buffer, its segment size
+        (None for a single datagram) and the sender. For engines that take the
+        coalesced buffer whole (qh3's ``QuicConnection.receive_gro_buffer``)."""
+        self.syscalls += 1
+        if self.gro:
+            data, ancdata, _flags, addr = self.sock.recvmsg(_GRO_BUFFER, socket.CMSG_SPACE(4))
+            return data, gro_segment_size(ancdata), addr
+        data, addr = self.sock.recvfrom(_GRO_BUFFER)
+        return data, None, addr
+
+    def _sendmsg(
+        self, run: list[bytes], ancdata: list[tuple[int, int, bytes]], addr: Address | None
+    ) -> None:
+        self.syscalls += 1
+        if addr is None:
+            self.sock.sendmsg(run, ancdata)
+        else:
+            self.sock.sendmsg(run, ancdata, 0, addr)
+
+    def _sendto(self, datagram: bytes, addr: Address | None) -> None:
+        self.syscalls += 1
+        if addr is None:
+            self.sock.send(datagram)
+        else:
+            self.sock.sendto(datagram, addr)
+
+
+def _has_option(sock: socket.socket, option: int) -> bool:
+    try:
+        sock.getsockopt(SOL_UDP, option)
+    except OSError:
+        return False
+    return True
+
+
+# -- uvloop ------------------------------------------------------------------------
+
+
+class _ConnectedSendto:
+    """A datagram transport whose ``sendto(data, addr)`` drops ``addr``.
+
+    Everything else is forwarded to the wrapped transport.
+    """
+
+    def __init__(self, transport: asyncio.DatagramTransport) -> None:
+        self._transport = transport
+
+    def sendto(self, data: bytes, addr: Address | None = None) -> None:
+        self._transport.sendto(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def connected_sendto(transport: asyncio.DatagramTransport) -> asyncio.DatagramTransport:
+    """``transport``, made to accept ``sendto(data, addr)`` when it is connected.
+
+    aioquic's ``QuicConnectionProtocol.transmit`` always calls
+    ``transport.sendto(data, addr)``. asyncio's own loop accepts that on a
+    connected socket when ``addr`` is the peer; uvloop raises instead (the
+    kernel's EISCONN). Wrapping the transport in the protocol's
+    ``connection_made`` lets the dialing side run on both loops. An unconnected
+    transport is returned as is.
+    """
+    if transport.get_extra_info("peername") is None:
+        return transport
+    wrapper: asyncio.DatagramTransport = _ConnectedSendto(transport)  # type: ignore[assignment]
+    return wrapper

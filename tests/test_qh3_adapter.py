@@ -1,0 +1,215 @@
+"""Every private qh3 detail brpc relies on (brpc/_session/quic/_qh3.py), checked
+against real qh3 QuicConnection objects: a qh3 upgrade that moves one fails here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from cryptography import x509
+from qh3.quic.events import ConnectionTerminated, HandshakeCompleted, StreamDataReceived
+from qh3pair import CLIENT_ADDR, SERVER_ADDR, Qh3Pair
+
+from brpc._session.quic import _qh3
+from brpc._session.quic._limits import EngineLimitation
+
+
+def pair(certs: Any, **kwargs: Any) -> Qh3Pair:
+    p = Qh3Pair(certs.ca, certs.server_cert, certs.server_key, **kwargs)
+    assert any(isinstance(e, HandshakeCompleted) for e in p.client_events)
+    assert p.server is not None
+    return p
+
+
+def test_send_buffer_size_counts_unsent_bytes(certs: Any) -> None:
+    p = pair(certs)
+    sid = p.client.get_next_available_stream_id()
+    p.client.send_stream_data(sid, b"x" * 50_000)
+    assert _qh3.send_buffer_size(p.client, sid) == 50_000
+    p.client.datagrams_to_send(now=p.now)  # limited by the congestion window
+    assert 0 < _qh3.send_buffer_size(p.client, sid) < 50_000
+    p.pump()
+    assert _qh3.send_buffer_size(p.client, sid) == 0
+    assert _qh3.send_buffer_size(p.client, 1_000_000) == 0
+    assert _qh3.send_buffer_size(p.client, -1) == 0
+
+
+def test_is_stream_known_until_both_sides_finish(certs: Any) -> None:
+    p = pair(certs)
+    assert p.server is not None
+    sid = p.client.get_next_available_stream_id()
+    assert not _qh3.is_stream_known(p.client, sid)
+    p.client.send_stream_data(sid, b"ping", end_stream=True)
+    p.pump()
+    assert _qh3.is_stream_known(p.client, sid)
+    assert _qh3.is_stream_known(p.server, sid)
+    p.server.send_stream_data(sid, b"pong", end_stream=True)
+    p.pump()
+    assert not _qh3.is_stream_known(p.client, sid)
+    assert not _qh3.is_stream_known(p.server, sid)
+    # What the function guards against: qh3 raises on a finished stream.
+    with pytest.raises(ValueError, match="completed stream"):
+        p.client.stop_stream(sid, 0)
+
+
+def open_streams(p: Qh3Pair, count: int) -> int:
+    """Open streams while there is credit; return how many the server saw."""
+    for i in range(count):
+        if _qh3.peer_bidi_stream_credit(p.client) == 0:
+            break
+        p.client.send_stream_data(i * 4, b"x")
+    p.pump()
+    return len({e.stream_id for e in p.server_events if isinstance(e, StreamDataReceived)})
+
+
+def test_default_limit_is_what_we_lift_and_a_send_past_it_raises(certs: Any) -> None:
+    p = pair(certs)
+    assert _qh3.peer_bidi_stream_credit(p.client) == _qh3.QH3_DEFAULT_PEER_BIDI_STREAMS
+    assert open_streams(p, 150) == 100
+    assert _qh3.peer_bidi_stream_credit(p.client) == 0
+    with pytest.raises(ValueError, match="stream limit"):
+        p.client.send_stream_data(400, b"x")
+
+
+def test_peer_stream_limit_can_be_lifted(certs: Any) -> None:
+    p = pair(certs, server_hook=lambda quic: _qh3.set_peer_bidi_stream_limit(quic, 300))
+    assert _qh3.peer_bidi_stream_credit(p.client) == 300
+    assert open_streams(p, 350) == 300
+
+
+def test_stream_credit_comes_back_when_streams_finish(certs: Any) -> None:
+    p = pair(certs)
+    assert p.server is not None
+    assert open_streams(p, 100) == 100
+    for i in range(10):
+        p.client.send_stream_data(i * 4, b"", end_stream=True)
+        p.server.send_stream_data(i * 4, b"y", end_stream=True)
+    p.pump()
+    assert _qh3.peer_bidi_stream_credit(p.client) == 10
+
+
+def test_close_event_is_known_before_termination(certs: Any) -> None:
+    p = pair(certs)
+    assert p.server is not None
+    assert _qh3.close_event(p.client) is None
+    p.server.close(error_code=0x6, reason_phrase="replaced")
+    for data, _ in p.server.datagrams_to_send(now=p.now):
+        p.client.receive_datagram(data, SERVER_ADDR, now=p.now)
+    server_side = _qh3.close_event(p.server)
+    client_side = _qh3.close_event(p.client)
+    assert server_side is not None and client_side is not None
+    assert server_side[1] is True and client_side[1] is False  # who started it
+    assert (client_side[0].error_code, client_side[0].reason_phrase) == (0x6, "replaced")
+    while (event := p.client.next_event()) is not None:
+        assert not isinstance(event, ConnectionTerminated)
+
+
+def test_peer_certificate_is_a_cryptography_certificate(certs: Any) -> None:
+    p = pair(certs)
+    certificate = _qh3.peer_certificate(p.client)
+    assert isinstance(certificate, x509.Certificate)
+    assert "brpc server" in certificate.subject.rfc4514_string()
+    assert _qh3.peer_certificate_chain(p.client) == []
+    assert p.server is not None and _qh3.peer_certificate(p.server) is None
+
+
+def test_peer_address(certs: Any) -> None:
+    p = pair(certs)
+    assert p.server is not None
+    assert _qh3.peer_address(p.client) == SERVER_ADDR
+    assert _qh3.peer_address(p.server) == CLIENT_ADDR
+    assert not hasattr(p.client, "get_peer_address")  # the reason this helper exists
+
+
+def test_server_cannot_request_a_client_certificate(certs: Any) -> None:
+    """The qh3 TLS server sends no CertificateRequest: a client certificate is never
+    asked for, so it is never sent."""
+    p = pair(certs, client_cert=(certs.client_cert, certs.client_key))
+    assert p.server is not None
+    assert p.server.get_peercert() is None
+    with pytest.raises(EngineLimitation, match="client certificate"):
+        _qh3.request_client_certificate(p.server)
+
+
+def test_configuration_differences(certs: Any) -> None:
+    from qh3.quic.configuration import QuicConfiguration
+
+    config = QuicConfiguration(is_client=True)
+    assert not hasattr(config, "congestion_control_algorithm")
+    assert not hasattr(config, "token")
+    assert _qh3.configure(config) is config
+    with pytest.raises(EngineLimitation, match="congestion control"):
+        _qh3.configure(config, congestion_control_algorithm="cubic")
+
+
+def test_address_validation_token_goes_into_the_initial(certs: Any) -> None:
+    from qh3._hazmat import pull_quic_header
+
+    p = Qh3Pair(certs.ca, certs.server_cert, certs.server_key, connect=False)
+    p.client.connect(SERVER_ADDR, now=p.now)
+    _qh3.set_address_validation_token(p.client, b"token-123")
+    first = p.client.datagrams_to_send(now=p.now)[0][0]
+    assert pull_quic_header(first, 0, 8)[5] == b"token-123"
+
+
+def test_datagram_size_is_fixed_at_creation(certs: Any) -> None:
+    p = pair(certs, max_datagram_size=9000)
+    assert p.client._core is not None
+    assert p.client._core.active_path[5] == 9000
+    with pytest.raises(EngineLimitation):
+        _qh3.set_max_datagram_size(p.client, 1500)
+    with pytest.raises(EngineLimitation):
+        _qh3.send_probe(p.client, 1500, 1)
+    assert not hasattr(p.client._core, "set_max_datagram_size")
+
+
+def test_own_path_mtu_probing_reaches_1472(certs: Any) -> None:
+    p = pair(certs, probe_datagram_size=True)
+    p.client.send_stream_data(0, b"x" * 100_000, end_stream=True)
+    for _ in range(20):
+        p.pump(step=0.01)
+    assert p.client._core is not None
+    assert p.client._core.active_path[5] == 1472
+
+
+def server_to_client_sizes(p: Qh3Pair) -> int:
+    assert p.server is not None
+    p.sent.clear()
+    p.server.send_stream_data(1, b"x" * 100_000, end_stream=True)
+    for _ in range(20):
+        p.pump(step=0.01)
+    return max(size for sender, size in p.sent if sender == "server")
+
+
+def test_a_qh3_client_caps_what_servers_send_it_at_1472(certs: Any) -> None:
+    p = pair(certs, max_datagram_size=9000)
+    assert p.server is not None and p.server._tls is not None
+    assert p.server._tls.remote_transport_parameters is not None
+    assert p.server._tls.remote_transport_parameters.max_udp_payload_size == 1472
+    assert server_to_client_sizes(p) <= 1472
+
+
+def test_the_client_cap_can_be_raised(certs: Any) -> None:
+    def client_hook(quic: Any) -> None:
+        _qh3.set_max_udp_payload_size(quic, 9000)
+        _qh3.set_peer_bidi_stream_limit(quic, 200)  # both edits apply
+
+    p = pair(certs, max_datagram_size=9000, client_hook=client_hook)
+    assert p.server is not None and p.server._tls is not None
+    parameters = p.server._tls.remote_transport_parameters
+    assert parameters is not None
+    assert (parameters.max_udp_payload_size, parameters.initial_max_streams_bidi) == (9000, 200)
+    assert 8000 < server_to_client_sizes(p) <= 9000
+
+
+def test_close_event_of_a_tls_failure_names_this_side(certs: Any, tmp_path: Any) -> None:
+    from brpc.certs import write_dev_certificates
+
+    stranger = write_dev_certificates(tmp_path, client_names=("client",))
+    p = Qh3Pair(stranger.ca, certs.server_cert, certs.server_key)
+    assert p.server is not None
+    client_side = _qh3.close_event(p.client)
+    server_side = _qh3.close_event(p.server)
+    assert client_side is not None and server_side is not None
+    assert client_side[1] is True and server_side[1] is False
+    assert "certificate" in client_side[0].reason_phrase
