@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_for
 from google.rpc import error_details_pb2
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
@@ -30,7 +32,7 @@ import brpc
 from brpc.admin import AdminService
 from brpc.certs import DevCertificates
 from brpc.cli import build_parser
-from brpc.cli._common import status_details
+from brpc.cli._common import _progress, status_details
 from brpc.cli.call import call_metadata, parse_json_values
 from brpc.testing import EchoService
 from examples.greeter import greeter_grpc
@@ -358,3 +360,17 @@ def test_status_details_are_decoded() -> None:
         }
     ]
     assert isinstance(build_parser().parse_args(["ping", "h:1"]), argparse.Namespace)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_progress_shows_on_a_terminal_only() -> None:
+    terminal, pipe = _Terminal(), io.StringIO()
+    async with _progress("connecting to h:1", terminal), _progress("connecting", pipe):
+        await wait_for(lambda: "connecting to h:1 " in terminal.getvalue())
+    assert terminal.getvalue().startswith("\rconnecting to h:1 0.")
+    assert terminal.getvalue().endswith("\r\033[K")
+    assert pipe.getvalue() == ""
