@@ -32,7 +32,7 @@ RELAY_TARGET_KEY = "brpc-target"
 #: Metadata key selecting connected clients by labels (``k=v,...``) for a relay.
 RELAY_SELECT_KEY = "brpc-select"
 
-_DESCRIPTION = __doc__.split("\n\n", 1)[1] if __doc__ else ""
+_DESCRIPTION = __doc__.split("\n\n", 1)[1].replace("``", "") if __doc__ else ""
 _EPILOG = """\
 examples:
   brpc call 127.0.0.1:4433 brpc.testing.v1.Echo/Unary -d '{"text": "hi"}' --ca certs/ca.pem
