@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -24,6 +25,7 @@ import brpc
 
 __all__ = [
     "CONNECT_FAILED",
+    "DEFAULT_QUERY_TIMEOUT",
     "CommandError",
     "add_dial_arguments",
     "add_json_argument",
@@ -31,13 +33,17 @@ __all__ = [
     "print_fields",
     "print_json",
     "print_table",
+    "query_timeout",
     "run_command",
     "status_details",
 ]
 
 #: Exit code when the command cannot connect or cannot use its input.
 CONNECT_FAILED = 1
+#: Deadline in seconds of reflection and admin calls when --timeout is not given.
+DEFAULT_QUERY_TIMEOUT = 10.0
 _INTERRUPTED = 130
+_BROKEN_PIPE = 141
 _SPINNER_PERIOD = 0.1
 
 
@@ -75,11 +81,18 @@ def add_dial_arguments(parser: argparse.ArgumentParser) -> None:
         "--token", metavar="TOKEN", help="token sent in the hello, for servers that ask"
     )
     tls.add_argument(
-        "--timeout",
+        "--connect-timeout",
         type=float,
         default=10.0,
         metavar="S",
-        help="seconds for connecting, and for each call (default: 10)",
+        help="seconds for each connection attempt (default: 10)",
+    )
+    tls.add_argument(
+        "--timeout",
+        type=float,
+        metavar="S",
+        help="deadline of each call in seconds (default: none; reflection and admin "
+        f"calls: {DEFAULT_QUERY_TIMEOUT:g})",
     )
     tls.add_argument(
         "--retries",
@@ -88,6 +101,12 @@ def add_dial_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="connection attempts to make after a failed one (default: 0)",
     )
+
+
+def query_timeout(args: argparse.Namespace) -> float:
+    """The deadline of a reflection or admin call: ``--timeout``, else a default."""
+    timeout: float | None = args.timeout
+    return DEFAULT_QUERY_TIMEOUT if timeout is None else timeout
 
 
 def add_json_argument(parser: argparse.ArgumentParser) -> None:
@@ -145,7 +164,7 @@ async def connect(args: argparse.Namespace) -> brpc.ClientConn:
                     server_name=args.server_name,
                     insecure=args.insecure,
                     token=args.token,
-                    timeout=args.timeout,
+                    timeout=args.connect_timeout,
                     reconnect=False,
                 )
         except (brpc.HandshakeError, brpc.RefusedError):
@@ -230,6 +249,11 @@ def run_command(
     except CommandError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # Whoever read the output stopped early (`brpc call ... | head -1`).
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _BROKEN_PIPE
     except (brpc.BrpcError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return CONNECT_FAILED

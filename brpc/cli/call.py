@@ -22,7 +22,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from grpclib.const import Cardinality
 
-from ._common import CommandError, add_dial_arguments, connect
+from ._common import CommandError, add_dial_arguments, connect, query_timeout
 from ._reflection import MethodInfo, ReflectionClient, split_method
 
 __all__ = ["RELAY_SELECT_KEY", "RELAY_TARGET_KEY", "parse_json_values", "register"]
@@ -182,7 +182,7 @@ async def run(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     metadata = call_metadata(args)
     async with await connect(args) as conn:
-        schema = await ReflectionClient(conn, timeout=args.timeout).schema_for([service])
+        schema = await ReflectionClient(conn, timeout=query_timeout(args)).schema_for([service])
         try:
             info = schema.method(service, method)
         except KeyError as exc:

@@ -22,6 +22,7 @@ from ._common import (
     connect,
     print_json,
     print_table,
+    query_timeout,
 )
 
 __all__ = ["register"]
@@ -70,7 +71,7 @@ async def run(args: argparse.Namespace) -> int:
         name=args.name or "", labels=_labels(args.label), service=args.service or ""
     )
     async with await connect(args) as conn:
-        reply = await admin_grpc.AdminStub(conn).ListClients(request, timeout=args.timeout)
+        reply = await admin_grpc.AdminStub(conn).ListClients(request, timeout=query_timeout(args))
         own = conn.connection_id
     clients = [client for client in reply.clients if client.connection_id != own]
     if args.json:

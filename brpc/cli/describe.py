@@ -17,7 +17,14 @@ from google.protobuf.descriptor_pb2 import (
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from ._common import CommandError, add_dial_arguments, add_json_argument, connect, print_json
+from ._common import (
+    CommandError,
+    add_dial_arguments,
+    add_json_argument,
+    connect,
+    print_json,
+    query_timeout,
+)
 from ._reflection import ReflectionClient, Schema
 
 __all__ = ["describe_symbol", "register"]
@@ -176,7 +183,7 @@ async def _schema_defining(reflection: ReflectionClient, symbol: str) -> Schema:
 async def run(args: argparse.Namespace) -> int:
     symbol = args.symbol.strip().lstrip(".").lstrip("/").replace("/", ".")
     async with await connect(args) as conn:
-        schema = await _schema_defining(ReflectionClient(conn, timeout=args.timeout), symbol)
+        schema = await _schema_defining(ReflectionClient(conn, timeout=query_timeout(args)), symbol)
     kind, file_name, proto, lines = describe_symbol(schema, symbol)
     if args.json:
         print_json(

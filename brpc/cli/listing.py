@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import add_dial_arguments, add_json_argument, connect, print_json, print_table
+from ._common import (
+    add_dial_arguments,
+    add_json_argument,
+    connect,
+    print_json,
+    print_table,
+    query_timeout,
+)
 from ._reflection import ReflectionClient, method_kind
 
 __all__ = ["register"]
@@ -26,7 +33,7 @@ def register(subparsers: Any) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     async with await connect(args) as conn:
-        reflection = ReflectionClient(conn, timeout=args.timeout)
+        reflection = ReflectionClient(conn, timeout=query_timeout(args))
         if args.service is None:
             services = sorted(await reflection.list_services())
             if args.json:
