@@ -30,11 +30,13 @@ from grpclib.health.service import Health
 from grpclib.reflection.service import ServerReflection
 
 import brpc
+import brpc.testing
 from brpc.admin import AdminService
 from brpc.admin.v1 import admin_pb2
 from brpc.certs import DevCertificates
 from brpc.cli import build_parser, main
 from brpc.cli._common import _progress, status_details
+from brpc.cli._reflection import ReflectionClient
 from brpc.cli.call import call_metadata, parse_json_values
 from brpc.cli.describe import render_message
 from brpc.testing import EchoService
@@ -392,3 +394,27 @@ async def test_progress_shows_on_a_terminal_only() -> None:
     assert terminal.getvalue().startswith("\rconnecting to h:1 0.")
     assert terminal.getvalue().endswith("\r\033[K")
     assert pipe.getvalue() == ""
+
+
+async def test_reflection_client_without_reflection_and_with_v1alpha_only() -> None:
+    from grpclib.reflection._deprecated import ServerReflection as V1AlphaReflection
+
+    async with brpc.testing.connected([EchoService()]) as (_server, conn):
+        with pytest.raises(GRPCError) as raised:
+            await ReflectionClient(conn, timeout=5).list_services()
+        assert raised.value.status is Status.UNIMPLEMENTED
+        assert "no reflection service" in (raised.value.message or "")
+
+    only_v1alpha = V1AlphaReflection(_service_names=["brpc.testing.v1.Echo"])
+    async with brpc.testing.connected([EchoService(), only_v1alpha]) as (_server, conn):
+        reflection = ReflectionClient(conn, timeout=5)
+        assert await reflection.list_services() == ["brpc.testing.v1.Echo"]
+        schema = await reflection.schema_for(["brpc.testing.v1.Echo"])
+        method = schema.method("brpc.testing.v1.Echo", "ServerStream")
+        assert (method.path, method.kind) == (
+            "/brpc.testing.v1.Echo/ServerStream",
+            "server-streaming",
+        )
+        with pytest.raises(GRPCError) as unknown:
+            await reflection.schema_for(["no.Such"])
+        assert unknown.value.status is Status.NOT_FOUND
