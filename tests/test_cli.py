@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import io
 import json
+import selectors
 import socket
 import subprocess
 import sys
@@ -35,9 +36,9 @@ from brpc.admin import AdminService
 from brpc.admin.v1 import admin_pb2
 from brpc.certs import DevCertificates
 from brpc.cli import build_parser, main
-from brpc.cli._common import _progress, status_details
+from brpc.cli._common import CommandError, _progress, status_details
 from brpc.cli._reflection import ReflectionClient
-from brpc.cli.call import call_metadata, parse_json_values
+from brpc.cli.call import JsonValueSplitter, call_metadata, parse_json_values
 from brpc.cli.describe import render_message
 from brpc.testing import EchoService
 from examples.greeter import greeter_grpc
@@ -112,6 +113,20 @@ def dialled(served: Served, *args: str, **options: Any) -> subprocess.CompletedP
     return run(args[0], served.address, *args[1:], "--ca", str(served.ca), **options)
 
 
+def _bidi_command(served: Served) -> list[str]:
+    method = "brpc.testing.v1.Echo/Bidi"
+    return [
+        sys.executable,
+        "-m",
+        "brpc.cli",
+        "call",
+        served.address,
+        method,
+        "--ca",
+        str(served.ca),
+    ]
+
+
 def json_lines(text: str) -> list[Any]:
     return [json.loads(line) for line in text.splitlines()]
 
@@ -183,6 +198,53 @@ def test_call_bidi_with_an_array_from_a_file(served: Served, tmp_path: Path) -> 
     result = dialled(served, "call", "brpc.testing.v1.Echo/Bidi", "-d", f"@{requests}")
     assert result.returncode == 0, result.stderr
     assert [reply["text"] for reply in json_lines(result.stdout)] == ["x", "y"]
+    # The same file as standard input (a regular file: read whole, not streamed).
+    with requests.open() as stdin:
+        redirected = subprocess.run(
+            _bidi_command(served),
+            stdin=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert redirected.returncode == 0, redirected.stderr
+    assert [reply["text"] for reply in json_lines(redirected.stdout)] == ["x", "y"]
+
+
+def _read_line(process: subprocess.Popen[str], timeout: float = 20.0) -> str:
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        assert selector.select(timeout), "no reply within the time allowed"
+    return process.stdout.readline()
+
+
+def test_call_bidi_replies_while_the_input_goes_on(served: Served) -> None:
+    process = subprocess.Popen(
+        _bidi_command(served),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
+    assert process.stdin is not None
+    try:
+        process.stdin.write('{"text": "first"}\n')
+        process.stdin.flush()
+        assert json.loads(_read_line(process)) == {"text": "first", "received": 1}
+        process.stdin.write('{"text":\n "second"}\n')
+        process.stdin.flush()
+        assert json.loads(_read_line(process)) == {"text": "second", "index": 1, "received": 2}
+        process.stdin.close()
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pipe in (process.stdout, process.stderr):
+            assert pipe is not None
+            pipe.close()
 
 
 def test_call_error_status_sets_the_exit_code(served: Served) -> None:
@@ -357,6 +419,27 @@ def test_message_rendering() -> None:
     assert "  map<string, string> labels = 3;" in lines
     assert "  repeated string services = 4;" in lines
     assert "  .google.protobuf.Timestamp connected_at = 6;" in lines
+
+
+def test_json_values_split_however_the_text_arrives() -> None:
+    text = '{"a": 1}\n[{"b": [2, 3]}]  "s" 12 true\n{"c": {"d": null}}'
+    whole = JsonValueSplitter()
+    expected = [{"a": 1}, [{"b": [2, 3]}], "s", 12, True, {"c": {"d": None}}]
+    assert [*whole.feed(text), *whole.finish()] == expected
+    for size in (1, 2, 5):
+        splitter = JsonValueSplitter()
+        values: list[Any] = []
+        for start in range(0, len(text), size):
+            values.extend(splitter.feed(text[start : start + size]))
+        values.extend(splitter.finish())
+        assert values == expected, size
+    typed = JsonValueSplitter()
+    assert typed.feed('{"a":') == []
+    assert typed.feed(" 1}\n") == [{"a": 1}]
+    broken = JsonValueSplitter()
+    assert broken.feed('{"a": 1} {"b"') == [{"a": 1}]
+    with pytest.raises(CommandError, match="not JSON"):
+        broken.finish()
 
 
 def test_json_input_forms() -> None:
