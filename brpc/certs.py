@@ -280,9 +280,9 @@ def write_dev_certificates(
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m brpc.certs") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m brpc.certs",
+        prog=prog,
         description=(
             "Make a development CA, a server certificate (SANs localhost, 127.0.0.1, ::1 and "
             "any --host) and client certificates for mutual TLS. Private keys are written "

@@ -1,0 +1,5 @@
+"""``python -m brpc.cli``: the ``brpc`` command."""
+
+from . import main
+
+raise SystemExit(main())
