@@ -125,6 +125,12 @@ class MemorySession:
     def watch_paused(self, transport: StreamTransport) -> None:
         """Never paused: nothing stays unacknowledged in memory."""
 
+    def credit_paused(self, stream_id: int, paused: bool) -> None:
+        """No flow-control credit in memory: a paused transport only holds data."""
+
+    def credit_held(self, delta: int) -> None:
+        """See :meth:`credit_paused`."""
+
     def forget_stream(self, transport: StreamTransport) -> None:
         if self._streams.get(transport.stream_id) is transport:
             del self._streams[transport.stream_id]

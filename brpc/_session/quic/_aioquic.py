@@ -12,14 +12,26 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from aioquic.asyncio.server import QuicServer
-from aioquic.quic.connection import QuicConnection, QuicConnectionState
+from aioquic.quic.connection import (
+    MAX_STREAM_DATA_FRAME_CAPACITY,
+    QuicConnection,
+    QuicConnectionState,
+)
+from aioquic.quic.packet import QuicFrameType
 from aioquic.quic.events import ConnectionTerminated
+
+if TYPE_CHECKING:
+    from aioquic.quic.packet_builder import QuicPacketBuilder
+    from aioquic.quic.recovery import QuicPacketSpace
+    from aioquic.quic.stream import QuicStream
 
 if TYPE_CHECKING:
     from cryptography import x509
 
 __all__ = [
+    "add_unconsumed",
     "close_event",
+    "enable_consumption_credit",
     "endpoint_connection_count",
     "is_stream_known",
     "peer_certificate",
@@ -27,6 +39,7 @@ __all__ = [
     "request_client_certificate",
     "send_buffer_size",
     "set_peer_bidi_stream_limit",
+    "set_stream_credit_paused",
 ]
 
 
@@ -125,3 +138,103 @@ def endpoint_connection_count(endpoint: QuicServer) -> int:
     connection ID) until its closing period ends; this counts the distinct ones.
     """
     return len({id(protocol) for protocol in endpoint._protocols.values()})
+
+
+class _ConsumptionCreditConnection(QuicConnection):
+    """aioquic's connection whose receive credit follows what the application consumed.
+
+    aioquic doubles a stream's window (``max_stream_data_local``) whenever half
+    of it was *received*, and the connection's (``_local_max_data``) likewise,
+    whether or not anything was read: a receiver that does not read buffers
+    without bound. Here a stream's limit moves to *received + window* (its
+    initial window, ``configuration.max_stream_data``) once less than half a
+    window is left, except while the application paused it
+    (:func:`set_stream_credit_paused`); the connection's limit moves to
+    *received - held + window* (``configuration.max_data``), where *held* is
+    what paused streams received and did not deliver (:func:`add_unconsumed`).
+    Received bytes that are not held were handed to the application, so credit
+    follows consumption.
+
+    The two methods replace ``_write_stream_limits`` and
+    ``_write_connection_limits`` (called for every packet built), keeping their
+    frame writing as is. Same layout as ``QuicConnection``: instances are
+    retyped, so no per-connection closure or cycle is added.
+    """
+
+    _brpc_paused: set[int]
+    _brpc_held: int
+
+    def _write_stream_limits(
+        self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream
+    ) -> None:
+        limit = stream.max_stream_data_local
+        if limit and stream.stream_id not in self._brpc_paused:
+            window = self._configuration.max_stream_data
+            received = stream.receiver.highest_offset
+            if limit - received < window // 2:
+                stream.max_stream_data_local = received + window
+        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
+            # As aioquic writes the frame.
+            buf = builder.start_frame(
+                QuicFrameType.MAX_STREAM_DATA,
+                capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
+                handler=self._on_max_stream_data_delivery,
+                handler_args=(stream,),
+            )
+            buf.push_uint_var(stream.stream_id)
+            buf.push_uint_var(stream.max_stream_data_local)
+            stream.max_stream_data_local_sent = stream.max_stream_data_local
+            if self._quic_logger is not None:
+                builder.quic_logger_frames.append(
+                    self._quic_logger.encode_max_stream_data_frame(
+                        maximum=stream.max_stream_data_local, stream_id=stream.stream_id
+                    )
+                )
+
+    def _write_connection_limits(
+        self, builder: QuicPacketBuilder, space: QuicPacketSpace
+    ) -> None:
+        max_data = self._local_max_data
+        window = self._configuration.max_data
+        consumed = max_data.used - self._brpc_held
+        if max_data.value - consumed < window // 2:
+            max_data.value = consumed + window
+        # aioquic's own method doubles max_data when used * 2 > value; make
+        # sure it does not, then let it write the frames (MAX_DATA, MAX_STREAMS).
+        value = max_data.value
+        used = max_data.used
+        max_data.used = min(used, value // 2)
+        try:
+            QuicConnection._write_connection_limits(self, builder, space)
+        finally:
+            max_data.used = used
+
+
+def enable_consumption_credit(quic: QuicConnection) -> None:
+    """Make ``quic``'s receive credit follow consumption (see
+    :class:`_ConsumptionCreditConnection`). Call once, right after making it.
+
+    Subclasses of ``QuicConnection`` (test doubles) keep aioquic's own credit.
+    """
+    if type(quic) is not QuicConnection:
+        return
+    quic.__class__ = _ConsumptionCreditConnection
+    credit = quic
+    assert isinstance(credit, _ConsumptionCreditConnection)
+    credit._brpc_paused = set()
+    credit._brpc_held = 0
+
+
+def set_stream_credit_paused(quic: QuicConnection, stream_id: int, paused: bool) -> None:
+    """Withhold (or grant again) more receive credit for ``stream_id``."""
+    if isinstance(quic, _ConsumptionCreditConnection):
+        if paused:
+            quic._brpc_paused.add(stream_id)
+        else:
+            quic._brpc_paused.discard(stream_id)
+
+
+def add_unconsumed(quic: QuicConnection, delta: int) -> None:
+    """Bytes received on paused streams and not delivered changed by ``delta``."""
+    if isinstance(quic, _ConsumptionCreditConnection):
+        quic._brpc_held = max(0, quic._brpc_held + delta)

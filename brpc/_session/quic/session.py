@@ -94,6 +94,7 @@ class QuicSession(QuicConnectionProtocol):
         its own UDP socket (the dialing side); ``batch``: the server's read batch
         this session defers its transmits to; ``refuse``: a transport error code
         and reason to close with as soon as the first datagram is processed."""
+        _aioquic.enable_consumption_credit(quic)
         super().__init__(quic)
         self.quic = quic
         self.handler = handler
@@ -296,6 +297,16 @@ class QuicSession(QuicConnectionProtocol):
 
     def watch_paused(self, transport: StreamTransport) -> None:
         self._paused.add(transport)
+
+    def credit_paused(self, stream_id: int, paused: bool) -> None:
+        _aioquic.set_stream_credit_paused(self.quic, stream_id, paused)
+        if not paused and self.closed is None:
+            self._flush_soon()
+
+    def credit_held(self, delta: int) -> None:
+        _aioquic.add_unconsumed(self.quic, delta)
+        if delta < 0 and self.closed is None:
+            self._flush_soon()
 
     def forget_stream(self, transport: StreamTransport) -> None:
         sid = transport.stream_id
