@@ -21,7 +21,7 @@ import enum
 import logging
 import os
 import random
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING, Any
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from ._calls._grpclib import EventDispatch, opening_deadline
-from ._calls.base import CallConnection
+from ._calls._grpclib import ClientStream, EventDispatch, MetadataLike, opening_deadline
+from ._calls.base import CallConnection, Caller, CallLayer
 from ._calls.channel import CallChannel
 from ._calls.lanes.layer import LanesCallLayer
+from ._calls.streams.layer import StreamsCallLayer
 from ._calls.serving import Serving, service_names
 from ._core.connect import HelloSettings, connect_link
 from ._core.control_stream import ControlProtocol
@@ -42,11 +43,16 @@ from ._session.base import Session, SessionHandler
 from ._session.quic.dial import dial_quic
 from ._session.quic.options import DEFAULT_QUIC_OPTIONS, QuicOptions
 from ._session.quic.tls import client_configuration
+from ._wire.calllayer import LANES, CallLayerMismatch, accepted_call_layer, call_layer_list
 from ._wire.target import format_target, parse_target
-from .errors import CloseCode, ConnectError, RefusedError
-from .options import DEFAULT_OPTIONS, Options
+from .errors import CloseCode, ConnectError, ProtocolViolation, RefusedError
+from .options import DEFAULT_OPTIONS, Options, peer_stream_limit
 
 if TYPE_CHECKING:
+    from grpclib.const import Cardinality
+    from grpclib.metadata import Deadline
+
+    from ._calls._grpclib import RecvType, SendType
     from ._calls.base import Servable
     from ._session.quic.impair import NetworkConditions
     from .auth import Authorizer
@@ -56,8 +62,6 @@ __all__ = ["ClientConn", "ConnState", "ReconnectPolicy", "dial"]
 
 log = logging.getLogger(__name__)
 
-# Streams the server may have open towards us at once: its lanes and their replacements.
-_MAX_SERVER_STREAMS = 64
 _D = DEFAULT_OPTIONS
 _Q = DEFAULT_QUIC_OPTIONS
 
@@ -124,16 +128,52 @@ class _DialOptions:
 
 
 class _ConnTarget:
-    """Where a ClientConn's calls go: its current connection, or the next one."""
+    """Where a ClientConn's calls of one call layer go: its current connection, or the next."""
 
-    def __init__(self, conn: ClientConn) -> None:
+    def __init__(self, conn: ClientConn, layer: str) -> None:
         self._conn = conn
+        self._layer = layer
 
     async def acquire(self) -> CallConnection:
-        return await self._conn.usable_link()
+        link = await self._conn.usable_link()
+        if link.layer.name != self._layer:
+            raise GRPCError(
+                Status.UNAVAILABLE,
+                f"the connection to {self._conn.target} now uses the {link.layer.name!r} call "
+                f"layer, not {self._layer!r}; retry the call",
+            )
+        return link
 
     def loss_reason(self) -> str:
         return self._conn.loss_reason()
+
+
+class _LinkLayerCaller:
+    """One caller per call layer; each call goes through the current connection's."""
+
+    def __init__(self, conn: ClientConn, callers: dict[str, Caller], preferred: str) -> None:
+        self._conn = conn
+        self._callers = callers
+        self._preferred = preferred
+
+    def request(
+        self,
+        name: str,
+        cardinality: Cardinality,
+        request_type: type[SendType],
+        reply_type: type[RecvType],
+        *,
+        deadline: Deadline | None,
+        metadata: MetadataLike | None,
+    ) -> ClientStream[SendType, RecvType]:
+        layer = self._conn.call_layer or self._preferred
+        return self._callers[layer].request(
+            name, cardinality, request_type, reply_type, deadline=deadline, metadata=metadata
+        )
+
+    def close(self) -> None:
+        for caller in self._callers.values():
+            caller.close()
 
 
 class ClientConn(CallChannel):
@@ -148,15 +188,24 @@ class ClientConn(CallChannel):
         self._serving = Serving(
             options.services, max_message_size=options.options.max_message_size, dispatch=dispatch
         )
-        self._layer = LanesCallLayer(
-            self._serving,
-            lanes=options.options.lanes,
-            max_concurrent_calls=options.options.max_concurrent_calls,
-        )
+        self._layers: dict[str, CallLayer] = {}
+        for name in options.options.call_layers:
+            if name == LANES:
+                self._layers[name] = LanesCallLayer(
+                    self._serving,
+                    lanes=options.options.lanes,
+                    max_concurrent_calls=options.options.max_concurrent_calls,
+                )
+            else:
+                self._layers[name] = StreamsCallLayer(self._serving)
+        callers = {
+            name: layer.caller(_ConnTarget(self, name), authority=options.target)
+            for name, layer in self._layers.items()
+        }
         super().__init__(
             options.target,
             dispatch=dispatch,
-            caller=self._layer.caller(_ConnTarget(self), authority=options.target),
+            caller=_LinkLayerCaller(self, callers, options.options.call_layers[0]),
         )
         self._options = options
         self._conn_state = ConnState.CONNECTING
@@ -187,6 +236,12 @@ class ClientConn(CallChannel):
         """ID the server gave the current connection ("" while disconnected)."""
         link = self._link
         return link.connection_id if link is not None and link.closed is None else ""
+
+    @property
+    def call_layer(self) -> str:
+        """The call layer the current connection negotiated ("" while disconnected)."""
+        link = self._link
+        return link.layer.name if link is not None else ""
 
     @property
     def close_reason(self) -> str | None:
@@ -330,17 +385,21 @@ class ClientConn(CallChannel):
             handler=handler,
             options=o.options,
             quic_options=o.quic,
-            peer_stream_limit=_MAX_SERVER_STREAMS,
+            peer_stream_limit=peer_stream_limit(o.options),
             tickets=self._tickets,
         )
 
     def _make_link(self, session: Session, control: ControlProtocol, hello: pb.ServerHello) -> Link:
+        try:
+            layer = accepted_call_layer(hello.call_layer, self._options.options.call_layers)
+        except CallLayerMismatch as exc:
+            raise ProtocolViolation(str(exc)) from None
         return Link(
             session,
             control,
             connection_id=hello.connection_id,
             peer=PeerInfo(),
-            layer=self._layer,
+            layer=self._layers[layer],
             options=self._options.options,
             describe=f"server {self.target}",
             make_handle=lambda _: self,
@@ -500,6 +559,7 @@ def dial(
     timeout: float = 10.0,
     reconnect: bool | ReconnectPolicy = True,
     wait_for_ready: bool = False,
+    call_layer: str | Sequence[str] = _D.call_layers,
     lanes: int = _D.lanes,
     max_message_size: int = _D.max_message_size,
     max_concurrent_calls: int = _D.max_concurrent_calls,
@@ -528,7 +588,11 @@ def dial(
     - ``wait_for_ready``: calls made while reconnecting wait for the new
       connection within their deadline (or ``timeout`` if they have none)
       instead of failing at once with UNAVAILABLE.
-    - ``lanes``: HTTP/2 lanes (QUIC streams) for this side's calls.
+    - ``call_layer``: how calls are carried, offered to the server in the hello:
+      ``"streams"`` (one QUIC stream per call), ``"lanes"`` (HTTP/2 inside QUIC
+      streams, what older servers speak), or several in order of preference
+      (default: streams, then lanes).
+    - ``lanes``: HTTP/2 lanes (QUIC streams) for this side's calls (lanes layer).
     - ``max_message_size``: largest message sent or received, in bytes.
     - ``max_concurrent_calls``: calls from the server handled at once.
     - ``keepalive_interval``/``dead_peer_timeout``: ping every so many seconds;
@@ -554,6 +618,7 @@ def dial(
         raise ValueError("timeout must be a positive number of seconds")
     options = Options(
         lanes=lanes,
+        call_layers=call_layer_list(call_layer),
         max_message_size=max_message_size,
         max_concurrent_calls=max_concurrent_calls,
         keepalive_interval=keepalive_interval,
@@ -595,6 +660,7 @@ def dial(
             token=token or "",
             services=service_names(services),
             pending_stream_limit=max_message_size + (64 << 10),
+            call_layers=options.call_layers,
         ),
         options=options,
         quic=quic_options,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-__all__ = ["DEFAULT_OPTIONS", "Options"]
+__all__ = ["DEFAULT_OPTIONS", "Options", "peer_stream_limit"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,9 @@ class Options:
     max_concurrent_calls: int = 1000
     #: HTTP/2 lanes (streams) for this side's calls, with the lanes call layer.
     lanes: int = 1
+    #: Call layers this side accepts, most preferred first (``"streams"``: one
+    #: QUIC stream per call; ``"lanes"``: HTTP/2 inside QUIC streams).
+    call_layers: tuple[str, ...] = ("streams", "lanes")
     #: Seconds between keepalive pings; ``None`` sends none.
     keepalive_interval: float | None = 5.0
     #: Seconds without any packet from the peer after which it is declared dead.
@@ -51,6 +54,8 @@ class Options:
                 f"keepalive_interval ({interval}) must be positive and below dead_peer_timeout "
                 f"({self.dead_peer_timeout})"
             )
+        if not self.call_layers:
+            raise ValueError("call_layers needs at least one call layer")
         if not 0 <= self.write_low_water <= self.write_high_water:
             raise ValueError("need 0 <= write_low_water <= write_high_water")
 
@@ -62,3 +67,15 @@ class Options:
 
 #: The defaults, for signatures that repeat them as keyword arguments.
 DEFAULT_OPTIONS = Options()
+
+
+def peer_stream_limit(options: Options) -> int:
+    """Bidirectional streams the peer may have open towards this side at once.
+
+    QUIC fixes it in the handshake, before the hello chose a call layer, so it
+    suits both: twice ``max_concurrent_calls`` (calls over the limit reach
+    admission and fail with a clear RESOURCE_EXHAUSTED; a closed stream returns
+    its credit only once its last frames are acknowledged) plus room for the
+    control stream and lanes.
+    """
+    return 2 * options.max_concurrent_calls + 16

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
@@ -30,8 +30,9 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from ._calls._grpclib import EventDispatch
-from ._calls.base import connection_of
+from ._calls.base import CallLayer, connection_of
 from ._calls.lanes.layer import LanesCallLayer
+from ._calls.streams.layer import StreamsCallLayer
 from ._calls.serving import Serving
 from ._core.accept import Acceptor, AcceptSettings, Hello, Refused
 from ._core.link import Link, PeerInfo
@@ -40,13 +41,14 @@ from ._security.verify import ClientCertificateVerifier
 from ._session.quic.listen import QuicListener
 from ._session.quic.options import DEFAULT_QUIC_OPTIONS, QuicOptions
 from ._session.quic.tls import server_configuration
+from ._wire.calllayer import LANES, CallLayerMismatch, call_layer_list, choose_call_layer
 from ._wire.control import PROTOCOL_VERSION, HelloLimits
 from ._wire.refusal import RefusalCode
 from ._wire.target import format_target
 from .auth import Authenticator, Authorizer, Identity
 from .errors import CloseCode
 from .fanout import CallResult, FanOut
-from .options import DEFAULT_OPTIONS, Options
+from .options import DEFAULT_OPTIONS, Options, peer_stream_limit
 from .peer import ClientInfo
 from .presence import Presence, PresenceCallback, Watch
 from .registry import Clients, ClientTable, DuplicateNames, Selector
@@ -66,8 +68,6 @@ log = logging.getLogger(__name__)
 C = TypeVar("C")
 T = TypeVar("T")
 
-# Streams a client may have open towards the server at once: control + lanes.
-_MAX_CLIENT_STREAMS = 64
 _D = DEFAULT_OPTIONS
 _Q = DEFAULT_QUIC_OPTIONS
 
@@ -104,6 +104,7 @@ class Server(Generic[C]):
         client_stub: Callable[[Channel], C] | None = None,
         certfile: str | os.PathLike[str],
         keyfile: str | os.PathLike[str] | None = None,
+        call_layer: str | Sequence[str] = _D.call_layers,
         lanes: int = _D.lanes,
         max_message_size: int = _D.max_message_size,
         max_concurrent_calls: int = _D.max_concurrent_calls,
@@ -125,6 +126,7 @@ class Server(Generic[C]):
     ) -> None:
         options = Options(
             lanes=lanes,
+            call_layers=call_layer_list(call_layer),
             max_message_size=max_message_size,
             max_concurrent_calls=max_concurrent_calls,
             keepalive_interval=keepalive_interval,
@@ -152,9 +154,14 @@ class Server(Generic[C]):
         #: grpclib's event dispatcher: ``grpclib.events.listen(server, RecvRequest, cb)`` works.
         self.__dispatch__ = EventDispatch()
         serving = Serving(handlers, max_message_size=max_message_size, dispatch=self.__dispatch__)
-        self._layer = LanesCallLayer(
-            serving, lanes=lanes, max_concurrent_calls=max_concurrent_calls
-        )
+        self._layers: dict[str, CallLayer] = {}
+        for name in options.call_layers:
+            if name == LANES:
+                self._layers[name] = LanesCallLayer(
+                    serving, lanes=lanes, max_concurrent_calls=max_concurrent_calls
+                )
+            else:
+                self._layers[name] = StreamsCallLayer(serving)
         self._accept_settings = AcceptSettings(
             hello_timeout=hello_timeout,
             hello_limits=hello_limits or HelloLimits(),
@@ -173,7 +180,7 @@ class Server(Generic[C]):
             quic_options=quic_options,
             accept=lambda: Acceptor(self._accept_settings, self),
             max_connections=max_connections,
-            peer_stream_limit=_MAX_CLIENT_STREAMS,
+            peer_stream_limit=peer_stream_limit(options),
             request_client_certificate=client_ca is not None,
             retry=retry,
             tickets=tickets,
@@ -411,6 +418,11 @@ class Server(Generic[C]):
         server hello that answers it. Raise :class:`Refused` to refuse it instead."""
         message = hello.message
         connection_id = secrets.token_hex(16)
+        try:
+            # Before the name check: a refusal must not replace another client.
+            layer = choose_call_layer(message.call_layers, tuple(self._layers))
+        except CallLayerMismatch as exc:
+            raise Refused(RefusalCode.INVALID_HELLO, str(exc)) from None
         self._admit_name(message.name, connection_id, hello.identity)
         label = (
             f"client {message.name!r} ({connection_id})"
@@ -428,7 +440,7 @@ class Server(Generic[C]):
                 connected_at=time.time(),
                 identity=hello.identity,
             ),
-            layer=self._layer,
+            layer=self._layers[layer],
             options=self.options,
             describe=label,
             make_handle=self._client_info,
@@ -438,6 +450,7 @@ class Server(Generic[C]):
             protocol_version=PROTOCOL_VERSION,
             connection_id=connection_id,
             limits=self._limits_message(),
+            call_layer=layer,
         )
         return link, server_hello
 
@@ -456,7 +469,7 @@ class Server(Generic[C]):
         return ClientInfo(
             link,
             server=self,
-            layer=self._layer,
+            layer=link.layer,
             dispatch=self.__dispatch__,
             client_stub=self.client_stub,
         )

@@ -29,15 +29,18 @@ from typing import Any, TypeAlias, TypeVar, cast
 
 import h2.exceptions
 from grpclib.client import Channel, Stream
+from grpclib.client import Stream as ClientStream
 from grpclib.client import Handler as ClientHandler
 from grpclib.config import Configuration
 from grpclib.const import Cardinality, Status
 from grpclib.events import _DispatchChannelEvents, _DispatchServerEvents
 from grpclib.exceptions import GRPCError, StreamTerminatedError
-from grpclib.metadata import Deadline, _Metadata, _MetadataLike
-from grpclib.protocol import AbstractHandler, Connection, EventsProcessor, H2Protocol
+from grpclib.encoding.base import GRPC_CONTENT_TYPE
+from grpclib.metadata import USER_AGENT, Deadline, _Metadata, _MetadataLike
+from grpclib.protocol import AbstractHandler, Connection, EventsProcessor, H2Protocol, Peer
 from grpclib.protocol import Stream as H2Stream
 from grpclib.server import Server
+from grpclib.server import Stream as ServerStream
 from grpclib.utils import Wrapper
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -48,17 +51,25 @@ from ..errors import DeadlineExceededError
 
 # grpclib's names for these types are private; the rest of brpc uses these.
 MetadataLike: TypeAlias = _MetadataLike
+#: grpclib's metadata multi-dict (``MultiDict[str | bytes]``).
+Metadata: TypeAlias = _Metadata
 SendType = TypeVar("SendType")
 RecvType = TypeVar("RecvType")
 
 __all__ = [
+    "GRPC_CONTENT_TYPE",
+    "USER_AGENT",
     "CallStream",
+    "ClientStream",
     "EventDispatch",
     "LaneChannel",
     "LaneProtocol",
+    "Metadata",
     "MetadataLike",
+    "Peer",
     "RecvType",
     "SendType",
+    "ServerStream",
     "close_lane",
     "opening_deadline",
     "serving_server",

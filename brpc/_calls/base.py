@@ -1,9 +1,9 @@
 """The call-layer seam: what every way of carrying gRPC calls offers, and needs.
 
 A *call layer* carries grpclib calls over a session's streams, in both
-directions, with grpclib's client and server ``Stream`` APIs on top. The
-HTTP/2 lanes (:mod:`brpc._calls.lanes`) are the first; each connection uses
-one layer both ways.
+directions, with grpclib's client and server ``Stream`` APIs on top: one QUIC
+stream per call (:mod:`brpc._calls.streams`, the default) or HTTP/2 lanes
+(:mod:`brpc._calls.lanes`). The hello chooses one per connection, used both ways.
 
 - :class:`CallConnection` is what a layer needs from the connection a call
   runs on (``brpc._core.link.Link`` implements it): open a stream, admit and
@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from grpclib.const import Cardinality, Handler
 from grpclib.metadata import Deadline
 
-from ._grpclib import CallStream, MetadataLike, RecvType, SendType
+from ._grpclib import ClientStream, MetadataLike, RecvType, SendType
 
 __all__ = [
     "CallConnection",
@@ -62,6 +62,11 @@ class CallConnection(Protocol):
     @property
     def lost(self) -> bool:
         """Whether it has ended."""
+        ...
+
+    @property
+    def accepting(self) -> bool:
+        """Whether incoming calls may start on it (not draining, not lost)."""
         ...
 
     @property
@@ -117,7 +122,7 @@ class Caller(Protocol):
         *,
         deadline: Deadline | None,
         metadata: MetadataLike | None,
-    ) -> CallStream[SendType, RecvType]: ...
+    ) -> ClientStream[SendType, RecvType]: ...
 
     def close(self) -> None:
         """Fail the calls in flight; later calls start afresh."""
@@ -127,7 +132,7 @@ class Caller(Protocol):
 class CallLayer(Protocol):
     """One way of carrying calls, for one side (a server or a dialing client)."""
 
-    #: The name negotiated in the hello (``"lanes"``).
+    #: The name negotiated in the hello (``"streams"``, ``"lanes"``).
     name: str
 
     def caller(self, target: CallTarget, *, authority: str) -> Caller:

@@ -13,7 +13,7 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality
 from grpclib.metadata import Deadline
 
-from ._grpclib import CallStream, EventDispatch, MetadataLike, RecvType, SendType
+from ._grpclib import ClientStream, EventDispatch, MetadataLike, RecvType, SendType
 from .base import Caller, effective_deadline
 
 __all__ = ["CallChannel"]
@@ -38,7 +38,7 @@ class CallChannel(Channel):
         timeout: float | None = None,
         deadline: Deadline | None = None,
         metadata: MetadataLike | None = None,
-    ) -> CallStream[SendType, RecvType]:
+    ) -> ClientStream[SendType, RecvType]:
         return self._caller.request(
             name,
             cardinality,

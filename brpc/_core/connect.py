@@ -61,6 +61,8 @@ class HelloSettings:
     services: tuple[str, ...] = ()
     #: Bytes a stream the server opens before its hello arrives may buffer.
     pending_stream_limit: int = 4 << 20
+    #: Call layers offered, most preferred first (docs/protocol.md §3).
+    call_layers: tuple[str, ...] = ()
 
     def message(self) -> pb.ClientHello:
         return pb.ClientHello(
@@ -69,6 +71,7 @@ class HelloSettings:
             labels=dict(self.labels),
             services=list(self.services),
             token=self.token,
+            call_layers=list(self.call_layers),
         )
 
 
@@ -173,7 +176,11 @@ class _Attempt:
             # right after its hello must find it.
             session, control = self.session, self.control
             assert session is not None and control is not None
-            self.link = link = self._make_link(session, control, envelope.server_hello)
+            try:
+                self.link = link = self._make_link(session, control, envelope.server_hello)
+            except ProtocolViolation as exc:
+                self.reply.set_exception(exc)
+                return
             self.phase = ConnectPhase.READY
             for pending in self._pending:
                 accepted = link.accept_stream()

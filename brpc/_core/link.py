@@ -125,6 +125,11 @@ class Link:
         return self.closed is not None
 
     @property
+    def accepting(self) -> bool:
+        """Whether incoming calls may start on this link."""
+        return self.closed is None and not self.draining
+
+    @property
     def max_message_size(self) -> int:
         return self.options.max_message_size
 

@@ -14,7 +14,9 @@ __all__ = [
     "LANES",
     "STREAMS",
     "CallLayerMismatch",
+    "SUPPORTED_CALL_LAYERS",
     "accepted_call_layer",
+    "call_layer_list",
     "choose_call_layer",
     "offered_call_layers",
 ]
@@ -23,6 +25,28 @@ __all__ = [
 STREAMS = "streams"
 #: HTTP/2 connections inside long-lived QUIC streams.
 LANES = "lanes"
+
+
+#: The layers this version implements, in its order of preference.
+SUPPORTED_CALL_LAYERS = (STREAMS, LANES)
+
+
+def call_layer_list(call_layer: str | Sequence[str]) -> tuple[str, ...]:
+    """A ``call_layer=`` setting (one name, or names in preference order) as a tuple.
+
+    Raises ``ValueError`` for an empty setting, an unknown name or a repeated one.
+    """
+    names = (call_layer,) if isinstance(call_layer, str) else tuple(call_layer)
+    if not names:
+        raise ValueError(f"call_layer needs at least one of {', '.join(SUPPORTED_CALL_LAYERS)}")
+    for name in names:
+        if name not in SUPPORTED_CALL_LAYERS:
+            raise ValueError(
+                f"unknown call layer {name!r}: use {' or '.join(map(repr, SUPPORTED_CALL_LAYERS))}"
+            )
+    if len(set(names)) != len(names):
+        raise ValueError(f"call_layer names a layer twice: {names!r}")
+    return names
 
 
 class CallLayerMismatch(Exception):

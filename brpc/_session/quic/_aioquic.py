@@ -9,7 +9,7 @@ that moves them fails loudly there rather than subtly elsewhere.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from aioquic.asyncio.server import QuicServer
 from aioquic.quic.connection import (
@@ -181,13 +181,15 @@ class _ConsumptionCreditConnection(QuicConnection):
                 handler=self._on_max_stream_data_delivery,
                 handler_args=(stream,),
             )
-            buf.push_uint_var(stream.stream_id)
+            stream_id = cast(int, stream.stream_id)
+            buf.push_uint_var(stream_id)
             buf.push_uint_var(stream.max_stream_data_local)
             stream.max_stream_data_local_sent = stream.max_stream_data_local
-            if self._quic_logger is not None:
+            logger = self._quic_logger
+            if logger is not None and builder.quic_logger_frames is not None:
                 builder.quic_logger_frames.append(
-                    self._quic_logger.encode_max_stream_data_frame(
-                        maximum=stream.max_stream_data_local, stream_id=stream.stream_id
+                    logger.encode_max_stream_data_frame(
+                        maximum=stream.max_stream_data_local, stream_id=stream_id
                     )
                 )
 
