@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from layers import CALL_LAYERS
 
 import brpc
 from brpc.certs import DevCertificates, write_dev_certificates
@@ -24,14 +25,40 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> DevCertificates:
     )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "both_call_layers: run each test using call_layer once per call layer"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if (
+        metafunc.definition.get_closest_marker("both_call_layers") is not None
+        and "call_layer" in metafunc.fixturenames
+    ):
+        metafunc.parametrize("call_layer", CALL_LAYERS)
+
+
 @pytest.fixture
-async def make_server(certs: DevCertificates) -> AsyncIterator[ServerFactory]:
+def call_layer() -> str | None:
+    """The call layer ``make_server`` and ``connect`` use; None: brpc's default
+    (streams, falling back to lanes). Modules parametrize it over both layers
+    with ``pytestmark = on_both_call_layers`` (tests/layers.py)."""
+    return None
+
+
+@pytest.fixture
+async def make_server(
+    certs: DevCertificates, call_layer: str | None
+) -> AsyncIterator[ServerFactory]:
     """Start servers on 127.0.0.1 (port 0); close them after the test."""
     servers: list[brpc.Server[Any]] = []
 
     async def factory(
         handlers: Iterable[Any] = (), *, host: str = "127.0.0.1", port: int = 0, **options: Any
     ) -> brpc.Server[Any]:
+        if call_layer is not None:
+            options.setdefault("call_layer", call_layer)
         options.setdefault("certfile", certs.server_cert)
         options.setdefault("keyfile", certs.server_key)
         server: brpc.Server[Any] = brpc.Server(list(handlers), **options)
@@ -46,11 +73,13 @@ async def make_server(certs: DevCertificates) -> AsyncIterator[ServerFactory]:
 
 
 @pytest.fixture
-async def connect(certs: DevCertificates) -> AsyncIterator[DialFactory]:
+async def connect(certs: DevCertificates, call_layer: str | None) -> AsyncIterator[DialFactory]:
     """Dial a server with the test CA; close the connections after the test."""
     conns: list[brpc.ClientConn] = []
 
     async def factory(target: brpc.Server[Any] | str, **options: Any) -> brpc.ClientConn:
+        if call_layer is not None:
+            options.setdefault("call_layer", call_layer)
         options.setdefault("ca", certs.ca)
         address = target if isinstance(target, str) else target.address
         conn = await brpc.dial(address, **options)

@@ -79,3 +79,65 @@ def test_peer_certificate(certs: Any) -> None:
     assert certificate is not None
     assert "brpc server" in certificate.subject.rfc4514_string()
     assert p.server is not None and _aioquic.peer_certificate(p.server) is None
+
+
+def _received(events: list[Any], sid: int) -> int:
+    return sum(
+        len(e.data) for e in events if isinstance(e, StreamDataReceived) and e.stream_id == sid
+    )
+
+
+def test_aioquic_grows_windows_whether_or_not_anything_was_read(certs: Any) -> None:
+    """What the consumption credit overrides: plain aioquic takes 8 MiB on a
+    stream with 1 MiB windows as fast as it arrives."""
+    p = pair(certs)
+    sid = p.client.get_next_available_stream_id()
+    p.client.send_stream_data(sid, b"x" * (8 << 20))
+    p.pump(rounds=2000)
+    assert _received(p.server_events, sid) == 8 << 20
+
+
+def test_stream_credit_is_withheld_while_paused(certs: Any) -> None:
+    p = pair(certs)
+    assert p.server is not None
+    _aioquic.enable_consumption_credit(p.server)
+    window = p.server_cfg.max_stream_data
+    sid = p.client.get_next_available_stream_id()
+    p.client.send_stream_data(sid, b"x" * (8 << 20))
+    p.pump(rounds=5)  # the stream exists on the server now
+    _aioquic.set_stream_credit_paused(p.server, sid, True)
+    p.pump(rounds=2000)
+    received = _received(p.server_events, sid)
+    assert received <= window + window // 2  # one window past what was delivered at the pause
+    # Credit follows what was delivered, not doubling windows: resumed, it all arrives.
+    _aioquic.set_stream_credit_paused(p.server, sid, False)
+    p.pump(rounds=4000)
+    assert _received(p.server_events, sid) == 8 << 20
+    stream = p.server._streams[sid]
+    assert stream.max_stream_data_local <= (8 << 20) + window
+
+
+def test_connection_credit_excludes_held_bytes(certs: Any) -> None:
+    p = pair(certs)
+    assert p.server is not None
+    _aioquic.enable_consumption_credit(p.server)
+    window = p.server_cfg.max_data
+    sids = [p.client.get_next_available_stream_id()]
+    p.client.send_stream_data(sids[0], b"x")
+    sids.append(p.client.get_next_available_stream_id())
+    for sid in sids:
+        p.client.send_stream_data(sid, b"y" * (4 << 20))
+    p.pump(rounds=5)
+    for sid in sids:
+        _aioquic.set_stream_credit_paused(p.server, sid, False)  # the streams may take more
+    # The application consumes nothing: every byte received is held.
+    held = 0
+    for _ in range(2000):
+        p.pump(rounds=1)
+        total = sum(_received(p.server_events, sid) for sid in sids)
+        _aioquic.add_unconsumed(p.server, total - held)
+        held = total
+    assert held <= window + (64 << 10)  # the connection window, give or take one flight
+    _aioquic.add_unconsumed(p.server, -held)  # consumed at last
+    p.pump(rounds=4000)
+    assert sum(_received(p.server_events, sid) for sid in sids) == 8 * (1 << 20) + 1

@@ -9,12 +9,15 @@ import pytest
 from conftest import wait_for
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from layers import on_both_call_layers
 from probes import Probe
 
 import brpc
 from brpc.testing import NetworkConditions
 from brpc.testing.v1.echo_grpc import EchoStub
 from brpc.testing.v1.echo_pb2 import EchoRequest
+
+pytestmark = on_both_call_layers
 
 
 async def test_client_close_fails_server_calls_at_once(make_server: Any, connect: Any) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from grpclib.events import RecvRequest, SendRequest, listen
+from layers import on_both_call_layers
 from probes import Probe
 
 from brpc.testing.v1.echo_grpc import EchoStub
 from brpc.testing.v1.echo_pb2 import EchoRequest
+
+pytestmark = on_both_call_layers
 
 
 async def test_events_on_server_and_channels(make_server: Any, connect: Any) -> None:

@@ -8,9 +8,12 @@ from typing import Any
 import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from layers import on_both_call_layers
 
 import brpc
 from examples.greeter import greeter_grpc, greeter_pb2
+
+pytestmark = on_both_call_layers
 
 
 class Namer(greeter_grpc.NamerBase):

@@ -10,11 +10,14 @@ import pytest
 from conftest import wait_for
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from layers import on_both_call_layers
 from probes import Probe
 
 import brpc
 from brpc.testing.v1.echo_grpc import EchoStub
 from brpc.testing.v1.echo_pb2 import EchoReply, EchoRequest
+
+pytestmark = on_both_call_layers
 
 FAST = brpc.ReconnectPolicy(initial_delay=0.02, max_delay=0.1)
 

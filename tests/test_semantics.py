@@ -15,11 +15,14 @@ import pytest
 from google.rpc import error_details_pb2
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from layers import on_both_call_layers
 from probes import Probe
 
 import brpc
 from brpc.testing.v1.echo_grpc import EchoStub
 from brpc.testing.v1.echo_pb2 import EchoRequest
+
+pytestmark = on_both_call_layers
 
 MIB = 1 << 20
 

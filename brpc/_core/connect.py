@@ -90,6 +90,7 @@ class _PendingStream(asyncio.Protocol):
         self._buffer: list[bytes] = []
         self._size = 0
         self._lost: tuple[Exception | None] | None = None
+        self._eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
@@ -100,6 +101,11 @@ class _PendingStream(asyncio.Protocol):
             self._transport.abort()
         else:
             self._buffer.append(data)
+
+    def eof_received(self) -> bool:
+        # Keep our side open: the protocol it is handed to may still answer.
+        self._eof = True
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = (exc,)
@@ -117,6 +123,8 @@ class _PendingStream(asyncio.Protocol):
         self._buffer.clear()
         if self._lost is not None:
             context.run(protocol.connection_lost, self._lost[0])
+        elif self._eof and not context.run(protocol.eof_received):
+            transport.close()
 
 
 class _Attempt:

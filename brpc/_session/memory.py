@@ -103,6 +103,8 @@ class MemorySession:
                 "send_buffer": 0,
                 "peak_send_buffer": t.counters.peak_send_buffer,
                 "pauses": t.counters.pauses,
+                "read_pauses": t.counters.read_pauses,
+                "peak_held": t.counters.peak_held,
             }
             for t in self._streams.values()
         ]

@@ -104,6 +104,11 @@ class CallStreamProtocol(asyncio.Protocol):
     def _lost_error(self, exc: Exception) -> BaseException:
         return exc
 
+    def current_error(self) -> BaseException:
+        """The call's failure as the application sees it now."""
+        assert self.error is not None
+        return self.error
+
     def stream_error(self, exc: CallStreamError) -> None:
         """A frame broke the call: abort the stream with the error's code, fail readers."""
         self.fail(exc.grpc_error(), exc.code)
@@ -135,7 +140,7 @@ class CallStreamProtocol(asyncio.Protocol):
                         transport.resume_reading()
                 return event
             if self.error is not None:
-                raise self.error
+                raise self.current_error()
             if self.ended or self.lost:
                 return None
             waiter = self._waiter = asyncio.get_running_loop().create_future()
@@ -147,7 +152,7 @@ class CallStreamProtocol(asyncio.Protocol):
     def write(self, data: bytes, *, end: bool = False) -> None:
         """Write ``data`` (and FIN with ``end``); raise the call's error if it failed."""
         if self.error is not None:
-            raise self.error
+            raise self.current_error()
         transport = self.transport
         if transport is None or transport.is_closing():
             raise self._closed_for_writing()
@@ -164,7 +169,7 @@ class CallStreamProtocol(asyncio.Protocol):
             finally:
                 self._drain_waiter = None
         if self.error is not None:
-            raise self.error
+            raise self.current_error()
 
     def _closed_for_writing(self) -> BaseException:
         return ConnectionResetError("the call's stream is closed for writing")

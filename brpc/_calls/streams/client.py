@@ -59,6 +59,12 @@ __all__ = ["ClientCallStream", "StreamsCaller"]
 _JOIN_LIMIT = 64 << 10
 
 
+class _ConnectionLost(ConnectionError):
+    """The connection ended under the call; its status is UNAVAILABLE with the
+    connection's reason, read when the application sees it (the link learns
+    why just after its streams do)."""
+
+
 class _CallerProtocol(CallStreamProtocol):
     """The caller's end of one call's stream."""
 
@@ -90,7 +96,15 @@ class _CallerProtocol(CallStreamProtocol):
         if isinstance(exc, StreamResetError):
             status, message = peer_error_status(exc.code)
             return GRPCError(status, message)
-        return GRPCError(Status.UNAVAILABLE, self.connection.loss_reason())
+        return _ConnectionLost(str(exc))
+
+    def current_error(self) -> BaseException:
+        error = super().current_error()
+        if isinstance(error, _ConnectionLost):
+            connection = self.connection
+            reason = connection.loss_reason() if connection.lost else f"connection lost: {error}"
+            return GRPCError(Status.UNAVAILABLE, reason)
+        return error
 
     def stream_error(self, exc: CallStreamError) -> None:
         if isinstance(exc, EndedWithoutStatus):
@@ -357,7 +371,7 @@ class ClientCallStream(ClientStream[SendType, RecvType]):
     def _no_status(self) -> GRPCError:
         protocol = self._protocol
         assert protocol is not None
-        error = protocol.error
+        error = protocol.error and protocol.current_error()
         if isinstance(error, GRPCError):
             return error
         return GRPCError(
@@ -471,10 +485,16 @@ class StreamsCaller:
         self._calls.discard(protocol)
 
     def close(self) -> None:
-        """Fail the calls in flight with UNAVAILABLE; later calls start afresh."""
+        """Fail the calls in flight with UNAVAILABLE; later calls start afresh.
+
+        Calls on a connection that is going away (the peer is draining) are left
+        to finish, or to fail with the connection, within the drain's grace.
+        """
         calls, self._calls = self._calls, set()
         for protocol in calls:
-            if not protocol.lost:
-                protocol.fail(
-                    GRPCError(Status.UNAVAILABLE, "the channel was closed"), StreamError.CANCELLED
-                )
+            connection = protocol.connection
+            if protocol.lost or (not connection.usable and not connection.lost):
+                continue
+            protocol.fail(
+                GRPCError(Status.UNAVAILABLE, connection.loss_reason()), StreamError.CANCELLED
+            )

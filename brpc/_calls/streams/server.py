@@ -264,7 +264,9 @@ class ServerCallStream(ServerStream[Any, Any]):
             and not self._send_message_done
             and status is Status.OK
         ):
-            raise ProtocolError("Unary response with OK status requires a single message to be sent")
+            raise ProtocolError(
+                "Unary response with OK status requires a single message to be sent"
+            )
         details: bytes | None = None
         codec = self._status_details_codec
         if status_details is not None and codec is not None:

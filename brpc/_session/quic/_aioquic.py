@@ -193,9 +193,7 @@ class _ConsumptionCreditConnection(QuicConnection):
                     )
                 )
 
-    def _write_connection_limits(
-        self, builder: QuicPacketBuilder, space: QuicPacketSpace
-    ) -> None:
+    def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
         max_data = self._local_max_data
         window = self._configuration.max_data
         consumed = max_data.used - self._brpc_held

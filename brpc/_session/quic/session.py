@@ -340,6 +340,8 @@ class QuicSession(QuicConnectionProtocol):
                 "send_buffer": self.send_buffer_size(t.stream_id),
                 "peak_send_buffer": t.counters.peak_send_buffer,
                 "pauses": t.counters.pauses,
+                "read_pauses": t.counters.read_pauses,
+                "peak_held": t.counters.peak_held,
             }
             for t in self._streams.values()
         ]
