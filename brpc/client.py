@@ -33,8 +33,8 @@ from ._calls._grpclib import ClientStream, EventDispatch, MetadataLike, opening_
 from ._calls.base import CallConnection, Caller, CallLayer
 from ._calls.channel import CallChannel
 from ._calls.lanes.layer import LanesCallLayer
-from ._calls.streams.layer import StreamsCallLayer
 from ._calls.serving import Serving, service_names
+from ._calls.streams.layer import StreamsCallLayer
 from ._core.connect import HelloSettings, connect_link
 from ._core.control_stream import ControlProtocol
 from ._core.link import Link, PeerInfo

@@ -32,8 +32,8 @@ from grpclib.exceptions import GRPCError
 from ._calls._grpclib import EventDispatch
 from ._calls.base import CallLayer, connection_of
 from ._calls.lanes.layer import LanesCallLayer
-from ._calls.streams.layer import StreamsCallLayer
 from ._calls.serving import Serving
+from ._calls.streams.layer import StreamsCallLayer
 from ._core.accept import Acceptor, AcceptSettings, Hello, Refused
 from ._core.link import Link, PeerInfo
 from ._security.tickets import TicketStore

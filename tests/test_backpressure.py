@@ -109,8 +109,8 @@ async def test_sixty_four_mib_to_a_slow_reader(
 
     def sample() -> bool:
         for stats in sender_stats():
-            for key in peak:
-                peak[key] = max(peak[key], stats[key])
+            for key, value in peak.items():
+                peak[key] = max(value, stats[key])
         return sending.done()
 
     await wait_for(sample, timeout=120)

@@ -29,13 +29,13 @@ from typing import Any, TypeAlias, TypeVar, cast
 
 import h2.exceptions
 from grpclib.client import Channel, Stream
-from grpclib.client import Stream as ClientStream
 from grpclib.client import Handler as ClientHandler
+from grpclib.client import Stream as ClientStream
 from grpclib.config import Configuration
 from grpclib.const import Cardinality, Status
+from grpclib.encoding.base import GRPC_CONTENT_TYPE
 from grpclib.events import _DispatchChannelEvents, _DispatchServerEvents
 from grpclib.exceptions import GRPCError, StreamTerminatedError
-from grpclib.encoding.base import GRPC_CONTENT_TYPE
 from grpclib.metadata import USER_AGENT, Deadline, _Metadata, _MetadataLike
 from grpclib.protocol import AbstractHandler, Connection, EventsProcessor, H2Protocol, Peer
 from grpclib.protocol import Stream as H2Stream

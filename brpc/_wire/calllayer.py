@@ -13,8 +13,8 @@ from collections.abc import Sequence
 __all__ = [
     "LANES",
     "STREAMS",
-    "CallLayerMismatch",
     "SUPPORTED_CALL_LAYERS",
+    "CallLayerMismatch",
     "accepted_call_layer",
     "call_layer_list",
     "choose_call_layer",

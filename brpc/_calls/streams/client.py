@@ -159,10 +159,10 @@ class ClientCallStream(ClientStream[SendType, RecvType]):
         caller: StreamsCaller,
         method_name: str,
         metadata: Metadata,
+        *,
         cardinality: Cardinality,
         send_type: type[SendType],
         recv_type: type[RecvType],
-        *,
         deadline: Deadline | None,
     ) -> None:
         # grpclib's __init__ only stores these; nothing of its HTTP/2 machinery is used.
@@ -472,9 +472,9 @@ class StreamsCaller:
             self,
             name,
             cast(Metadata, MultiDict(metadata or ())),
-            cardinality,
-            request_type,
-            reply_type,
+            cardinality=cardinality,
+            send_type=request_type,
+            recv_type=reply_type,
             deadline=deadline,
         )
 

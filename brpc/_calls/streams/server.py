@@ -29,8 +29,8 @@ from ..._session.stream_transport import StreamResetError
 from ..._wire.callframe import (
     CallStreamError,
     FrameEvent,
-    MessageTooLarge,
     MessageReceived,
+    MessageTooLarge,
     RequestHeadersReceived,
     StreamError,
     encode_response_headers,

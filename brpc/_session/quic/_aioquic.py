@@ -17,8 +17,8 @@ from aioquic.quic.connection import (
     QuicConnection,
     QuicConnectionState,
 )
-from aioquic.quic.packet import QuicFrameType
 from aioquic.quic.events import ConnectionTerminated
+from aioquic.quic.packet import QuicFrameType
 
 if TYPE_CHECKING:
     from aioquic.quic.packet_builder import QuicPacketBuilder
