@@ -42,7 +42,7 @@ def call_layer_list(call_layer: str | Sequence[str]) -> tuple[str, ...]:
     for name in names:
         if name not in SUPPORTED_CALL_LAYERS:
             raise ValueError(
-                f"unknown call layer {name!r}: use {' or '.join(map(repr, SUPPORTED_CALL_LAYERS))}"
+                f"unknown call layer {name!r} in call_layer: use {' or '.join(map(repr, SUPPORTED_CALL_LAYERS))}"
             )
     if len(set(names)) != len(names):
         raise ValueError(f"call_layer names a layer twice: {names!r}")

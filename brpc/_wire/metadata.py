@@ -149,7 +149,12 @@ def timeout_to_us(timeout: float | None) -> int:
         raise ValueError("timeout must be a number of seconds or None, not NaN")
     if timeout >= MAX_TIMEOUT_US / 1e6:
         return MAX_TIMEOUT_US
-    return max(1, math.ceil(timeout * 1e6))
+    micros = timeout * 1e6
+    nearest = round(micros)
+    if abs(micros - nearest) < 1e-6:
+        # 0.000253 s is 253.00000000000003 us in floating point: not 254.
+        return max(1, nearest)
+    return max(1, math.ceil(micros))
 
 
 def timeout_from_us(timeout_us: int) -> float | None:

@@ -67,6 +67,8 @@ class CalleeProtocol(CallStreamProtocol):
         self.finished = False
         #: The peer cancelled the call (reset or stopped it).
         self.cancelled_by_peer = False
+        #: STOP_SENDING code for a request side still open when the trailers go.
+        self.stop_code = StreamError.NO_ERROR
 
     def _event_received(self, event: FrameEvent) -> None:
         if type(event) is MessageReceived:
@@ -113,8 +115,9 @@ class CalleeProtocol(CallStreamProtocol):
             return
         super().stream_error(exc)
 
-    def finish(self, trailers: bytes, *, stop_code: int = StreamError.NO_ERROR) -> None:
-        """Send ``trailers`` and FIN; stop the request side (``stop_code``) if still open."""
+    def finish(self, trailers: bytes, *, stop_code: int | None = None) -> None:
+        """Send ``trailers`` and FIN; stop the request side (``stop_code``, by
+        default :attr:`stop_code`) if it is still open."""
         if self.finished:
             return
         self.finished = True
@@ -124,7 +127,7 @@ class CalleeProtocol(CallStreamProtocol):
         transport.write(trailers)
         transport.write_eof()
         if not self.lost:
-            transport.stop_reading(stop_code)
+            transport.stop_reading(self.stop_code if stop_code is None else stop_code)
 
     async def _serve(self, method: Handler, headers: RequestHeadersReceived) -> None:
         serving = self._serving
@@ -155,6 +158,7 @@ class CalleeProtocol(CallStreamProtocol):
                 except TimeoutError:
                     if timeout is not None and cast(asyncio.Timeout, scope).expired():
                         log.info("Deadline exceeded")
+                        self.stop_code = StreamError.DEADLINE_EXCEEDED
                         raise GRPCError(Status.DEADLINE_EXCEEDED) from None
                     log.exception("Timeout occurred")
                     raise
