@@ -41,9 +41,8 @@ def call_layer_list(call_layer: str | Sequence[str]) -> tuple[str, ...]:
         raise ValueError(f"call_layer needs at least one of {', '.join(SUPPORTED_CALL_LAYERS)}")
     for name in names:
         if name not in SUPPORTED_CALL_LAYERS:
-            raise ValueError(
-                f"unknown call layer {name!r} in call_layer: use {' or '.join(map(repr, SUPPORTED_CALL_LAYERS))}"
-            )
+            known = " or ".join(map(repr, SUPPORTED_CALL_LAYERS))
+            raise ValueError(f"unknown call layer {name!r} in call_layer: use {known}")
     if len(set(names)) != len(names):
         raise ValueError(f"call_layer names a layer twice: {names!r}")
     return names
