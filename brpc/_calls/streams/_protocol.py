@@ -81,6 +81,7 @@ class CallStreamProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.transport = None  # no cycle with the transport: both go with refcounting
         if exc is not None and self.error is None:
             self.error = self._lost_error(exc)
         self._wake()

@@ -178,6 +178,7 @@ class CalleeProtocol(CallStreamProtocol):
         except Exception:
             log.exception("Server error")
         finally:
+            self._task = None  # the task refers to this protocol: no cycle
             if not self.finished and not self.lost:
                 # Nothing more will be sent (a cancellation inside the handler, say).
                 self.finished = True
