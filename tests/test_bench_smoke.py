@@ -27,6 +27,8 @@ def test_quick_bench_writes_table_and_json(tmp_path: Path) -> None:
             "0.2",
             "--only",
             "unary_c1",
+            "--targets",
+            "brpc-c2s,brpc-lanes-s2c,grpclib,grpcio",
             "--json",
             str(report),
         ],
@@ -38,7 +40,7 @@ def test_quick_bench_writes_table_and_json(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
 
-    for label in ("brpc c→s", "brpc s→c", "grpclib/TCP", "grpcio/TCP", "calls/s"):
+    for label in ("brpc c→s", "brpc lanes s→c", "grpclib/TCP", "grpcio/TCP", "calls/s"):
         assert label in done.stdout
 
     data = json.loads(report.read_text())
@@ -47,14 +49,14 @@ def test_quick_bench_writes_table_and_json(tmp_path: Path) -> None:
     assert data["machine"]["versions"]["grpcio"]
     assert data["baselines"] == ["grpclib", "grpcio"]
     targets = data["results"]["unary_c1"]
-    assert set(targets) == {"brpc-c2s", "brpc-s2c", "grpclib", "grpcio"}
+    assert set(targets) == {"brpc-c2s", "brpc-lanes-s2c", "grpclib", "grpcio"}
     for metrics in targets.values():
         assert {"calls_per_s", "p50_ms", "p99_ms"} <= metrics.keys()
         assert metrics["calls_per_s"]["median"] > 0
     ratios = data["ratios"]["unary_c1"]["calls_per_s"]
     assert set(ratios) == {
         "brpc-c2s/grpclib",
-        "brpc-s2c/grpclib",
+        "brpc-lanes-s2c/grpclib",
         "brpc-c2s/grpcio",
-        "brpc-s2c/grpcio",
+        "brpc-lanes-s2c/grpcio",
     }

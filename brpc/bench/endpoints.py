@@ -117,6 +117,7 @@ class _BrpcConnection(BenchConnection):
 def _brpc_options(spec: TransportSpec) -> dict[str, Any]:
     tuning = spec.tuning
     return {
+        "call_layer": spec.call_layer,
         "lanes": tuning.lanes,
         "max_datagram_size": tuning.max_datagram_size,
         "read_batch": tuning.read_batch,

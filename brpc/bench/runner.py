@@ -115,6 +115,7 @@ class _Session:
             certfile=certs.certfile,
             keyfile=certs.keyfile,
             tuning=settings.tuning,
+            call_layer=target.call_layer or "streams",
         )
         self.port = 0
         self.timeout = settings.warmup + settings.window + _COMMAND_SLACK

@@ -49,6 +49,8 @@ class Target:
     label: str
     transport: Transport
     direction: Direction
+    #: brpc's call layer (``call_layer=`` on both sides); None for the baselines.
+    call_layer: str | None = None
 
     @property
     def is_brpc(self) -> bool:
@@ -56,8 +58,10 @@ class Target:
 
 
 BRPC_TARGETS = (
-    Target("brpc-c2s", "brpc c→s", Transport.BRPC, Direction.CLIENT_TO_SERVER),
-    Target("brpc-s2c", "brpc s→c", Transport.BRPC, Direction.SERVER_TO_CLIENT),
+    Target("brpc-c2s", "brpc c→s", Transport.BRPC, Direction.CLIENT_TO_SERVER, "streams"),
+    Target("brpc-s2c", "brpc s→c", Transport.BRPC, Direction.SERVER_TO_CLIENT, "streams"),
+    Target("brpc-lanes-c2s", "brpc lanes c→s", Transport.BRPC, Direction.CLIENT_TO_SERVER, "lanes"),
+    Target("brpc-lanes-s2c", "brpc lanes s→c", Transport.BRPC, Direction.SERVER_TO_CLIENT, "lanes"),
 )
 BASELINES = (
     Target("grpclib", "grpclib/TCP", Transport.GRPCLIB, Direction.CLIENT_TO_SERVER),
@@ -94,6 +98,8 @@ class TransportSpec:
     certfile: str
     keyfile: str
     tuning: BrpcTuning = field(default_factory=BrpcTuning)
+    #: brpc's call layer, on both sides.
+    call_layer: str = "streams"
 
 
 @dataclass(frozen=True)
