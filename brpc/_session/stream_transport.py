@@ -234,10 +234,14 @@ class StreamTransport(asyncio.Transport):
     def can_write_eof(self) -> bool:
         return True
 
-    def write_eof(self) -> None:
+    def write_eof(self, data: bytes = b"") -> None:
+        """Send FIN, after ``data`` (in the same call: the last bytes and the FIN
+        can share a packet)."""
         if not self._write_closed:
             self._write_closed = True
-            self._session.send_stream_data(self.stream_id, b"", end_stream=True)
+            if data:
+                self.counters.bytes_sent += len(data)
+            self._session.send_stream_data(self.stream_id, data, end_stream=True)
             if self._half_closed:
                 self._connection_lost(None)
 

@@ -157,9 +157,10 @@ class CallStreamProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             raise self._closed_for_writing()
-        transport.write(data)
         if end:
-            transport.write_eof()
+            transport.write_eof(data)
+        else:
+            transport.write(data)
 
     async def drain(self) -> None:
         """Wait while the stream's send buffer is above its high-water mark."""

@@ -180,11 +180,18 @@ class ClientCallStream(ClientStream[SendType, RecvType]):
         self._timer: asyncio.TimerHandle | None = None
         self._expired = False
         self._peeked: MessageReceived | None = None
+        #: The header frame, when it waits to go out with the first message.
+        self._headers = b""
         self._trailers: TrailersReceived | None = None
 
     # -- sending ---------------------------------------------------------------------
 
     async def send_request(self, *, end: bool = False) -> None:
+        await self._send_request(end=end, defer=False)
+
+    async def _send_request(self, *, end: bool, defer: bool) -> None:
+        """Open the call's stream; with ``defer``, keep the header frame to go
+        out with the first message (one write, one packet for a unary call)."""
         if self._send_request_done:
             raise ProtocolError("Request is already sent")
         if end and not self._cardinality.client_streaming:
@@ -216,7 +223,10 @@ class ClientCallStream(ClientStream[SendType, RecvType]):
         self._caller.started(protocol)
         if self._expired:
             self._deadline_passed()
-        protocol.write(frame, end=end)
+        if defer:
+            self._headers = frame
+        else:
+            protocol.write(frame, end=end)
         self.peer = Peer(cast(Any, protocol.transport))
         self._send_request_done = True
         if end:
@@ -239,7 +249,7 @@ class ClientCallStream(ClientStream[SendType, RecvType]):
 
     async def send_message(self, message: SendType, *, end: bool = False) -> None:
         if not self._send_request_done:
-            await self.send_request()
+            await self._send_request(end=False, defer=True)
         end_stream = end
         if not self._cardinality.client_streaming:
             if self._send_message_done:
@@ -250,11 +260,14 @@ class ClientCallStream(ClientStream[SendType, RecvType]):
         protocol = self._protocol
         assert protocol is not None
         (message,) = await self._dispatch.send_message(message)
-        data = self._codec.encode(message, self._send_type)
+        try:
+            data = self._codec.encode(message, self._send_type)
+        finally:
+            headers, self._headers = self._headers, b""
         if len(data) <= _JOIN_LIMIT:
-            protocol.write(message_prefix(len(data)) + data, end=end_stream)
+            protocol.write(headers + message_prefix(len(data)) + data, end=end_stream)
         else:
-            protocol.write(message_prefix(len(data)))
+            protocol.write(headers + message_prefix(len(data)))
             protocol.write(data, end=end_stream)
         await protocol.drain()
         self._send_message_done = True

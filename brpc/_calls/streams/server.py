@@ -124,8 +124,7 @@ class CalleeProtocol(CallStreamProtocol):
         transport = self.transport
         if transport is None or self.lost:
             return
-        transport.write(trailers)
-        transport.write_eof()
+        transport.write_eof(trailers)
         if not self.lost:
             transport.stop_reading(self.stop_code if stop_code is None else stop_code)
 
@@ -232,9 +231,12 @@ class ServerCallStream(ServerStream[Any, Any]):
         if self._send_initial_metadata_done:
             raise ProtocolError("Initial metadata was already sent")
         (sent,) = await self._dispatch.send_initial_metadata(MultiDict(metadata or ()))
-        with _metadata_errors():
-            frame = encode_response_headers(sent)
-        self._protocol.write(frame)
+        if sent:
+            with _metadata_errors():
+                frame = encode_response_headers(sent)
+            self._protocol.write(frame)
+        # Without metadata the frame is optional: the first message or the
+        # trailers say as much, in fewer bytes.
         self._send_initial_metadata_done = True
 
     async def send_message(self, message: Any) -> None:

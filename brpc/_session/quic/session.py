@@ -109,6 +109,7 @@ class QuicSession(QuicConnectionProtocol):
         # Streams we finished with but aioquic still tracks; late frames for
         # them must not look like new streams.
         self._retired: set[int] = set()
+        self._retired_prune_at = 64
         self._paused: set[StreamTransport] = set()
         self._flush_handle: asyncio.Handle | None = None
         self._timers: list[asyncio.TimerHandle] = []
@@ -315,7 +316,11 @@ class QuicSession(QuicConnectionProtocol):
             self._paused.discard(transport)
             if _aioquic.is_stream_known(self.quic, sid):
                 self._retired.add(sid)
-            self._retired = {s for s in self._retired if _aioquic.is_stream_known(self.quic, s)}
+            if len(self._retired) > self._retired_prune_at:
+                # aioquic forgets streams once both sides are done; so do we,
+                # in batches (a scan per stream closed would cost O(streams)).
+                self._retired = {s for s in self._retired if _aioquic.is_stream_known(self.quic, s)}
+                self._retired_prune_at = max(64, 2 * len(self._retired))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._drain is not None:
