@@ -90,7 +90,17 @@ class CalleeProtocol(CallStreamProtocol):
                 encode_trailers(Status.UNIMPLEMENTED, f"Method not found: {headers.path[:200]}")
             )
             return
-        self._task = asyncio.get_running_loop().create_task(self._serve(method, headers))
+        # The deadline runs from now (docs/protocol.md §4.5); the stream object
+        # takes the transport's peer now, while the transport is surely there.
+        timeout = headers.timeout
+        stream = ServerCallStream(
+            self,
+            headers.path,
+            method,
+            deadline=Deadline.from_timeout(timeout) if timeout is not None else None,
+            user_agent=headers.user_agent or None,
+        )
+        self._task = asyncio.get_running_loop().create_task(self._serve(stream, method, headers))
 
     def connection_lost(self, exc: Exception | None) -> None:
         task = self._task
@@ -128,19 +138,14 @@ class CalleeProtocol(CallStreamProtocol):
         if not self.lost:
             transport.stop_reading(self.stop_code if stop_code is None else stop_code)
 
-    async def _serve(self, method: Handler, headers: RequestHeadersReceived) -> None:
+    async def _serve(
+        self, stream: ServerCallStream, method: Handler, headers: RequestHeadersReceived
+    ) -> None:
         serving = self._serving
-        deadline = Deadline.from_timeout(headers.timeout) if headers.timeout is not None else None
-        stream = ServerCallStream(
-            self,
-            headers.path,
-            method,
-            deadline=deadline,
-            user_agent=headers.user_agent or None,
-        )
+        deadline = stream.deadline
         try:
             async with stream:
-                timeout = headers.timeout
+                timeout = deadline.time_remaining() if deadline is not None else None
                 scope = asyncio.timeout(timeout) if timeout is not None else _no_timeout()
                 try:
                     async with scope:
