@@ -95,6 +95,11 @@ class Server(Generic[C]):
     with ALREADY_EXISTS), so a name cannot be used to disconnect someone else.
     Use REJECT when a name must never be taken over, ALLOW when names are not
     unique.
+
+    ``call_layer`` names the call layers this server accepts (``"streams"``:
+    one QUIC stream per call; ``"lanes"``: HTTP/2 inside QUIC streams, what
+    older clients speak); each connection uses the first of its client's
+    offers that is among them (default: both).
     """
 
     def __init__(

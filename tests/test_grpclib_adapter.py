@@ -131,3 +131,58 @@ async def test_lane_streams_refuse_oversized_messages_by_their_prefix() -> None:
     else:
         raise AssertionError("an oversized message was accepted")
     protocol.connection_lost(None)
+
+
+def test_what_the_streams_layer_takes_from_grpclib() -> None:
+    """The streams layer subclasses grpclib's client and server ``Stream`` without
+    their HTTP/2 machinery: it relies on their state flags (class attributes it
+    sets), ``Peer`` reading a transport, and the event dispatchers' methods."""
+    for name in (
+        "_send_request_done",
+        "_send_message_done",
+        "_end_done",
+        "_recv_initial_metadata_done",
+        "_recv_trailing_metadata_done",
+        "_cancel_done",
+        "_trailers_only",
+        "_messages_sent",
+        "_messages_received",
+        "initial_metadata",
+        "trailing_metadata",
+        "peer",
+    ):
+        assert name in vars(grpclib.client.Stream), name
+    for name in (
+        "_send_initial_metadata_done",
+        "_send_message_done",
+        "_send_trailing_metadata_done",
+        "_cancel_done",
+        "_messages_sent",
+        "_messages_received",
+    ):
+        assert name in vars(grpclib.server.Stream), name
+
+    class Transport:
+        def get_extra_info(self, name: str) -> Any:
+            return {"peername": ("192.0.2.1", 1), "ssl_object": None}[name]
+
+    peer = grpclib.protocol.Peer(Transport())  # type: ignore[arg-type]
+    assert (peer.addr(), peer.cert()) == (("192.0.2.1", 1), None)
+    for name, keywords in (
+        ("send_request", {"method_name", "deadline", "content_type"}),
+        ("recv_initial_metadata", set()),
+        ("recv_trailing_metadata", {"status", "status_message", "status_details"}),
+        (
+            "recv_request",
+            {"method_name", "deadline", "content_type", "user_agent", "peer"},
+        ),
+        ("send_initial_metadata", set()),
+        ("send_trailing_metadata", {"status", "status_message", "status_details"}),
+        ("send_message", set()),
+        ("recv_message", set()),
+    ):
+        # Without listeners an instance answers with a stand-in taking anything;
+        # the class has the real signature.
+        parameters = inspect.signature(getattr(EventDispatch, name)).parameters
+        kw_only = {n for n, p in parameters.items() if p.kind is p.KEYWORD_ONLY}
+        assert kw_only == keywords, (name, kw_only)

@@ -15,6 +15,11 @@ any asyncio transport, but the seams brpc needs are private:
 - :class:`EventDispatch` dispatches grpclib's channel *and* server events, so
   ``grpclib.events.listen(conn, RecvRequest, cb)`` works on a dialing client
   that serves services as on a server.
+- the streams layer subclasses grpclib's client and server ``Stream``
+  (:data:`ClientStream`, :data:`ServerStream`) without their HTTP/2
+  machinery, setting the state flags grpclib keeps as class attributes, and
+  takes :class:`Peer`, the metadata multi-dict type, ``USER_AGENT`` and the
+  gRPC content type from here.
 
 ``tests/test_grpclib_adapter.py`` exercises each of these so that a grpclib
 upgrade that moves them fails there.
