@@ -3,6 +3,8 @@ real QuicConnection objects: an aioquic upgrade that moves one fails here."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, StreamDataReceived
@@ -141,3 +143,37 @@ def test_connection_credit_excludes_held_bytes(certs: Any) -> None:
     _aioquic.add_unconsumed(p.server, -held)  # consumed at last
     p.pump(rounds=4000)
     assert sum(_received(p.server_events, sid) for sid in sids) == 8 * (1 << 20) + 1
+
+
+def test_a_terminated_connection_is_freed_by_reference_counting(certs: Any) -> None:
+    p = pair(certs)
+    client = p.client
+    client.close(error_code=0, reason_phrase="done")
+    p.pump()
+    client.handle_timer(now=p.now + 60)  # the closing period ends
+    while (event := client.next_event()) is not None:
+        p.client_events.append(event)
+    assert any(isinstance(e, ConnectionTerminated) for e in p.client_events)
+    _aioquic.break_cycles(client)
+    ref = weakref.ref(client)
+    gc.disable()
+    try:
+        del client
+        p.client = None  # type: ignore[assignment]
+        assert ref() is None  # no cycle kept it: gone without a collection
+    finally:
+        gc.enable()
+
+
+def test_without_breaking_them_aioquic_keeps_cycles(certs: Any) -> None:
+    """What break_cycles undoes: a plain connection is only freed by the collector."""
+    p = pair(certs)
+    ref = weakref.ref(p.client)
+    gc.disable()
+    try:
+        p.client = None  # type: ignore[assignment]
+        assert ref() is not None
+        gc.collect()
+        assert ref() is None
+    finally:
+        gc.enable()

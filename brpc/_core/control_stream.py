@@ -39,6 +39,22 @@ class ControlReceiver(Protocol):
     def control_closed(self, exc: Exception | None) -> None: ...
 
 
+class _Closed:
+    """The receiver of a control stream that ended: it hears nothing more."""
+
+    def control_received(self, envelope: pb.Envelope) -> None:
+        pass
+
+    def control_violation(self, exc: ProtocolViolation) -> None:
+        pass
+
+    def control_closed(self, exc: Exception | None) -> None:
+        pass
+
+
+_CLOSED = _Closed()
+
+
 class ControlProtocol(asyncio.Protocol):
     """Length-prefixed envelopes over one stream transport."""
 
@@ -66,7 +82,8 @@ class ControlProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
-        self._receiver.control_closed(exc)
+        receiver, self._receiver = self._receiver, _CLOSED
+        receiver.control_closed(exc)
 
     def send(self, envelope: pb.Envelope) -> None:
         """Write ``envelope``; dropped once the stream is closed or the peer stopped reading."""

@@ -243,6 +243,9 @@ class Link:
         if self.closed is not None:
             return
         self.closed = closed
+        # The context refers to the link: without this they would be a cycle.
+        # Tasks started in it have their own copies.
+        self.context.run(current_call_connection.set, None)
         log.info("%s: %s", self._describe, closed.describe())
         for waiter in self._pings.values():
             if not waiter.done():

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "add_unconsumed",
+    "break_cycles",
     "close_event",
     "enable_consumption_credit",
     "endpoint_connection_count",
@@ -238,3 +239,38 @@ def add_unconsumed(quic: QuicConnection, delta: int) -> None:
     """Bytes received on paused streams and not delivered changed by ``delta``."""
     if isinstance(quic, _ConsumptionCreditConnection):
         quic._brpc_held = max(0, quic._brpc_held + delta)
+
+
+def _no_probe() -> None:
+    """Stands in for a terminated connection's probe sender."""
+
+
+def _no_traffic_key_update(*args: object) -> None:
+    """Stands in for a terminated connection's traffic key callback."""
+
+
+def break_cycles(quic: QuicConnection) -> None:
+    """Drop the references from a terminated connection's parts back to it.
+
+    aioquic keeps several: its frame-handler table (bound methods,
+    ``_QuicConnection__frame_handlers``), the loss recovery's probe sender
+    (``_loss._send_probe``), the TLS context's callbacks (``tls.alpn_cb``,
+    ``tls.update_traffic_key_cb``) and each crypto context's key setup
+    and teardown callbacks (``_cryptos[epoch].recv/send._setup_cb`` and
+    ``_teardown_cb``, partials of methods). Each makes the connection a
+    reference cycle, freed only by a full garbage collection. Once the connection is terminated none of
+    them is used again; without them the connection goes with its last
+    reference. Call only after ``ConnectionTerminated``.
+    """
+    quic._QuicConnection__frame_handlers = {}  # type: ignore[attr-defined]
+    loss = getattr(quic, "_loss", None)
+    if loss is not None:
+        loss._send_probe = _no_probe
+    tls = getattr(quic, "tls", None)
+    if tls is not None:
+        tls.alpn_cb = None
+        tls.update_traffic_key_cb = _no_traffic_key_update
+    for crypto_pair in getattr(quic, "_cryptos", {}).values():
+        for context in (crypto_pair.recv, crypto_pair.send):
+            context._setup_cb = _no_traffic_key_update
+            context._teardown_cb = _no_traffic_key_update

@@ -416,6 +416,7 @@ class QuicSession(QuicConnectionProtocol):
             self.terminated.set()
             if self._owns_transport and self._udp is not None:
                 self._udp.close()
+            _aioquic.break_cycles(self.quic)
 
     def _incoming(self, stream_id: int) -> StreamTransport | None:
         if (
