@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import weakref
 from typing import Any
 
 from conftest import wait_for
@@ -51,3 +52,32 @@ async def test_connect_call_disconnect_cycles(make_server: Any, certs: Any) -> N
     assert _tasks() == tasks
     # aioquic keeps each connection for its closing period (three probe timeouts)
     await wait_for(lambda: server._listener.engine_connections == 0, timeout=30)
+
+
+async def test_a_closed_connection_is_freed_by_reference_counting(
+    make_server: Any, connect: Any
+) -> None:
+    """The server's side of a connection that ended (its link, client info,
+    QUIC session and connection) goes as soon as nothing refers to it, without
+    a garbage collection. (With the lanes call layer, grpclib's HTTP/2 objects
+    of each lane still form cycles that hold the session until one.)"""
+    server = await make_server([Probe()], client_stub=EchoStub, call_layer="streams")
+    conn = await connect(server, services=[Probe()], reconnect=False, call_layer="streams")
+    gc.collect()
+    gc.disable()
+    try:
+        await _closed_connection_is_freed(server, conn)
+    finally:
+        gc.enable()
+
+
+async def _closed_connection_is_freed(server: Any, conn: Any) -> None:
+    await EchoStub(conn).Unary(EchoRequest(text="up"))
+    (info,) = server.clients_snapshot()
+    await info.stub.Unary(EchoRequest(text="down"))
+    link = info._link
+    refs = [weakref.ref(x) for x in (info, link, link.session, link.session.quic)]
+    del info, link
+    await conn.close()
+    # The QUIC connection ends after its closing period (three probe timeouts).
+    await wait_for(lambda: all(ref() is None for ref in refs), timeout=20)

@@ -24,6 +24,7 @@ import inspect
 import itertools
 import logging
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -107,13 +108,36 @@ class Link:
         self._pings: dict[int, asyncio.Future[None]] = {}
         self.context = contextvars.copy_context()
         self.context.run(current_call_connection.set, self)
-        #: The public object standing for this connection (ClientInfo or ClientConn).
-        self.handle: Any = make_handle(self)
+        self._handle: Any = make_handle(self)
+        self._handle_ref: weakref.ref[Any] | None = None
 
     def __repr__(self) -> str:
         return f"<Link {self._describe}>"
 
     # -- CallConnection ----------------------------------------------------------
+
+    @property
+    def handle(self) -> Any:
+        """The public object standing for this connection (ClientInfo or ClientConn).
+
+        The handle refers to its link, so the link holds it strongly only while
+        it may still be asked for it: until it closed and its last incoming call
+        ended. From then on it holds it weakly, and a closed connection nobody
+        refers to any more is freed by reference counting, not by a collection.
+        """
+        handle = self._handle
+        if handle is None and self._handle_ref is not None:
+            handle = self._handle_ref()
+        return handle
+
+    def _release_handle(self) -> None:
+        handle = self._handle
+        if handle is not None and self.closed is not None and self.calls_in == 0:
+            try:
+                self._handle_ref = weakref.ref(handle)
+            except TypeError:
+                return  # not weakly referable: keep it
+            self._handle = None
 
     @property
     def usable(self) -> bool:
@@ -179,6 +203,8 @@ class Link:
     def incoming_finished(self) -> None:
         self.calls_in -= 1
         self._check_idle()
+        if self.closed is not None:
+            self._release_handle()
 
     def _check_idle(self) -> None:
         if self.calls_in == 0 and self.calls_out == 0:
@@ -258,6 +284,7 @@ class Link:
                 callback(self)
             except Exception:
                 log.exception("close callback of %s failed", self._describe)
+        self._release_handle()
 
     # -- control stream ------------------------------------------------------------
 

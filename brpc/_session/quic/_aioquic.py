@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, cast
 
+from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
 from aioquic.quic.connection import (
     MAX_STREAM_DATA_FRAME_CAPACITY,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "add_unconsumed",
     "break_cycles",
+    "break_protocol_cycles",
     "close_event",
     "enable_consumption_credit",
     "endpoint_connection_count",
@@ -258,9 +260,10 @@ def break_cycles(quic: QuicConnection) -> None:
     ``tls.update_traffic_key_cb``) and each crypto context's key setup
     and teardown callbacks (``_cryptos[epoch].recv/send._setup_cb`` and
     ``_teardown_cb``, partials of methods). Each makes the connection a
-    reference cycle, freed only by a full garbage collection. Once the connection is terminated none of
-    them is used again; without them the connection goes with its last
-    reference. Call only after ``ConnectionTerminated``.
+    reference cycle, freed only by a full garbage collection. Once the
+    connection is terminated none of them is used again; without them the
+    connection goes with its last reference. Call only after
+    ``ConnectionTerminated``.
     """
     quic._QuicConnection__frame_handlers = {}  # type: ignore[attr-defined]
     loss = getattr(quic, "_loss", None)
@@ -274,3 +277,22 @@ def break_cycles(quic: QuicConnection) -> None:
         for context in (crypto_pair.recv, crypto_pair.send):
             context._setup_cb = _no_traffic_key_update
             context._teardown_cb = _no_traffic_key_update
+
+
+def _ignore(*args: object) -> None:
+    """Stands in for a terminated protocol's server callbacks."""
+
+
+def break_protocol_cycles(protocol: QuicConnectionProtocol) -> None:
+    """Drop the server's callbacks from a terminated connection's protocol.
+
+    aioquic's ``QuicServer`` gives each protocol partials of its own methods
+    bound to the protocol (``_connection_id_issued_handler``,
+    ``_connection_id_retired_handler``, ``_connection_terminated_handler``,
+    each with ``protocol=protocol``): a cycle per connection. They are called
+    for the last time when ``ConnectionTerminated`` is processed, before the
+    protocol's own ``quic_event_received`` sees it; call this from there.
+    """
+    protocol._connection_id_issued_handler = _ignore
+    protocol._connection_id_retired_handler = _ignore
+    protocol._connection_terminated_handler = _ignore

@@ -417,6 +417,7 @@ class QuicSession(QuicConnectionProtocol):
             if self._owns_transport and self._udp is not None:
                 self._udp.close()
             _aioquic.break_cycles(self.quic)
+            _aioquic.break_protocol_cycles(self)
 
     def _incoming(self, stream_id: int) -> StreamTransport | None:
         if (
