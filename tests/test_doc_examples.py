@@ -181,8 +181,9 @@ python_version = 3.11
 check_untyped_defs = True
 warn_unused_ignores = True
 strict_equality = True
-# `server = brpc.Server(handlers, ...)` without client_stub leaves C open; fine in a snippet.
-disable_error_code = var-annotated
+# `server = brpc.Server(handlers, ...)` without client_stub leaves C open; fine in a
+# snippet. A block's prelude may declare a shared prelude's name with a closer type.
+disable_error_code = var-annotated, no-redef
 namespace_packages = True
 explicit_package_bases = True
 
@@ -201,9 +202,7 @@ def _wrap(block: Block) -> tuple[str, int]:
 
 
 def test_python_blocks_type_check(project: Path, tmp_path: Path) -> None:
-    blocks = [
-        b for b in _all_blocks() if b.language in _PYTHON and "skip" not in b.directives
-    ]
+    blocks = [b for b in _all_blocks() if b.language in _PYTHON and "skip" not in b.directives]
     assert blocks, "no Python blocks found"
     offsets: dict[str, tuple[Block, int]] = {}
     for block in blocks:
