@@ -107,12 +107,9 @@ def extract_blocks(path: Path) -> list[Block]:
         while end < len(lines) and not lines[end].strip().startswith(fence):
             end += 1
         code = textwrap.dedent("\n".join(lines[start:end])) + "\n"
-        blocks.append(
-            Block(
-                path, start + 1, match["info"].strip().split(" ")[0].lower(), code,
-                _directives_before(lines, index),
-            )
-        )  # fmt: skip
+        language = match["info"].strip().split(" ")[0].lower()
+        directives = _directives_before(lines, index)
+        blocks.append(Block(path, start + 1, language, code, directives))
         index = end + 1
     return blocks
 
@@ -234,8 +231,8 @@ def test_python_blocks_type_check(project: Path, tmp_path: Path) -> None:
         if known:
             seen_known.update(known)
         elif code_line >= 1:
-            problems.append(f"{block.path.relative_to(ROOT)}:{block.line + code_line - 1}: "
-                            f"{match['message']}")  # fmt: skip
+            where = f"{block.path.relative_to(ROOT)}:{block.line + code_line - 1}"
+            problems.append(f"{where}: {match['message']}")
         else:
             problems.append(f"{block.where} (in its prelude): {match['message']}")
     assert not problems and not done.stderr.strip(), (
@@ -352,3 +349,13 @@ def test_extraction_finds_blocks_and_directives(tmp_path: Path) -> None:
     assert blocks[0].directives == {"prelude": "x = 1"}
     assert blocks[1].directives == {}
     assert blocks[2].directives == {"file": "a/b.proto"}
+
+
+def test_command_checks_catch_unknown_options_extras_and_commands() -> None:
+    assert _check_command(["python", "-m", "brpc.certs", "--out", "certs"]) is None
+    problem = _check_command(["python", "-m", "brpc.certs", "--nope"])
+    assert "has no option --nope" in (problem or "")
+    assert _check_command(["pip", "install", "brpc[otel,bench]"]) is None
+    assert "unknown extras ['nope']" in (_check_command(["pip", "install", "brpc[nope]"]) or "")
+    assert "unknown command" in (_check_command(["frobnicate"]) or "")
+    assert "no executable" in (_check_command(["./scripts/nothing-here"]) or "")
