@@ -259,10 +259,10 @@ _handled: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
 )
 
 
-def _listen_handled(dispatcher: Any, instruments: _Instruments, base: dict[str, Any]) -> None:
+def _listen_handled(dispatcher: Any, instruments: _Instruments) -> None:
     async def on_request(event: RecvRequest) -> None:
         parent = propagate.extract(event.metadata)
-        event.method_func = _traced_handler(event.method_func, instruments, event, parent, base)
+        event.method_func = _traced_handler(event.method_func, instruments, event, parent)
 
     async def on_trailers(event: SendTrailingMetadata) -> None:
         call = _handled.get()
@@ -279,13 +279,11 @@ def _traced_handler(
     instruments: _Instruments,
     event: RecvRequest,
     parent: otel_context.Context,
-    base: dict[str, Any],
 ) -> IServerMethodFunc:
     path, deadline = event.method_name, event.deadline
 
     async def traced(stream: Any) -> None:
-        attributes = {**base, **_caller_attributes()}
-        call = _Call.start(instruments, SpanKind.SERVER, path, parent, attributes)
+        call = _Call.start(instruments, SpanKind.SERVER, path, parent, _caller_attributes())
         token = otel_context.attach(trace.set_span_in_context(call.span, parent))
         handled = _handled.set(call)
         error: BaseException | None = None
@@ -400,7 +398,7 @@ def _instrument_conn(conn: ClientConn, instruments: _Instruments) -> None:
 
     _trace_requests(conn, instruments, describe)
     try:
-        _listen_handled(conn, instruments, {})
+        _listen_handled(conn, instruments)
     except KeyError:
         log.warning(
             "this ClientConn does not dispatch server events: calls to the services it "
@@ -409,7 +407,7 @@ def _instrument_conn(conn: ClientConn, instruments: _Instruments) -> None:
 
 
 def _instrument_server(server: Server[Any], instruments: _Instruments) -> None:
-    _listen_handled(server, instruments, {})
+    _listen_handled(server, instruments)
 
     def connected(client: ClientInfo[Any]) -> None:
         _instrument_client(client, instruments)
