@@ -33,6 +33,7 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -255,9 +256,17 @@ def _help_text(command: tuple[str, ...]) -> str:
     return done.stdout
 
 
+def _pyproject() -> dict[str, Any]:
+    project: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return project
+
+
 def _extras() -> set[str]:
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    return set(pyproject["project"]["optional-dependencies"])
+    return set(_pyproject()["optional-dependencies"])
+
+
+def _console_scripts() -> set[str]:
+    return set(_pyproject().get("scripts", {}))
 
 
 def _commands(code: str) -> Iterator[list[str]]:
@@ -306,6 +315,15 @@ def _check_command(words: list[str]) -> str | None:
         named = re.findall(r"brpc\[([^\]]*)\]", " ".join(words))
         unknown = {e.strip() for group in named for e in group.split(",")} - _extras()
         return f"pip install names unknown extras {sorted(unknown)}" if unknown else None
+    elif head in _console_scripts():
+        executable = Path(sys.executable).parent / head
+        if not executable.exists():
+            return f"the console script {head} is not installed (rerun ./scripts/test)"
+        args = words[1:]
+        subcommand = tuple(args[:1]) if args and not args[0].startswith("-") else ()
+        help_text = _help_text((str(executable),))
+        if subcommand:
+            help_text += _help_text((str(executable), *subcommand))
     elif head in {"cd", "export", "mkdir", "ls", "source", "."}:
         return None
     else:
