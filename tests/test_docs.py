@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def test_docs_build_strictly(tmp_path: Path) -> None:
     reference = (site / "reference" / "brpc" / "index.html").read_text()
     for name in ("brpc.dial", "brpc.Server", "brpc.ClientConn", "brpc.fanout.CallSucceeded"):
         assert name in reference, f"the API reference lacks {name}"
+    assert not re.search(r":(class|func|meth|attr):<code>", reference), "a Sphinx role shows"
     assert "instrument" in (site / "reference" / "otel" / "index.html").read_text()
     assert (site / "guide" / "codegen" / "index.html").is_file()
     assert not (ROOT / "site").exists(), "the build must not write into the tree"
