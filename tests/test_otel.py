@@ -235,6 +235,24 @@ async def test_connection_loss_ends_both_spans(
     assert dict(handled.attributes or {})["rpc.grpc.status_code"] == Status.CANCELLED.value
 
 
+async def test_server_call_to_a_client_that_leaves_ends_its_span(
+    telemetry: Telemetry, make_server: Any, connect: Any
+) -> None:
+    server, conn, _, client_probe = await _pair(telemetry, make_server, connect)
+    (info,) = server.clients_snapshot()
+    task = asyncio.ensure_future(info.stub.Unary(EchoRequest(text="block"), timeout=5))
+    await client_probe.started.wait()
+    await conn.close()
+    with pytest.raises(GRPCError) as raised:
+        await task
+    assert raised.value.status is Status.UNAVAILABLE
+    span = _only(telemetry.finished(SpanKind.CLIENT))
+    assert dict(span.attributes or {})["rpc.grpc.status_code"] == Status.UNAVAILABLE.value
+    assert span.status.status_code is StatusCode.ERROR
+    (active,) = telemetry.points("brpc.rpc.client.active_calls")
+    assert active.value == 0
+
+
 async def test_streaming_call_span_ends_after_the_stream(
     telemetry: Telemetry, make_server: Any, connect: Any
 ) -> None:
