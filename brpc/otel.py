@@ -397,13 +397,7 @@ def _instrument_conn(conn: ClientConn, instruments: _Instruments) -> None:
         return {**server, "brpc.connection_id": conn.connection_id, **_conn_name(conn)}
 
     _trace_requests(conn, instruments, describe)
-    try:
-        _listen_handled(conn, instruments)
-    except KeyError:
-        log.warning(
-            "this ClientConn does not dispatch server events: calls to the services it "
-            "serves are not traced"
-        )
+    _listen_handled(conn, instruments)
 
 
 def _instrument_server(server: Server[Any], instruments: _Instruments) -> None:

@@ -96,11 +96,6 @@ def test_import_brpc_leaves_optional_dependencies_alone() -> None:
         assert not {m for m in modules if m == heavy or m.startswith(heavy + ".")}, heavy
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="brpc/_session.py and brpc/server.py import brpc.testing.network, and "
-    "brpc/testing/__init__.py imports the echo test service",
-)
 def test_import_brpc_imports_no_test_services() -> None:
     modules = _modules_after("import brpc")
     assert not {m for m in modules if m.startswith("brpc.testing")}
