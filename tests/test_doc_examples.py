@@ -62,12 +62,7 @@ conn: brpc.ClientConn
 
 #: Errors known and accepted for now: a part of mypy's message -> why. Each must
 #: still occur (remove the entry once the block is fixed).
-KNOWN_ERRORS = {
-    'README.md: error: Item "None" of "ClientInfo[AgentStub] | None" has no attribute "stub"': (
-        "the README's 'Connected clients' block calls .stub on clients.named(), which "
-        "returns None for an unknown name"
-    ),
-}
+KNOWN_ERRORS: dict[str, str] = {}
 
 _FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>```+|~~~+)(?P<info>[^\n`]*)$")
 _DIRECTIVE = re.compile(r"<!--\s*(?P<kind>prelude|file|run|skip)\b:?(?P<arg>.*?)-->", re.S)
@@ -269,10 +264,17 @@ def _console_scripts() -> set[str]:
     return set(_pyproject().get("scripts", {}))
 
 
-def _commands(code: str) -> Iterator[list[str]]:
-    """Each command of a shell block as words (comments and continuations handled)."""
+def _commands(code: str, *, console: bool = False) -> Iterator[list[str]]:
+    """Each command of a shell block as words (comments and continuations handled).
+
+    In a ``console`` block only lines starting with ``$ `` are commands; the
+    others are their output. A ``;`` ends a command (``cmd; echo "exit $?"``).
+    """
     joined = code.replace("\\\n", " ")
     for raw in joined.splitlines():
+        if console and not raw.lstrip().startswith("$ "):
+            continue
+        raw = raw.split(";")[0]
         words = shlex.split(raw, comments=True)
         if raw.lstrip().startswith("$ "):
             words = words[1:]
@@ -337,7 +339,7 @@ def test_shell_blocks_use_commands_that_exist() -> None:
     for block in _all_blocks():
         if block.language not in _SHELL or {"skip", "run"} & set(block.directives):
             continue
-        for words in _commands(block.code):
+        for words in _commands(block.code, console=block.language == "console"):
             problem = _check_command(words)
             if problem:
                 problems.append(f"{block.where}: `{' '.join(words)}`: {problem}")
