@@ -271,10 +271,10 @@ def _commands(code: str, *, console: bool = False) -> Iterator[list[str]]:
     others are their output. A ``;`` ends a command (``cmd; echo "exit $?"``).
     """
     joined = code.replace("\\\n", " ")
-    for raw in joined.splitlines():
-        if console and not raw.lstrip().startswith("$ "):
+    for line in joined.splitlines():
+        if console and not line.lstrip().startswith("$ "):
             continue
-        raw = raw.split(";")[0]
+        raw = line.split(";")[0]
         words = shlex.split(raw, comments=True)
         if raw.lstrip().startswith("$ "):
             words = words[1:]
