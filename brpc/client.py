@@ -181,6 +181,11 @@ class ClientConn(CallChannel):
         return self._options.target
 
     @property
+    def name(self) -> str:
+        """The name this client says in its hello ("" when it gave none)."""
+        return self._options.hello.name
+
+    @property
     def state(self) -> ConnState:
         return self._conn_state
 

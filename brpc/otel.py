@@ -386,8 +386,7 @@ def _split_target(target: str) -> dict[str, Any]:
 
 
 def _conn_name(conn: ClientConn) -> dict[str, Any]:
-    name = getattr(conn, "name", None)
-    return {"brpc.client_name": name} if isinstance(name, str) and name else {}
+    return {"brpc.client_name": conn.name} if conn.name else {}
 
 
 def _instrument_conn(conn: ClientConn, instruments: _Instruments) -> None:
