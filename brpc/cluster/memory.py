@@ -136,6 +136,8 @@ class MemoryDirectory(Directory):
         self._begin()
         if not name:
             raise ValueError("an empty name cannot be claimed")
+        if server_id not in self._servers:
+            raise ServerNotRegistered(server_id)
         current = self._names.get(name)
         if current is not None and current.server_id not in self._servers:
             current = None
