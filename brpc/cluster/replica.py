@@ -198,7 +198,7 @@ class DirectoryReplica:
 
         Raises :class:`DirectoryUnavailable` when the directory cannot be read.
         """
-        await self._resync_once()
+        await self._resync_once(force=True)
 
     # -- lookups -------------------------------------------------------------------------
 
@@ -319,7 +319,9 @@ class DirectoryReplica:
             self._mark_unavailable(change.detail)
             return
         if change.kind is ChangeKind.RESYNC:
-            await self._resync_until_done()
+            # The feed (re)connected: the snapshot wins even if its sequence number is
+            # lower, as after a Redis restart that lost the data.
+            await self._resync_until_done(force=True)
             return
         if self._sequence is None or change.sequence <= self._sequence:
             return  # before the snapshot, or already in it
@@ -329,17 +331,17 @@ class DirectoryReplica:
                 self._sequence + 1,
                 change.sequence - 1,
             )
-            await self._resync_until_done()
+            await self._resync_until_done(force=True)
             return
         self._apply(change)
         self._sequence = change.sequence
         self._notify()
 
-    async def _resync_until_done(self) -> None:
+    async def _resync_until_done(self, *, force: bool = False) -> None:
         delay = self._retry_initial
         while not self._closed:
             try:
-                await self._resync_once()
+                await self._resync_once(force=force)
                 return
             except DirectoryUnavailable as exc:
                 self._mark_unavailable(str(exc))
@@ -354,18 +356,18 @@ class DirectoryReplica:
             except DirectoryUnavailable as exc:
                 self._mark_unavailable(str(exc))
 
-    async def _resync_once(self) -> None:
+    async def _resync_once(self, *, force: bool = False) -> None:
         async with self._sync_lock:
             try:
                 snapshot = await self._directory.snapshot()
             except DirectoryUnavailable as exc:
                 self._mark_unavailable(str(exc))
                 raise
-            if self._sequence is not None and snapshot.sequence < self._sequence:
-                # Older than the changes already applied (read while they arrived).
-                return
-            self._load(snapshot)
-            self._resyncs += 1
+            if force or self._sequence is None or snapshot.sequence >= self._sequence:
+                self._load(snapshot)
+                self._resyncs += 1
+            # Otherwise it is older than the changes already applied (read while they
+            # arrived): keep the newer state.
             self._available = True
             self._synced.set()
             self._notify()
