@@ -149,3 +149,58 @@ def test_brpc_cluster_imports_without_redis_and_says_how_to_install_it() -> None
     )
     assert result.returncode == 0, result.stderr
     assert "pip install 'brpc[redis]'" in result.stdout
+
+
+async def test_a_dead_server_is_dropped_right_after_its_ttl(redis_url: str) -> None:
+    ttl = 2.0
+    prefix = f"reap-{uuid.uuid4().hex[:8]}:"
+    survivor, dead = (RedisDirectory(redis_url, key_prefix=prefix, ttl=ttl) for _ in range(2))
+    await survivor.register_server(ServerRecord("alive", "127.0.0.1:7001", 0.0))
+    feed = survivor.changes()
+    assert (await anext(feed)).kind is ChangeKind.RESYNC
+    loop = asyncio.get_running_loop()
+    await dead.register_server(ServerRecord("dead", "127.0.0.1:7002", 0.0))
+    registered = loop.time()
+    await dead.close()  # never renews again, as if killed
+    # Renewing every ttl / 3 alone would notice only up to a renewal interval late.
+    renewing = asyncio.create_task(keep_alive(survivor, "alive"))
+    try:
+        async with asyncio.timeout(ttl + 3):
+            change = await anext(feed)
+            while change.kind is not ChangeKind.SERVER_DOWN:
+                change = await anext(feed)
+        assert change.server_id == "dead"
+        assert loop.time() - registered < ttl + 0.4
+    finally:
+        renewing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await renewing
+        await feed.aclose()
+        await survivor.close()
+
+
+async def test_cancelling_a_caller_mid_operation_cancels_it(redis_url: str) -> None:
+    # redis-py with a socket timeout writes through asyncio.wait_for, which on
+    # Python 3.11 can swallow a cancellation that arrives as the write completes.
+    directory = RedisDirectory(redis_url, key_prefix=f"cancel-{uuid.uuid4().hex[:8]}:")
+    await directory.register_server(ServerRecord("s1", "127.0.0.1:7000", 0.0))
+    renewals = 0
+
+    async def renew_forever() -> None:
+        nonlocal renewals
+        while True:
+            await directory.renew_server("s1")
+            renewals += 1
+
+    try:
+        for _ in range(30):
+            task = asyncio.create_task(renew_forever())
+            target = renewals + 3
+            while renewals < target:  # noqa: ASYNC110 - let a few renewals run
+                await asyncio.sleep(0)
+            task.cancel()
+            async with asyncio.timeout(5):
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+    finally:
+        await directory.close()

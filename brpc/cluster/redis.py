@@ -96,19 +96,33 @@ local function drop_server(sid)
   redis.call('SREM', p .. 'servers', sid)
   publish({kind = 'server_down', server_id = sid})
 end
-local function reap()
+-- Drops every server whose liveness key is gone; returns the milliseconds until
+-- the next liveness key of a server not in `own` expires (-1: none).
+local function reap(own)
+  local soonest = -1
   for _, sid in ipairs(redis.call('SMEMBERS', p .. 'servers')) do
-    if redis.call('EXISTS', p .. 'server:' .. sid) == 0 then
+    local left = redis.call('PTTL', p .. 'server:' .. sid)
+    if left == -2 then
       drop_server(sid)
+    elseif not own[sid] and left >= 0 and (soonest < 0 or left < soonest) then
+      soonest = left
     end
   end
+  return soonest
+end
+local function set_of(first)
+  local members = {}
+  for i = first, #ARGV do
+    members[ARGV[i]] = true
+  end
+  return members
 end
 """
 
 # ARGV: prefix, server_id, record, ttl_ms
 _REGISTER_SERVER = """
 local sid = ARGV[2]
-reap()
+reap({})
 if redis.call('SISMEMBER', p .. 'servers', sid) == 1 then
   drop_names(sid)
 end
@@ -119,7 +133,8 @@ publish({kind = 'server_up', server_id = sid, server = ARGV[3]})
 return 1
 """
 
-# ARGV: prefix, server_id, ttl_ms, companion_ttl_ms
+# ARGV: prefix, server_id, ttl_ms, companion_ttl_ms, server IDs renewed by the caller...
+# Returns {1 if it was alive, ms until another server's liveness expires or -1}.
 _RENEW_SERVER = """
 local sid = ARGV[2]
 local alive = redis.call('PEXPIRE', p .. 'server:' .. sid, ARGV[3])
@@ -127,8 +142,12 @@ if alive == 1 then
   redis.call('PEXPIRE', p .. 'clients:' .. sid, ARGV[4])
   redis.call('PEXPIRE', p .. 'server-names:' .. sid, ARGV[4])
 end
-reap()
-return alive
+return {alive, reap(set_of(5))}
+"""
+
+# ARGV: prefix, server IDs renewed by the caller... Returns as reap().
+_REAP = """
+return reap(set_of(2))
 """
 
 # ARGV: prefix, server_id
@@ -269,7 +288,8 @@ class RedisDirectory(Directory):
     ``url`` is a redis-py URL (``redis://host:6379/0``, ``rediss://...``,
     ``unix://...``). ``timeout`` bounds each operation's connect and read, so an
     unreachable Redis raises :class:`~brpc.cluster.DirectoryUnavailable` within
-    about that time. Change feeds reconnect with exponential backoff from
+    about that time (``snapshot_timeout`` for :meth:`snapshot`, whose answer
+    grows with the cluster). Change feeds reconnect with exponential backoff from
     ``reconnect_initial`` to ``reconnect_max`` seconds and ping Redis every
     ``feed_ping_interval`` seconds, treating three missed answers as a lost
     connection.
@@ -282,6 +302,7 @@ class RedisDirectory(Directory):
         ttl: float = DEFAULT_TTL,
         key_prefix: str = "brpc:",
         timeout: float = 1.0,
+        snapshot_timeout: float = 10.0,
         reconnect_initial: float = 0.05,
         reconnect_max: float = 2.0,
         feed_ping_interval: float = 2.0,
@@ -308,12 +329,14 @@ class RedisDirectory(Directory):
         self._reconnect_max = reconnect_max
         self._feed_ping_interval = feed_ping_interval
         self._max_pending = max_pending
-        self._client: Any = _aioredis.Redis.from_url(url, **self._client_options(timeout))
+        self._snapshot_timeout = max(snapshot_timeout, timeout)
+        self._client: Any = _aioredis.Redis.from_url(url, **self._client_options())
         self._scripts: dict[str, Any] = {
             name: self._client.register_script(_LUA_PRELUDE + source)
             for name, source in (
                 ("register_server", _REGISTER_SERVER),
                 ("renew_server", _RENEW_SERVER),
+                ("reap", _REAP),
                 ("unregister_server", _UNREGISTER_SERVER),
                 ("register_client", _REGISTER_CLIENT),
                 ("unregister_client", _UNREGISTER_CLIENT),
@@ -323,6 +346,10 @@ class RedisDirectory(Directory):
             )
         }
         self._feeds: set[_RedisFeed] = set()
+        #: Servers this instance renews; the reaper watches the others' expiry.
+        self._own: set[str] = set()
+        self._reap_timer: asyncio.TimerHandle | None = None
+        self._reap_tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -341,13 +368,19 @@ class RedisDirectory(Directory):
 
     async def register_server(self, record: ServerRecord) -> None:
         await self._run("register_server", record.server_id, record.to_json(), self._ttl_ms)
+        self._own.add(record.server_id)
 
     async def renew_server(self, server_id: str) -> bool:
-        alive = await self._run("renew_server", server_id, self._ttl_ms, self._companion_ttl_ms)
+        self._own.add(server_id)
+        alive, soonest = await self._run(
+            "renew_server", server_id, self._ttl_ms, self._companion_ttl_ms, *self._own
+        )
+        self._reap_after(int(soonest))
         return int(alive) == 1
 
     async def unregister_server(self, server_id: str) -> None:
         await self._run("unregister_server", server_id)
+        self._own.discard(server_id)
 
     # -- clients -------------------------------------------------------------------------
 
@@ -419,15 +452,25 @@ class RedisDirectory(Directory):
         if self._closed:
             return
         self._closed = True
+        if self._reap_timer is not None:
+            self._reap_timer.cancel()
+            self._reap_timer = None
+        for task in list(self._reap_tasks):
+            task.cancel()
         for feed in list(self._feeds):
             await feed.aclose()
+        if self._reap_tasks:
+            await asyncio.gather(*self._reap_tasks, return_exceptions=True)
         await self._client.aclose()
 
     # -- internals -----------------------------------------------------------------------
 
-    def _client_options(self, timeout: float | None) -> dict[str, Any]:
+    def _client_options(self) -> dict[str, Any]:
+        # No socket_timeout: with one, redis-py writes through asyncio.wait_for, which
+        # on Python 3.11 can swallow the caller's cancellation. Operations are bounded
+        # by asyncio.timeout in _run instead.
         return {
-            "socket_timeout": timeout,
+            "socket_timeout": None,
             "socket_connect_timeout": self._timeout,
             "retry": _Retry(_NoBackoff(), 0),
             "decode_responses": True,
@@ -436,13 +479,58 @@ class RedisDirectory(Directory):
     async def _run(self, script: str, *args: object) -> Any:
         if self._closed:
             raise DirectoryUnavailable("the directory is closed")
+        timeout = self._snapshot_timeout if script == "snapshot" else self._timeout
+        task = asyncio.current_task()
+        cancelling = task.cancelling() if task is not None else 0
         try:
-            return await self._scripts[script](keys=[], args=[self._prefix, *args])
+            async with asyncio.timeout(timeout):
+                result = await self._scripts[script](keys=[], args=[self._prefix, *args])
+        except TimeoutError as exc:
+            raise DirectoryUnavailable(
+                f"Redis at {self._where} did not answer within {timeout} s"
+            ) from exc
         except (_redis_errors.ConnectionError, _redis_errors.TimeoutError, OSError) as exc:
             raise DirectoryUnavailable(f"Redis at {self._where}: {exc}") from exc
+        if task is not None and task.cancelling() > cancelling:
+            # A cancellation arrived and something below lost it: honour it.
+            raise asyncio.CancelledError
+        return result
 
     def _forget(self, feed: _RedisFeed) -> None:
         self._feeds.discard(feed)
+
+    def _reap_after(self, milliseconds: int) -> None:
+        """Look for lapsed servers again when the next other server's liveness expires.
+
+        So a dead server is dropped (and SERVER_DOWN published) right after its TTL,
+        not up to a renewal interval later.
+        """
+        if milliseconds < 0 or self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        when = loop.time() + milliseconds / 1000 + 0.005
+        timer = self._reap_timer
+        if timer is not None and not timer.cancelled() and timer.when() <= when:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._reap_timer = loop.call_at(when, self._start_reap)
+
+    def _start_reap(self) -> None:
+        self._reap_timer = None
+        if self._closed:
+            return
+        task = asyncio.get_running_loop().create_task(self._reap(), name="brpc-directory-reap")
+        self._reap_tasks.add(task)
+        task.add_done_callback(self._reap_tasks.discard)
+
+    async def _reap(self) -> None:
+        try:
+            soonest = await self._run("reap", *self._own)
+        except DirectoryUnavailable as exc:
+            log.debug("reaping lapsed servers: %s", exc)
+            return
+        self._reap_after(int(soonest))
 
 
 def _describe(url: str) -> str:
@@ -531,9 +619,7 @@ class _RedisFeed(ChangeFeed):
         lost = False
         while not self._ended:
             # A client of its own: reads block for as long as the channel is quiet.
-            client: Any = _aioredis.Redis.from_url(
-                directory._url, **directory._client_options(None)
-            )
+            client: Any = _aioredis.Redis.from_url(directory._url, **directory._client_options())
             pubsub: Any = client.pubsub()
             try:
                 await self._subscribe(pubsub)
