@@ -544,3 +544,13 @@ async def test_closed_directory_refuses(backend: Backend) -> None:
         await directory.snapshot()
     with pytest.raises(DirectoryUnavailable):
         directory.changes()
+
+
+async def test_storm_tool_runs_on_a_memory_directory() -> None:
+    from brpc.cluster._storm import run_storm
+
+    shared = MemoryDirectory()
+    result = await run_storm(lambda: shared, clients=60, servers=3, concurrency=4)
+    assert result.clients == 60
+    assert result.connect_ops_per_second > 0
+    assert len(result.lines()) == 6
