@@ -302,7 +302,7 @@ class RedisDirectory(Directory):
         ttl: float = DEFAULT_TTL,
         key_prefix: str = "brpc:",
         timeout: float = 1.0,
-        snapshot_timeout: float = 10.0,
+        snapshot_timeout: float = 3.0,
         reconnect_initial: float = 0.05,
         reconnect_max: float = 2.0,
         feed_ping_interval: float = 2.0,
