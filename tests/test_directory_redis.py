@@ -162,15 +162,18 @@ async def test_a_dead_server_is_dropped_right_after_its_ttl(redis_url: str) -> N
     await dead.register_server(ServerRecord("dead", "127.0.0.1:7002", 0.0))
     registered = loop.time()
     await dead.close()  # never renews again, as if killed
-    # Renewing every ttl / 3 alone would notice only up to a renewal interval late.
-    renewing = asyncio.create_task(keep_alive(survivor, "alive"))
+    # The survivor renews right away and then only after 0.9 * ttl: reaping at
+    # renewals alone would notice the dead server at the second renewal after its
+    # TTL, 1.8 * ttl after it registered.
+    renewing = asyncio.create_task(keep_alive(survivor, "alive", interval=0.9 * ttl))
     try:
         async with asyncio.timeout(ttl + 3):
             change = await anext(feed)
             while change.kind is not ChangeKind.SERVER_DOWN:
                 change = await anext(feed)
+        elapsed = loop.time() - registered
         assert change.server_id == "dead"
-        assert loop.time() - registered < ttl + 0.4
+        assert ttl - 0.1 < elapsed < 1.5 * ttl
     finally:
         renewing.cancel()
         with pytest.raises(asyncio.CancelledError):

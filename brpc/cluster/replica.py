@@ -355,6 +355,8 @@ class DirectoryReplica:
                 await self._resync_once()
             except DirectoryUnavailable as exc:
                 self._mark_unavailable(str(exc))
+            except Exception:
+                log.exception("periodic resync of the directory replica failed")
 
     async def _resync_once(self, *, force: bool = False) -> None:
         async with self._sync_lock:
@@ -363,11 +365,13 @@ class DirectoryReplica:
             except DirectoryUnavailable as exc:
                 self._mark_unavailable(str(exc))
                 raise
-            if force or self._sequence is None or snapshot.sequence >= self._sequence:
-                self._load(snapshot)
-                self._resyncs += 1
-            # Otherwise it is older than the changes already applied (read while they
-            # arrived): keep the newer state.
+            if not force and self._sequence is not None and snapshot.sequence < self._sequence:
+                # Older than the changes already applied (read while they arrived), or
+                # the directory lost its data and the feed has not reconnected yet:
+                # either way the feed's RESYNC marker will bring the state in line.
+                return
+            self._load(snapshot)
+            self._resyncs += 1
             self._available = True
             self._synced.set()
             self._notify()
