@@ -346,6 +346,27 @@ async def test_name_claims_replace_across_servers(backend: Backend) -> None:
     await feed.aclose()
 
 
+async def test_replace_needs_the_same_identity(backend: Backend) -> None:
+    a = await backend.make()
+    b = await backend.make()
+    await a.register_server(server("a"))
+    await b.register_server(server("b"))
+    first = await a.claim_name("agent-7", "a1", "a", identity="certificate:agent-7")
+    assert first.holder is None and first.claimed
+
+    stranger = await b.claim_name("agent-7", "b1", "b", identity="token:mallory")
+    assert not stranger.claimed
+    assert stranger.holder == NameHolder("a", "a1", first.epoch, "certificate:agent-7")
+    anonymous = await b.claim_name("agent-7", "b2", "b")
+    assert not anonymous.claimed
+
+    same = await b.claim_name("agent-7", "b3", "b", identity="certificate:agent-7")
+    assert same.claimed
+    assert same.epoch == first.epoch + 1
+    assert same.displaced == NameHolder("a", "a1", first.epoch, "certificate:agent-7")
+    assert (await a.snapshot()).names["agent-7"].identity == "certificate:agent-7"
+
+
 async def test_name_claims_reject_while_a_live_holder_exists(backend: Backend) -> None:
     a = await backend.make()
     b = await backend.make()

@@ -201,6 +201,8 @@ class NameHolder:
     connection_id: str
     #: The claim's epoch: grows by one with every successful claim of the name.
     epoch: int
+    #: The claimant's identity key (see :meth:`Directory.claim_name`), or None.
+    identity: str | None = None
 
 
 @dataclass(frozen=True)
@@ -367,12 +369,16 @@ class Directory(abc.ABC):
         server_id: str,
         *,
         policy: DuplicateNames = DuplicateNames.REPLACE,
+        identity: str | None = None,
     ) -> NameClaim:
         """Claim ``name`` for a connection on ``server_id`` under the duplicate-name policy.
 
         A holder counts as live while its server is live. REPLACE: the claim
-        always succeeds and reports the live holder it displaced. REJECT: refused
-        while a live holder exists. ALLOW: always succeeds and displaces nobody
+        succeeds and reports the live holder it displaced, but only when both
+        have the same ``identity`` (a key of the verified identity, such as
+        ``"certificate:agent-7"``; None for unauthenticated clients): a claim
+        with another identity is refused as under REJECT. REJECT: refused while
+        a live holder exists. ALLOW: always succeeds and displaces nobody
         (several clients may share the name; the index points to the newest).
         Claiming a name the same connection already holds returns its epoch.
         """

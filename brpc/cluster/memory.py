@@ -132,10 +132,13 @@ class MemoryDirectory(Directory):
         server_id: str,
         *,
         policy: DuplicateNames = DuplicateNames.REPLACE,
+        identity: str | None = None,
     ) -> NameClaim:
         self._begin()
         if not name:
             raise ValueError("an empty name cannot be claimed")
+        if identity == "":
+            raise ValueError("identity must be None or a non-empty string")
         if server_id not in self._servers:
             raise ServerNotRegistered(server_id)
         current = self._names.get(name)
@@ -146,12 +149,17 @@ class MemoryDirectory(Directory):
             connection_id,
         ):
             return NameClaim(name=name, claimed=True, epoch=current.epoch)
-        if current is not None and policy is DuplicateNames.REJECT:
+        if current is not None and (
+            policy is DuplicateNames.REJECT
+            or (policy is DuplicateNames.REPLACE and current.identity != identity)
+        ):
             return NameClaim(name=name, claimed=False, epoch=current.epoch, holder=current)
         displaced = current if policy is DuplicateNames.REPLACE else None
         epoch = self._epochs.get(name, 0) + 1
         self._epochs[name] = epoch
-        holder = NameHolder(server_id=server_id, connection_id=connection_id, epoch=epoch)
+        holder = NameHolder(
+            server_id=server_id, connection_id=connection_id, epoch=epoch, identity=identity
+        )
         self._names[name] = holder
         self._publish(ChangeKind.NAME_CLAIMED, name=name, holder=holder, displaced=displaced)
         return NameClaim(name=name, claimed=True, epoch=epoch, displaced=displaced)

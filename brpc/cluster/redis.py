@@ -15,17 +15,21 @@ atomically, and the change feed over Redis pub/sub. Keys, under ``key_prefix``
 
 Renewing a server is one PEXPIRE on its liveness key (and on its two
 companion keys, which carry a longer TTL as a safety net), whatever the number
-of its clients. A server whose liveness key expired is *reaped* by the next
-script that looks (every renewal and registration looks at all servers): its
-keys and names go and one ``server_down`` change is published. Every change
-increments ``seq`` and is published in the same script, so replicas see a
-gap in the sequence if they miss one; a snapshot is read atomically by a script.
+of its clients. A server whose liveness key expired is *reaped*: its keys and
+names go and one ``server_down`` change is published. Every registration and
+renewal looks at all servers (O(servers)), and an instance that renews also
+looks again when the next other server's liveness is due to run out, so a dead
+server is dropped right after its TTL. Every change increments ``seq`` and is
+published in the same script, so replicas see a gap in the sequence if they
+miss one; a snapshot is read atomically by a script.
 
-Operations fail fast with :class:`~brpc.cluster.DirectoryUnavailable` (short
-socket timeouts, no retries: a retried script could apply a change twice).
-A change feed reconnects by itself with exponential backoff, yielding an
-UNAVAILABLE marker when it loses Redis and a RESYNC marker when it is
-subscribed again.
+Operations fail fast with :class:`~brpc.cluster.DirectoryUnavailable` (each is
+bounded by a short timeout and never retried: a retried script could apply a
+change twice). A change feed reconnects by itself with exponential backoff,
+yielding an UNAVAILABLE marker when it loses Redis and a RESYNC marker when it
+is subscribed again. A Redis that restarts without its data starts the
+sequence numbers and the names' epochs over; servers notice at their next
+renewal (it reports the lapse) and register again with their clients.
 
 The scripts use keys they compute, so they need a standalone Redis (or one
 node's keyspace), not Redis Cluster.
@@ -197,7 +201,7 @@ publish({kind = 'client_removed', server_id = sid, connection_id = cid})
 return 1
 """
 
-# ARGV: prefix, name, connection_id, server_id, policy, companion_ttl_ms
+# ARGV: prefix, name, connection_id, server_id, policy, companion_ttl_ms, identity or ''
 # Returns {status, epoch, other holder JSON or ''}; status 1 claimed, 0 refused,
 # -1 the claiming server is not live.
 _CLAIM_NAME = """
@@ -205,6 +209,7 @@ local name = ARGV[2]
 local cid = ARGV[3]
 local sid = ARGV[4]
 local policy = ARGV[5]
+local identity = ARGV[7]
 if redis.call('EXISTS', p .. 'server:' .. sid) == 0 then
   return {-1, 0, ''}
 end
@@ -216,7 +221,7 @@ if cur then
     if holder.server_id == sid and holder.connection_id == cid then
       return {1, holder.epoch, ''}
     end
-    if policy == 'reject' then
+    if policy == 'reject' or (policy == 'replace' and (holder.identity or '') ~= identity) then
       return {0, holder.epoch, cur}
     end
     if policy == 'replace' then
@@ -227,6 +232,9 @@ if cur then
 end
 local epoch = redis.call('HINCRBY', p .. 'name-epochs', name, 1)
 local holder = {server_id = sid, connection_id = cid, epoch = epoch}
+if identity ~= '' then
+  holder.identity = identity
+end
 redis.call('HSET', p .. 'names', name, cjson.encode(holder))
 redis.call('SADD', p .. 'server-names:' .. sid, name)
 redis.call('PEXPIRE', p .. 'server-names:' .. sid, ARGV[6])
@@ -407,11 +415,20 @@ class RedisDirectory(Directory):
         server_id: str,
         *,
         policy: DuplicateNames = DuplicateNames.REPLACE,
+        identity: str | None = None,
     ) -> NameClaim:
         if not name:
             raise ValueError("an empty name cannot be claimed")
+        if identity == "":
+            raise ValueError("identity must be None or a non-empty string")
         status, epoch, other = await self._run(
-            "claim_name", name, connection_id, server_id, policy.value, self._companion_ttl_ms
+            "claim_name",
+            name,
+            connection_id,
+            server_id,
+            policy.value,
+            self._companion_ttl_ms,
+            identity or "",
         )
         status = int(status)
         if status < 0:
@@ -543,14 +560,16 @@ def _describe(url: str) -> str:
 
 
 def _holder(data: Any) -> NameHolder:
+    identity = data.get("identity")
     return NameHolder(
         server_id=str(data["server_id"]),
         connection_id=str(data["connection_id"]),
         epoch=int(data["epoch"]),
+        identity=None if identity is None else str(identity),
     )
 
 
-def parse_change(text: str | bytes) -> Change:
+def _parse_change(text: str | bytes) -> Change:
     """Decode one message of the change channel."""
     data = json.loads(text)
     kind = ChangeKind(data["kind"])
@@ -664,7 +683,7 @@ class _RedisFeed(ChangeFeed):
             if message is not None:
                 last_heard = now
                 if message.get("type") == "message":
-                    self._push(parse_change(message["data"]))
+                    self._push(_parse_change(message["data"]))
                 continue
             if now - last_heard > 3 * interval:
                 raise _redis_errors.TimeoutError(f"no answer for {now - last_heard:.1f} s")
