@@ -506,7 +506,7 @@ class RedisDirectory(Directory):
             raise DirectoryUnavailable(
                 f"Redis at {self._where} did not answer within {timeout} s"
             ) from exc
-        except (_redis_errors.ConnectionError, _redis_errors.TimeoutError, OSError) as exc:
+        except (_redis_errors.RedisError, OSError) as exc:
             raise DirectoryUnavailable(f"Redis at {self._where}: {exc}") from exc
         if task is not None and task.cancelling() > cancelling:
             # A cancellation arrived and something below lost it: honour it.
@@ -646,7 +646,7 @@ class _RedisFeed(ChangeFeed):
                 delay = directory._reconnect_initial
                 self._push(Change(kind=ChangeKind.RESYNC))
                 await self._receive(pubsub)
-            except (_redis_errors.ConnectionError, _redis_errors.TimeoutError, OSError) as exc:
+            except (_redis_errors.RedisError, OSError) as exc:
                 if not lost:
                     lost = True
                     detail = f"Redis at {directory._where}: {exc}"
