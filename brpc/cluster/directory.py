@@ -17,8 +17,9 @@ The model:
   change); registering a server starts a new incarnation with no clients.
 - The name index maps a client name to its current holder with an epoch that
   only ever grows per name, so the duplicate-name policy holds across servers:
-  under REPLACE the newer claim wins and the claim says which holder it
-  displaced (the server holding that connection closes it); under REJECT a
+  under REPLACE the newer claim with the same identity wins and the claim (and
+  its NAME_CLAIMED change) says which holder it displaced: the server holding
+  that connection closes it; under REJECT a
   claim on a name held by a live holder is refused. A release only takes effect
   when the epoch still matches, so a late release never drops a newer claim.
   Unregistering a client releases the name it holds.
