@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
 from typing import Any
 
-from brpc import BrpcError, DuplicateNames
+from ..errors import BrpcError
+from ..registry import DuplicateNames
 
 __all__ = [
     "DEFAULT_TTL",

@@ -13,8 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from brpc import DuplicateNames
-
+from ..registry import DuplicateNames
 from .directory import (
     DEFAULT_TTL,
     Change,

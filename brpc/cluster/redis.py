@@ -45,8 +45,7 @@ from collections import deque
 from typing import Any
 from urllib.parse import urlsplit
 
-from brpc import DuplicateNames
-
+from ..registry import DuplicateNames
 from .directory import (
     DEFAULT_TTL,
     Change,
