@@ -52,13 +52,14 @@ async def test_redis_down_fails_fast_then_the_feed_reconnects_and_the_replica_re
     async def register() -> None:
         nonlocal registrations
         await holder.register_server(ServerRecord("s1", "127.0.0.1:7000", 0.0))
-        for connection_id in ("c1", "c2"):
+        # c2 leaves while Redis is away: only c1 is registered again.
+        for connection_id in ("c1", "c2") if registrations == 0 else ("c1",):
             await holder.register_client(_client(connection_id))
         registrations += 1
 
     # Never registered, so the first renewal registers the server and its clients.
     renewing = asyncio.create_task(keep_alive(holder, "s1", on_lapse=register, interval=0.1))
-    replica = DirectoryReplica(reader, resync_interval=60)
+    replica = DirectoryReplica(reader, resync_interval=60, rejoin_grace=1.0)
     feed = reader.changes()
     try:
         await replica.start()
@@ -67,6 +68,7 @@ async def test_redis_down_fails_fast_then_the_feed_reconnects_and_the_replica_re
         first = await anext(feed)
         assert first.kind is ChangeKind.RESYNC
         resyncs = replica.resyncs
+        watch = replica.watch(existing=False)
 
         redis_server.stop()
         loop = asyncio.get_running_loop()
@@ -97,14 +99,18 @@ async def test_redis_down_fails_fast_then_the_feed_reconnects_and_the_replica_re
             while change.kind is not ChangeKind.RESYNC:
                 change = await anext(feed)
         # The holder's renewal finds the registration gone and registers again; the
-        # replica re-reads the snapshot and follows.
-        await replica.wait_until(
-            lambda: replica.available and replica.resyncs > resyncs and len(replica) == 2,
-            timeout=10,
-        )
+        # replica re-reads the snapshot and follows. It keeps what Redis lost for
+        # the rejoin grace, so watchers see only the client that did not return.
+        async with asyncio.timeout(10):
+            event = await anext(watch)
+        assert (event.disconnected, event.client.connection_id) == (True, "c2")
+        assert watch.pending == 0
         assert registrations == 2
+        assert replica.resyncs > resyncs
         replica.require_available()
-        assert (await reader.snapshot()).clients.keys() == {"c1", "c2"}
+        assert [record.connection_id for record in replica] == ["c1"]
+        assert (await reader.snapshot()).clients.keys() == {"c1"}
+        await watch.aclose()
     finally:
         redis_server.start()
         renewing.cancel()

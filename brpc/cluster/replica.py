@@ -9,7 +9,11 @@ The replica follows the directory's change feed. It reads a full snapshot when
 the feed asks (on start and after every reconnect), when it sees a gap in the
 changes' sequence numbers, and every ``resync_interval`` seconds, which
 repairs anything missed. While the directory is unreachable it keeps answering
-from what it last knew, with :attr:`DirectoryReplica.available` False.
+from what it last knew, with :attr:`DirectoryReplica.available` False. When
+the directory comes back without its data (a Redis restarted without
+persistence), the servers and clients it lost stay for ``rejoin_grace``
+seconds (default: the directory's TTL) while the servers register again, so
+watchers are told only about the clients that do not return.
 """
 
 from __future__ import annotations
@@ -78,15 +82,19 @@ class DirectoryReplica:
         directory: Directory,
         *,
         resync_interval: float = 30.0,
+        rejoin_grace: float | None = None,
         retry_initial: float = 0.05,
         retry_max: float = 2.0,
     ) -> None:
         if resync_interval <= 0:
             raise ValueError("resync_interval must be positive")
+        if rejoin_grace is not None and rejoin_grace < 0:
+            raise ValueError("rejoin_grace must not be negative")
         if not 0 < retry_initial <= retry_max:
             raise ValueError("need 0 < retry_initial <= retry_max")
         self._directory = directory
         self._resync_interval = resync_interval
+        self._rejoin_grace = directory.ttl if rejoin_grace is None else rejoin_grace
         self._retry_initial = retry_initial
         self._retry_max = retry_max
         self._servers: dict[str, ServerRecord] = {}
@@ -106,6 +114,11 @@ class DirectoryReplica:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._resyncs = 0
+        #: After the directory lost its data: servers and clients kept from before
+        #: until they register again or the rejoin grace ends.
+        self._carried_servers: dict[str, ServerRecord] = {}
+        self._carried_clients: set[str] = set()
+        self._carry_timer: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         state = "available" if self._available else "stale"
@@ -143,6 +156,9 @@ class DirectoryReplica:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
                     raise
+        if self._carry_timer is not None:
+            self._carry_timer.cancel()
+            self._carry_timer = None
         for watch in list(self._watchers):
             watch._end()
         self._available = False
@@ -370,6 +386,9 @@ class DirectoryReplica:
                 # the directory lost its data and the feed has not reconnected yet:
                 # either way the feed's RESYNC marker will bring the state in line.
                 return
+            lost_data = self._sequence is not None and snapshot.sequence < self._sequence
+            if lost_data and self._rejoin_grace > 0:
+                self._carry_over(snapshot)
             self._load(snapshot)
             self._resyncs += 1
             self._available = True
@@ -387,12 +406,51 @@ class DirectoryReplica:
 
     # -- applying ------------------------------------------------------------------------
 
+    def _carry_over(self, snapshot: DirectorySnapshot) -> None:
+        """Keep what the directory lost (a restart without its data) for the rejoin grace.
+
+        Servers register again with their clients at their next renewal; until
+        then, or until the grace ends, their old entries stay and watchers are not
+        told that the whole cluster left and came back.
+        """
+        for server_id, record in self._servers.items():
+            if server_id not in snapshot.servers:
+                self._carried_servers[server_id] = record
+        self._carried_clients.update(
+            connection_id for connection_id in self._by_id if connection_id not in snapshot.clients
+        )
+        if self._carry_timer is not None:
+            self._carry_timer.cancel()
+        self._carry_timer = asyncio.get_running_loop().call_later(
+            self._rejoin_grace, self._end_carry_over
+        )
+        log.warning(
+            "the cluster directory lost its data; keeping %d servers and %d clients for "
+            "%.1f s while they register again",
+            len(self._carried_servers),
+            len(self._carried_clients),
+            self._rejoin_grace,
+        )
+
+    def _end_carry_over(self) -> None:
+        self._carry_timer = None
+        for connection_id in list(self._carried_clients):
+            self._remove(connection_id)
+        for server_id in self._carried_servers:
+            if not self._by_server.get(server_id):
+                self._servers.pop(server_id, None)
+        self._carried_clients.clear()
+        self._carried_servers.clear()
+        self._notify()
+
     def _load(self, snapshot: DirectorySnapshot) -> None:
         """Replace the state with ``snapshot``, telling watchers the differences."""
-        self._servers = dict(snapshot.servers)
+        self._servers = {**self._carried_servers, **snapshot.servers}
         self._names = dict(snapshot.names)
         fresh = snapshot.clients
         for connection_id, record in list(self._by_id.items()):
+            if connection_id in self._carried_clients and connection_id not in fresh:
+                continue
             if fresh.get(connection_id) != record:
                 self._remove(connection_id)
         for record in sorted(fresh.values(), key=lambda record: record.connected_at):
@@ -403,13 +461,18 @@ class DirectoryReplica:
     def _apply(self, change: Change) -> None:
         kind = change.kind
         if kind is ChangeKind.SERVER_UP and change.server is not None:
-            self._drop_server(change.server_id)
+            if self._carried_servers.pop(change.server_id, None) is None:
+                self._drop_server(change.server_id)
+            # Else it rejoins after the directory lost its data: its carried clients
+            # stay until they register again or the rejoin grace ends.
             self._servers[change.server_id] = change.server
         elif kind is ChangeKind.SERVER_DOWN:
+            self._carried_servers.pop(change.server_id, None)
             self._drop_server(change.server_id)
             self._servers.pop(change.server_id, None)
         elif kind is ChangeKind.CLIENT_ADDED and change.client is not None:
             record = change.client
+            self._carried_clients.discard(record.connection_id)
             if self._by_id.get(record.connection_id) != record:
                 self._remove(record.connection_id)
                 self._add(record)
@@ -442,6 +505,7 @@ class DirectoryReplica:
         record = self._by_id.pop(connection_id, None)
         if record is None:
             return
+        self._carried_clients.discard(connection_id)
         _discard(self._by_server, record.server_id, connection_id)
         _discard(self._by_name, record.name, connection_id)
         for pair in record.labels.items():
