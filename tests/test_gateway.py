@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from conftest import DialFactory, ServerFactory, wait_for
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
@@ -24,8 +25,6 @@ import brpc
 from brpc.gateway import HttpGateway
 from brpc.testing import EchoService
 from brpc.testing.v1.echo_pb2 import EchoReply, EchoRequest
-
-from conftest import DialFactory, ServerFactory, wait_for
 
 UNARY = "/brpc.testing.v1.Echo/Unary"
 STREAM = "/brpc.testing.v1.Echo/ServerStream"

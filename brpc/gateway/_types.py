@@ -19,7 +19,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import (
+    any_pb2,
+    descriptor_pb2,
+    descriptor_pool,
+    duration_pb2,
+    empty_pb2,
+    field_mask_pb2,
+    message_factory,
+    struct_pb2,
+    timestamp_pb2,
+    wrappers_pb2,
+)
 from google.protobuf.descriptor import Descriptor, MethodDescriptor
 from google.protobuf.message import Message
 from grpclib.const import Cardinality
@@ -33,6 +44,18 @@ from ..peer import ClientInfo
 __all__ = ["MethodTypes", "TypeFinder", "UnknownMethod"]
 
 log = logging.getLogger(__name__)
+
+#: The well-known types, loaded into the default pool: reflected and given
+#: descriptor sets may import them without including them.
+WELL_KNOWN_TYPES = (
+    any_pb2,
+    duration_pb2,
+    empty_pb2,
+    field_mask_pb2,
+    struct_pb2,
+    timestamp_pb2,
+    wrappers_pb2,
+)
 
 _REFLECTION_SERVICES = (
     "grpc.reflection.v1.ServerReflection",
