@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._connect import code_name, connect_error, http_status
 from ._select import SelectorError, Target, parse_labels, parse_selector, pick, select
 
 if TYPE_CHECKING:
@@ -40,6 +41,9 @@ __all__ = [
     "HttpGateway",
     "SelectorError",
     "Target",
+    "code_name",
+    "connect_error",
+    "http_status",
     "parse_labels",
     "parse_selector",
     "pick",

@@ -25,6 +25,7 @@ __all__ = [
     "CONTENT_PROTO",
     "GatewayError",
     "code_name",
+    "connect_error",
     "decode_bin",
     "details_json",
     "encode_bin",
@@ -154,6 +155,14 @@ def error_body(
     if detail_list:
         body["details"] = detail_list
     return body
+
+
+def connect_error(
+    status: Status, message: str | None, details: Sequence[Any] | None = None
+) -> tuple[int, dict[str, Any]]:
+    """``(HTTP status, Connect error body)`` of a gRPC status, for applications'
+    own routes that answer the way the gateway does."""
+    return http_status(status), error_body(status, message, details)
 
 
 def encode_bin(value: bytes) -> str:

@@ -158,6 +158,10 @@ class HttpGateway:
     --include_imports``) for JSON calls of methods this process and the
     clients' reflection do not know. ``max_body``: the largest request body
     accepted, in bytes (larger ones get 413).
+
+    :attr:`app` is the aiohttp ``Application``: routes added to it before
+    :meth:`start` are served ahead of the gateway's calls (an application's
+    own ``POST /action``, say).
     """
 
     def __init__(
@@ -184,6 +188,8 @@ class HttpGateway:
         """Listen on TCP ``host:port`` (0 picks a free port); returns the port."""
         if self._runner is not None:
             raise RuntimeError("the gateway is already started")
+        # Last, so routes added to self.app before start() come first.
+        self.app.router.add_post("/{path:.*}", self._call)
         runner = web.AppRunner(
             self.app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
         )
@@ -229,7 +235,6 @@ class HttpGateway:
         app.router.add_get("/clients", self._clients)
         app.router.add_get("/clients/watch", self._watch)
         app.router.add_post("/fanout/{selector}/{service}/{method}", self._fanout)
-        app.router.add_post("/{path:.*}", self._call)
         return app
 
     @web.middleware
