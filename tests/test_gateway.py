@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import DialFactory, ServerFactory, wait_for
+from google.rpc import error_details_pb2
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
@@ -44,8 +45,17 @@ class NamedEcho(EchoService):
             await asyncio.sleep(self.delay)
         if request.text == "fail":
             raise GRPCError(Status.FAILED_PRECONDITION, f"{self.who} refuses")
+        if request.text == "detail":
+            violation = error_details_pb2.BadRequest.FieldViolation(field="text", description="no")
+            raise GRPCError(
+                Status.INVALID_ARGUMENT,
+                "bad text",
+                [error_details_pb2.BadRequest(field_violations=[violation])],
+            )
         seen = stream.metadata or {}
-        await stream.send_initial_metadata(metadata={"answered-by": self.who})
+        await stream.send_initial_metadata(
+            metadata={"answered-by": self.who, "who-bin": self.who.encode()}
+        )
         await stream.send_message(
             EchoReply(
                 text=f"{self.who}:{request.text}:{seen.get('x-note', '')}",
@@ -103,6 +113,7 @@ async def test_unary_json_by_name_prefix_header_and_labels(
         assert response.content_type == "application/json"
         assert await response.json() == {"text": "db-1:hi:n1", "payload": "AAE="}
         assert response.headers["answered-by"] == "db-1"
+        assert base64.b64decode(response.headers["who-bin"] + "==") == b"db-1"
         assert response.headers["trailer-took"] == "1"
     async with http.post(
         f"{url}{UNARY}", json={"text": "a"}, headers={"Brpc-Target": "web-1"}
@@ -153,6 +164,11 @@ async def test_errors_are_connect_errors_with_http_status(
             assert response.content_type == "application/json"
             return body
 
+    detailed = await error(f"/c/web-1{UNARY}", 400, json={"text": "detail"})
+    assert detailed["code"] == "invalid_argument" and detailed["message"] == "bad text"
+    (detail,) = detailed["details"]
+    assert detail["type"] == "google.rpc.BadRequest"
+    assert detail["debug"] == {"fieldViolations": [{"field": "text", "description": "no"}]}
     failed = await error(f"/c/web-1{UNARY}", 400, json={"text": "fail"})
     assert failed == {"code": "failed_precondition", "message": "web-1 refuses"}
     missing = await error(f"/c/nobody{UNARY}", 503, json={})
@@ -348,3 +364,36 @@ async def test_curl(make_server: ServerFactory, connect: DialFactory, gateway_of
     assert records[2]["summary"]["ok"] == 2
     head, body = await curl(f"{url}/clients")
     assert [client["name"] for client in json.loads(body)] == ["web-1", "db-1"]
+
+
+async def test_close_ends_presence_streams_and_a_gone_http_client_cancels_its_call(
+    make_server: ServerFactory, connect: DialFactory, http: aiohttp.ClientSession
+) -> None:
+    server = await make_server()
+    cancelled = asyncio.Event()
+
+    class Hang(EchoService):
+        async def Unary(self, stream: Stream[EchoRequest, EchoReply]) -> None:
+            await stream.recv_message()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    await connect(server, name="hang", services=[Hang()])
+    await wait_for(lambda: len(server.clients) == 1)
+    gateway = HttpGateway(server)
+    url = f"http://127.0.0.1:{await gateway.start('127.0.0.1', 0)}"
+    call = asyncio.create_task(http.post(f"{url}{UNARY}", json={}))
+    await wait_for(lambda: server.clients.named("hang").outgoing_calls_in_flight == 1)  # type: ignore[union-attr]
+    call.cancel()
+    async with asyncio.timeout(10):
+        await cancelled.wait()
+
+    async with asyncio.timeout(10), http.get(f"{url}/clients/watch") as response:
+        first = await response.content.readline()
+        assert first.startswith(b":")
+        await gateway.close()
+        rest = await response.content.read()
+    assert b"event: connected" in rest
