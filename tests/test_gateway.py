@@ -254,7 +254,7 @@ async def test_fanout_streams_one_record_per_client_then_a_summary(
     url = await gateway_of(server)
     async with (
         asyncio.timeout(20),
-        http.post(f"{url}/fanout/role=web{UNARY}?timeout=2s", json={"text": "f"}) as response,
+        http.post(f"{url}/fanout/role=web{UNARY}?timeout=1s", json={"text": "f"}) as response,
     ):
         assert response.status == 200
         records = [json.loads(line) async for line in response.content]
