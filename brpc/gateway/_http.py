@@ -144,11 +144,12 @@ def _split_method(path: str) -> tuple[str, str]:
 
 
 def _metadata_of(stream: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    initial = headers_from_metadata(
-        getattr(stream, "initial_metadata", None) and stream.initial_metadata.items()
+    """A call's initial and trailing metadata (what has arrived of them) as headers."""
+    initial, trailing = stream.initial_metadata, stream.trailing_metadata
+    return (
+        headers_from_metadata(initial.items() if initial is not None else None),
+        headers_from_metadata(trailing.items() if trailing is not None else None),
     )
-    trailing = getattr(stream, "trailing_metadata", None)
-    return initial, headers_from_metadata(trailing and trailing.items())
 
 
 class HttpGateway:

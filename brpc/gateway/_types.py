@@ -210,6 +210,7 @@ class TypeFinder:
             log.info("reflection of %r for %s failed: %s", client, service, exc)
             return None
         if not files:
+            self._client_files[key] = ""  # its reflection does not know the service
             return None
         hasher = hashlib.sha256()
         for name in sorted(files):
