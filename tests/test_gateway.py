@@ -362,6 +362,14 @@ async def test_curl(make_server: ServerFactory, connect: DialFactory, gateway_of
     records = [json.loads(line) for line in body.splitlines()]
     assert sorted(record["client"]["name"] for record in records[:2]) == ["db-1", "web-1"]
     assert records[2]["summary"]["ok"] == 2
+    head, body = await curl(
+        *json_header, "-H", "Accept: text/event-stream", "-d", "{}", f"{url}/fanout/role=db{UNARY}"
+    )
+    assert "content-type: text/event-stream" in head.lower()
+    events = [block.split("\n")[0] for block in body.strip().split("\n\n")]
+    assert events == ["event: client", "event: summary"]
+    head, body = await curl(f"{url}/no/such/page")
+    assert head.startswith("HTTP/1.1 405") and json.loads(body)["code"] == "unimplemented"
     head, body = await curl(f"{url}/clients")
     assert [client["name"] for client in json.loads(body)] == ["web-1", "db-1"]
 
