@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import io
+import json
 import logging
 import signal
 import socket
@@ -117,9 +118,17 @@ def _result_json(result: gateway_pb2.ActionResult) -> dict[str, Any]:
     return entry
 
 
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, dumps=_compact)
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
 def _error(status: Status, message: str) -> web.Response:
     http, body = connect_error(status, message)
-    return web.json_response(body, status=http)
+    return _json(body, http)
 
 
 def action_route(router: ActionRouter) -> Any:
@@ -144,7 +153,7 @@ def action_route(router: ActionRouter) -> Any:
             reply = await router.route(action)
         except GRPCError as exc:
             return _error(exc.status, exc.message or exc.status.name)
-        return web.json_response({"results": [_result_json(r) for r in reply.results]})
+        return _json({"results": [_result_json(r) for r in reply.results]})
 
     return post_action
 
