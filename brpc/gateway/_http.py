@@ -489,7 +489,7 @@ class HttpGateway:
                 content_type=CONTENT_JSON,
                 headers=headers,
             )
-        return web.Response(body=replies[0], content_type=CONTENT_PROTO, headers=headers)
+        return web.Response(body=bytes(replies[0]), content_type=CONTENT_PROTO, headers=headers)
 
     async def _server_stream(
         self,
