@@ -135,6 +135,10 @@ async def test_unary_binary_needs_no_descriptors_and_targets_by_id(
     assert web is not None
     body = EchoRequest(text="bin").SerializeToString()
     async with http.post(
+        f"{url}{UNARY}", json={"text": "h"}, headers={"Brpc-Target-Id": web.connection_id}
+    ) as response:
+        assert (await response.json())["text"] == "web-1:h:"
+    async with http.post(
         f"{url}/id/{web.connection_id}{UNARY}",
         data=body,
         headers={"Content-Type": "application/proto"},
@@ -269,6 +273,14 @@ async def test_fanout_streams_one_record_per_client_then_a_summary(
     assert records[2]["error"]["code"] == "deadline_exceeded"
     assert records[3]["summary"]["clients"] == 3
     assert (records[3]["summary"]["ok"], records[3]["summary"]["failed"]) == (2, 1)
+
+    async with http.post(
+        f"{url}/fanout/role=db{STREAM}", json={"text": "s", "count": 2}
+    ) as response:
+        streamed = [json.loads(line) async for line in response.content]
+    assert streamed[0]["client"]["name"] == "db"
+    assert [reply.get("index", 0) for reply in streamed[0]["result"]] == [0, 1]
+    assert streamed[1]["summary"]["ok"] == 1
 
     async with http.post(f"{url}/fanout/role=nobody{UNARY}", json={}) as response:
         assert response.status == 503
