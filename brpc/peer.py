@@ -74,7 +74,7 @@ class ClientInfo(Generic[C]):
         self.channel: Channel = CallChannel(
             authority,
             dispatch=dispatch,
-            caller=layer.caller(_LinkTarget(link), authority=authority),
+            caller=layer.caller(_LinkTarget(link), authority=authority, dispatch=dispatch),
         )
         self._stub: C | None = None
         link.add_close_callback(lambda _: self.channel.close())

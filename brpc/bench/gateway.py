@@ -11,7 +11,8 @@ with a JSON body made by an aiohttp client:
 
 Servers, the brpc client and the load generator are separate processes. The
 report gives calls per second and latency percentiles of both, and the
-gateway's cost as a throughput ratio and added median latency.
+gateway's cost as a throughput ratio and added median latency. Needs the
+``bench`` and ``gateway`` extras.
 """
 
 from __future__ import annotations
@@ -30,13 +31,15 @@ from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any
 
+# First: without aiohttp this names the extra to install.
+from ..gateway import HttpGateway  # isort: skip
+
 import aiohttp
 from aiohttp import web
 from google.protobuf import json_format
 
 from .. import Server, dial
 from ..certs import write_dev_certificates
-from ..gateway import HttpGateway
 from ..testing import EchoService
 from ..testing.v1.echo_pb2 import EchoReply, EchoRequest
 from .stats import percentile
