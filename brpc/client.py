@@ -5,7 +5,7 @@ grpclib ``Channel``, so generated stubs take it directly (``GreeterStub(conn)``)
 and it serves ``services`` to the server over the same QUIC connection.
 
 Under it runs one QUIC connection at a time (a :class:`Link`, made by
-:func:`brpc._connector.connect_link`). When that connection is lost, or the
+:func:`brpc._core.connect.connect_link`). When that connection is lost, or the
 server says it is going away, the ClientConn reconnects with exponential backoff
 and full jitter (unless told not to), with a fresh hello each time, and serves
 its services again. Calls in flight on a lost connection fail with UNAVAILABLE;
@@ -199,7 +199,7 @@ class ClientConn(CallChannel):
             else:
                 self._layers[name] = StreamsCallLayer(self._serving)
         callers = {
-            name: layer.caller(_ConnTarget(self, name), authority=options.target)
+            name: layer.caller(_ConnTarget(self, name), authority=options.target, dispatch=dispatch)
             for name, layer in self._layers.items()
         }
         super().__init__(
@@ -226,6 +226,11 @@ class ClientConn(CallChannel):
     @property
     def target(self) -> str:
         return self._options.target
+
+    @property
+    def name(self) -> str:
+        """The name this client says in its hello ("" when it gave none)."""
+        return self._options.hello.name
 
     @property
     def state(self) -> ConnState:

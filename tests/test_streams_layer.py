@@ -150,7 +150,9 @@ class _Pair:
         connection = self.client_handler.connection
         assert connection is not None
         self.client_connection = connection
-        self.caller = self.layer.caller(_Target(connection), authority="test")
+        self.caller = self.layer.caller(
+            _Target(connection), authority="test", dispatch=self.dispatch
+        )
         self.channel = brpc._calls.channel.CallChannel(
             "test", dispatch=self.dispatch, caller=self.caller
         )

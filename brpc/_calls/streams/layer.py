@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
+from .._grpclib import EventDispatch
 from ..base import CallConnection, Caller, CallTarget
 from ..serving import Serving
 from .client import StreamsCaller
@@ -27,13 +28,13 @@ class StreamsCallLayer:
     def __init__(self, serving: Serving) -> None:
         self._serving = serving
 
-    def caller(self, target: CallTarget, *, authority: str) -> Caller:
+    def caller(self, target: CallTarget, *, authority: str, dispatch: EventDispatch) -> Caller:
         serving = self._serving
         return StreamsCaller(
             target,
             codec=serving.codec,
             status_details_codec=serving.status_details_codec,
-            dispatch=serving.dispatch,
+            dispatch=dispatch,
         )
 
     def accept_stream(self, connection: CallConnection) -> asyncio.Protocol:
