@@ -166,16 +166,20 @@ class _ConsumptionCreditConnection(QuicConnection):
 
     _brpc_paused: set[int]
     _brpc_held: int
+    _brpc_half_window: int
 
     def _write_stream_limits(
         self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream
     ) -> None:
+        # Called for every stream in every packet: the common case (more than
+        # half a window left, nothing to announce) returns after two comparisons.
         limit = stream.max_stream_data_local
-        if limit and stream.stream_id not in self._brpc_paused:
-            window = self._configuration.max_stream_data
-            received = stream.receiver.highest_offset
-            if limit - received < window // 2:
-                stream.max_stream_data_local = received + window
+        received = stream.receiver.highest_offset
+        if limit - received >= self._brpc_half_window:
+            if stream.max_stream_data_local_sent == limit:
+                return
+        elif limit and stream.stream_id not in self._brpc_paused:
+            stream.max_stream_data_local = received + self._configuration.max_stream_data
         if stream.max_stream_data_local_sent != stream.max_stream_data_local:
             # As aioquic writes the frame.
             buf = builder.start_frame(
@@ -226,6 +230,7 @@ def enable_consumption_credit(quic: QuicConnection) -> None:
     assert isinstance(credit, _ConsumptionCreditConnection)
     credit._brpc_paused = set()
     credit._brpc_held = 0
+    credit._brpc_half_window = quic._configuration.max_stream_data // 2
 
 
 def set_stream_credit_paused(quic: QuicConnection, stream_id: int, paused: bool) -> None:
