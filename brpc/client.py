@@ -33,7 +33,7 @@ from ._calls._grpclib import EventDispatch, opening_deadline
 from ._calls.base import CallConnection
 from ._calls.channel import CallChannel
 from ._calls.lanes.layer import LanesCallLayer
-from ._calls.serving import Serving, service_names
+from ._calls.serving import Serving, served_extras, service_names
 from ._core.connect import HelloSettings, connect_link
 from ._core.control_stream import ControlProtocol
 from ._core.link import Link, PeerInfo
@@ -511,6 +511,8 @@ def dial(
     session_resumption: bool = False,
     network_conditions: NetworkConditions | None = None,
     read_batch: int = _Q.read_batch,
+    reflection: bool = False,
+    health: bool = False,
 ) -> _Dial:
     """Connect to the brpc server at ``target`` (``host:port``).
 
@@ -544,6 +546,9 @@ def dial(
     - ``network_conditions``: simulated loss/reordering, for tests.
     - ``read_batch``: datagrams read per wake-up before one transmit (1: one
       at a time); see the README's "Performance" section.
+    - ``reflection``: also serve gRPC server reflection of ``services`` (a
+      server's relay fetches descriptors from it for its reflection front).
+    - ``health``: also serve ``grpc.health.v1.Health``.
 
     Raises :class:`HandshakeError` when TLS fails (saying which host name did
     not verify, for example), :class:`RefusedError` when the server refuses the
@@ -577,7 +582,7 @@ def dial(
         policy = None
     else:
         policy = reconnect
-    services = tuple(services)
+    services = tuple(served_extras(tuple(services), reflection=reflection, health=health))
     formatted = format_target(host, port)
     dial_options = _DialOptions(
         target=formatted,

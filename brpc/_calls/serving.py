@@ -32,6 +32,8 @@ from grpclib.const import Handler, Status
 from grpclib.encoding.base import StatusDetailsCodecBase
 from grpclib.encoding.proto import ProtoCodec, ProtoStatusDetailsCodec
 from grpclib.exceptions import GRPCError
+from grpclib.health.service import Health
+from grpclib.reflection.service import ServerReflection
 from grpclib.server import Stream
 
 from ._grpclib import EventDispatch
@@ -45,6 +47,7 @@ __all__ = [
     "Serving",
     "SizeLimitedCodec",
     "raw_status_details",
+    "served_extras",
     "service_names",
     "status_details_codec",
 ]
@@ -155,6 +158,18 @@ def _instrument(handlers: Iterable[Servable]) -> dict[str, Handler]:
                 raise ValueError(f"method {method} is served by more than one handler")
             mapping[method] = handler._replace(func=_wrap(method, handler.func))
     return mapping
+
+
+def served_extras(
+    handlers: Iterable[Servable], *, reflection: bool, health: bool
+) -> list[Servable]:
+    """``handlers`` plus grpclib's health service and server reflection, if asked for."""
+    served = list(handlers)
+    if health:
+        served.append(Health())
+    if reflection:
+        served.extend(ServerReflection.extend(served))
+    return served
 
 
 class Serving:
