@@ -69,7 +69,7 @@ RelayAuthorizer: TypeAlias = Callable[
     [Any, str, Sequence["ClientInfo[Any]"]], "bool | Awaitable[bool]"
 ]
 #: Set by the relay on forwarded calls: the verified identity name of the caller
-#: ("" when it has none). Whatever a caller sends under this key is dropped.
+#: (absent when it has none). Whatever a caller sends under this key is dropped.
 CALLER_KEY = "brpc-caller"
 _STRIPPED = RELAY_KEYS | {CALLER_KEY, "authorization"}
 
@@ -168,7 +168,8 @@ class Bound:
         )
         out[HOPS_KEY] = str(hops + 1)
         identity = getattr(caller, "identity", None)
-        out[CALLER_KEY] = identity.name if identity is not None else ""
+        if identity is not None and identity.name:
+            out[CALLER_KEY] = identity.name
         return out
 
     # -- one-to-one ---------------------------------------------------------------------
@@ -215,7 +216,7 @@ def failure(err: GRPCError, target: ClientInfo[Any], method: str) -> tuple[Statu
     details = err.details if isinstance(err.details, RawStatusDetails) else None
     message = err.message
     if target.closed and err.status is Status.UNAVAILABLE and details is None:
-        message = f"{describe_client(target)} left during {method}: {message}"
+        message = f"{describe_client(target)} left during {method}: {target.close_reason}"
     elif details is None and err.status is Status.UNAVAILABLE:
         message = f"relaying {method} to {describe_client(target)}: {message}"
     return err.status, message, details
@@ -234,28 +235,28 @@ async def _send_requests(stream: Stream[Any, Any], call: Any) -> None:
 
 
 async def _pump(stream: Stream[Any, Any], call: Any, target: ClientInfo[Any], method: str) -> None:
-    async with call:
-        await call.send_request()
-        sender = asyncio.create_task(_send_requests(stream, call))
-        try:
-            try:
-                await call.recv_initial_metadata()
-                await stream.send_initial_metadata(metadata=call.initial_metadata)
-                while (message := await call.recv_message()) is not None:
-                    await stream.send_message(message)
-                await call.recv_trailing_metadata()
-            except GRPCError as err:
-                status, message, details = failure(err, target, method)
-                await stream.send_trailing_metadata(
-                    status=status,
-                    status_message=message,
-                    status_details=details,
-                    metadata=call.trailing_metadata or (),
-                )
-                return
-            await stream.send_trailing_metadata(metadata=call.trailing_metadata or ())
-        finally:
-            if not sender.done():
-                sender.cancel()
+    sender: asyncio.Task[None] | None = None
+    try:
+        async with call:
+            await call.send_request()
+            sender = asyncio.create_task(_send_requests(stream, call))
+            await call.recv_initial_metadata()
+            await stream.send_initial_metadata(metadata=call.initial_metadata)
+            while (message := await call.recv_message()) is not None:
+                await stream.send_message(message)
+            await call.recv_trailing_metadata()
+    except GRPCError as err:
+        status, text, details = failure(err, target, method)
+        await stream.send_trailing_metadata(
+            status=status,
+            status_message=text,
+            status_details=details,
+            metadata=call.trailing_metadata or (),
+        )
+        return
+    finally:
+        if sender is not None:
+            sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sender
+    await stream.send_trailing_metadata(metadata=call.trailing_metadata or ())
