@@ -37,8 +37,11 @@ class Seen:
 class Far(echo_grpc.EchoBase):
     """Echo with initial and trailing metadata, failures with raw details, hangs."""
 
-    def __init__(self, tag: str = "far") -> None:
+    def __init__(self, tag: str = "far", mode: str = "") -> None:
         self.tag = tag
+        #: Overrides what requests ask for: "fail", "hang", "slow" (answer once
+        #: released), "stall" (ClientStream reads nothing until released).
+        self.mode = mode
         self.seen: list[Seen] = []
         self.hanging = asyncio.Event()
         self.cancelled = asyncio.Event()
@@ -49,7 +52,11 @@ class Far(echo_grpc.EchoBase):
         await stream.send_initial_metadata(metadata={"x-init": f"{self.tag}-{method}"})
 
     async def _finish(self, stream: Stream[Any, Any], text: str) -> bool:
-        """Fail or hang as ``text`` asks; True when the call is over."""
+        """Fail or hang as ``text`` (or the mode) asks; True when the call is over."""
+        text = self.mode or text
+        if text == "slow":
+            await self.release.wait()
+            return False
         if text == "fail":
             await stream.send_trailing_metadata(
                 status=Status.FAILED_PRECONDITION,
@@ -90,6 +97,14 @@ class Far(echo_grpc.EchoBase):
 
     async def ClientStream(self, stream: Stream[EchoRequest, EchoReply]) -> None:
         await self._begin(stream, "ClientStream")
+        if self.mode == "stall" or (stream.metadata or {}).get("x-stall"):
+            # Read nothing until released: the caller's sender must be held back.
+            self.hanging.set()
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
         texts = [request.text async for request in stream]
         if texts and await self._finish(stream, texts[-1]):
             return
