@@ -168,7 +168,7 @@ def served_extras(
     if health:
         served.append(Health())
     if reflection:
-        served.extend(ServerReflection.extend(served))
+        served = list(ServerReflection.extend(served))
     return served
 
 
