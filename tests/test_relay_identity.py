@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 from grpclib.client import Channel
-from grpclib.const import Status
+from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
 import brpc
@@ -96,3 +97,30 @@ async def test_tls_client_certificates_identify_tcp_callers(
     (caller,) = callers
     assert caller.transport == "tls"
     assert caller.identity is not None and caller.identity.source == "certificate"
+
+
+async def test_front_without_relay_serves_own_services_and_answers_unimplemented(
+    make_server: ServerFactory,
+) -> None:
+    from brpc.testing import EchoService
+
+    server = await make_server([EchoService()])
+    port = await server.listen_tcp("127.0.0.1", 0, plaintext=True)
+    channel = Channel("127.0.0.1", port)
+    try:
+        reply = await EchoStub(channel).Unary(EchoRequest(text="own"))
+        assert reply.text == "own"
+        async with channel.request(
+            "/other.v1.Thing/Do", Cardinality.UNARY_UNARY, EchoRequest, EchoRequest
+        ) as call:
+            await call.send_message(EchoRequest(), end=True)
+            with pytest.raises(GRPCError) as caught:
+                await call.recv_message()
+        assert caught.value.status is Status.UNIMPLEMENTED
+        assert "/other.v1.Thing/Do" in str(caught.value.message)
+    finally:
+        channel.close()
+    server.close()
+    await server.wait_closed()
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", port)

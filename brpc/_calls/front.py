@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import logging
 import ssl
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
-from grpclib.const import Handler, Status
+from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.protocol import H2Protocol
 from grpclib.server import Server, Stream
@@ -38,7 +39,7 @@ from ..auth import Authenticator, Authorizer, AuthRequest, Identity, PermissionD
 from ..auth import Unauthenticated as _Unauthenticated
 from ._grpclib import server_lane_protocol, serving_server
 from .base import current_call_connection
-from .serving import Serving
+from .serving import RawMessage, Serving
 
 __all__ = ["FrontCaller", "FrontSettings", "TcpFront"]
 
@@ -212,6 +213,10 @@ class _FrontCall:
         self._connection.calls_in -= 1
 
 
+async def _unimplemented(path: str, stream: Stream[Any, Any]) -> None:
+    raise GRPCError(Status.UNIMPLEMENTED, f"method {path} is not served here")
+
+
 def _front_handler(func: Callable[[Stream[Any, Any]], Any]) -> Callable[[Stream[Any, Any]], Any]:
     async def handle(stream: Stream[Any, Any]) -> None:
         connection = _front_connection.get()
@@ -286,7 +291,14 @@ class TcpFront:
             return wrapped
         handler = self.serving.lookup(path)
         if handler is None:
-            return None
+            # grpclib's own answer to an unknown method lacks content-type, which
+            # some clients report as UNKNOWN; answer UNIMPLEMENTED properly.
+            return Handler(
+                functools.partial(_unimplemented, path),
+                Cardinality.STREAM_STREAM,
+                RawMessage,
+                RawMessage,
+            )
         wrapped = handler._replace(func=_front_handler(handler.func))
         if path in self.serving.mapping:
             self._wrapped[path] = wrapped
