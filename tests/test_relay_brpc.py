@@ -9,6 +9,8 @@ import pytest
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from grpclib.health.v1.health_grpc import HealthStub
+from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 import brpc
 from brpc.certs import DevCertificates
@@ -31,7 +33,7 @@ async def test_brpc_client_calls_another_client_when_allowed(
 
     server = await make_server(relay=brpc.Relay(authorize=authorize))
     far = Far()
-    await connect(server, services=[far], name="far", labels={"role": "worker"})
+    await connect(server, services=[far], name="far", labels={"role": "worker"}, health=True)
     conn_a = await connect(server, name="a")
     conn_b = await connect(server, name="b")
     await wait_for(lambda: len(server.clients) == 3)
@@ -48,6 +50,10 @@ async def test_brpc_client_calls_another_client_when_allowed(
         EchoRequest(text="id"), metadata={"brpc-target-id": far_id}
     )
     assert reply.text == "far:id"
+
+    # dial(health=True): the client serves grpc.health.v1.Health, reachable through the relay.
+    health = await HealthStub(conn_a).Check(HealthCheckRequest(), metadata=TARGET)
+    assert health.status == HealthCheckResponse.SERVING
 
     with pytest.raises(GRPCError) as caught:
         await EchoStub(conn_b).Unary(EchoRequest(text="hi"), metadata=TARGET)

@@ -124,7 +124,8 @@ class _LimitedConnection(Connection):
 class LaneProtocol(H2Protocol):
     """grpclib's HTTP/2 protocol for one lane, either side, with brpc's limits.
 
-    ``connection_made`` takes grpclib's own steps, with two differences: every
+    ``resume_writing`` sends what was queued while paused (grpclib would wait
+    for the next write). ``connection_made`` takes grpclib's own steps, with two differences: every
     stream refuses messages above ``max_message_size`` by their length prefix,
     and with ``max_concurrent_streams`` (the serving side) the first SETTINGS
     frame announces that limit while h2 enforces twice it. h2 starts every
@@ -176,6 +177,14 @@ class LaneProtocol(H2Protocol):
         self.connection.flush()
         self.connection.initialize()
         self.processor = EventsProcessor(self.handler, self.connection)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        # grpclib leaves frames made while the transport was paused (a stream
+        # reset from a cancelled call, for one) in h2's buffer until the next
+        # write, which may never come: send them now.
+        if not self.connection.is_closing():
+            self.connection.flush()
 
 
 def serving_server(
