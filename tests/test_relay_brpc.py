@@ -121,3 +121,26 @@ async def test_slow_target_holds_back_the_callers_sender(
         await asyncio.wait_for(far.cancelled.wait(), 5)
     finally:
         channel.close()
+
+
+async def test_a_caller_message_over_the_limit_ends_both_legs(
+    make_server: ServerFactory, connect: DialFactory
+) -> None:
+    server = await make_server(relay=brpc.Relay(), max_message_size=4096)
+    port = await server.listen_tcp("127.0.0.1", 0, plaintext=True)
+    far = Far()
+    await connect(server, services=[far], name="far")
+    await wait_for(lambda: len(server.clients) == 1)
+    channel = Channel("127.0.0.1", port)
+    try:
+        with pytest.raises(GRPCError) as caught:
+            async with EchoStub(channel).Bidi.open(metadata=TARGET) as call:
+                await call.send_message(EchoRequest(text="small"))
+                assert (await call.recv_message()) is not None
+                await call.send_message(EchoRequest(payload=b"x" * 8192))
+                await call.recv_message()
+                await call.recv_trailing_metadata()
+        assert caught.value.status is Status.RESOURCE_EXHAUSTED
+        assert "max_message_size" in str(caught.value.message)
+    finally:
+        channel.close()

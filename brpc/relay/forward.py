@@ -229,22 +229,36 @@ async def _send_requests(stream: Stream[Any, Any], call: Any) -> None:
             await call.send_message(message)
         await call.end()
     except (GRPCError, ConnectionError, asyncio.CancelledError):
+        # Reading the caller's stream failed (a message over the size limit,
+        # ...): the caller gets this error and the target's call is reset.
         raise
     except Exception as exc:  # the target ended the call: its status says why
         log.debug("relay: request stream stopped: %r", exc)
 
 
+async def _receive_replies(stream: Stream[Any, Any], call: Any) -> None:
+    """Target -> caller: initial metadata, then each message as it comes."""
+    await call.recv_initial_metadata()
+    await stream.send_initial_metadata(metadata=call.initial_metadata)
+    while (message := await call.recv_message()) is not None:
+        await stream.send_message(message)
+    await call.recv_trailing_metadata()
+
+
 async def _pump(stream: Stream[Any, Any], call: Any, target: ClientInfo[Any], method: str) -> None:
-    sender: asyncio.Task[None] | None = None
+    legs: list[asyncio.Task[None]] = []
     try:
         async with call:
             await call.send_request()
             sender = asyncio.create_task(_send_requests(stream, call))
-            await call.recv_initial_metadata()
-            await stream.send_initial_metadata(metadata=call.initial_metadata)
-            while (message := await call.recv_message()) is not None:
-                await stream.send_message(message)
-            await call.recv_trailing_metadata()
+            receiver = asyncio.create_task(_receive_replies(stream, call))
+            legs = [sender, receiver]
+            # Until the target's status arrives, or the caller's side fails.
+            await asyncio.wait(legs, return_when=asyncio.FIRST_EXCEPTION)
+            if not receiver.done():
+                receiver.cancel()
+                sender.result()  # raises what stopped the caller's side
+            receiver.result()
     except GRPCError as err:
         status, text, details = failure(err, target, method)
         await stream.send_trailing_metadata(
@@ -255,8 +269,9 @@ async def _pump(stream: Stream[Any, Any], call: Any, target: ClientInfo[Any], me
         )
         return
     finally:
-        if sender is not None:
-            sender.cancel()
+        for leg in legs:
+            leg.cancel()
+        for leg in legs:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sender
+                await leg
     await stream.send_trailing_metadata(metadata=call.trailing_metadata or ())
