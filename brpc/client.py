@@ -5,7 +5,7 @@ grpclib ``Channel``, so generated stubs take it directly (``GreeterStub(conn)``)
 and it serves ``services`` to the server over the same QUIC connection.
 
 Under it runs one QUIC connection at a time (a :class:`Link`, made by
-:func:`brpc._connector.connect_link`). When that connection is lost, or the
+:func:`brpc._core.connect.connect_link`). When that connection is lost, or the
 server says it is going away, the ClientConn reconnects with exponential backoff
 and full jitter (unless told not to), with a fresh hello each time, and serves
 its services again. Calls in flight on a lost connection fail with UNAVAILABLE;
@@ -156,7 +156,9 @@ class ClientConn(CallChannel):
         super().__init__(
             options.target,
             dispatch=dispatch,
-            caller=self._layer.caller(_ConnTarget(self), authority=options.target),
+            caller=self._layer.caller(
+                _ConnTarget(self), authority=options.target, dispatch=dispatch
+            ),
         )
         self._options = options
         self._conn_state = ConnState.CONNECTING
@@ -177,6 +179,11 @@ class ClientConn(CallChannel):
     @property
     def target(self) -> str:
         return self._options.target
+
+    @property
+    def name(self) -> str:
+        """The name this client says in its hello ("" when it gave none)."""
+        return self._options.hello.name
 
     @property
     def state(self) -> ConnState:

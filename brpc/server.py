@@ -551,7 +551,7 @@ class Server(Generic[C]):
             link,
             server=self,
             layer=self._layer,
-            dispatch=self.__dispatch__,
+            dispatch=EventDispatch(),  # events of calls to this client: listen(info.channel, ...)
             client_stub=self.client_stub,
         )
 
