@@ -17,6 +17,7 @@ serve the same descriptors). A failed fetch is not cached.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import logging
 from collections.abc import Iterable, Sequence
@@ -147,7 +148,11 @@ class RelayReflection:
         task = self._cache.get(key)
         if task is None:
             self.fetches += 1
-            task = asyncio.get_running_loop().create_task(_fetch(info))
+            # A clean context: the fetch is shared, so it must not inherit one
+            # caller's deadline or connection.
+            task = asyncio.get_running_loop().create_task(
+                _fetch(info), context=contextvars.Context()
+            )
             self._cache[key] = task
         try:
             return await asyncio.shield(task)
