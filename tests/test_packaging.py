@@ -53,6 +53,7 @@ def test_wheel_ships_license_types_and_stubs(wheel_names: list[str]) -> None:
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in wheel_names), wheel_names
     assert "brpc/py.typed" in wheel_names
     assert "brpc/v1/control_pb2.pyi" in wheel_names
+    assert "brpc/gateway/static/console.html" in wheel_names
 
 
 def test_sdist_ships_the_license(source: Path, tmp_path: Path) -> None:
@@ -92,7 +93,8 @@ def _modules_after(code: str) -> set[str]:
 
 def test_import_brpc_leaves_optional_dependencies_alone() -> None:
     modules = _modules_after("import brpc")
-    for heavy in ("opentelemetry", "psutil", "grpc", "brpc.bench", "brpc.otel", "pytest"):
+    optional = ("opentelemetry", "psutil", "grpc", "brpc.bench", "brpc.otel", "pytest")
+    for heavy in (*optional, "aiohttp", "brpc.gateway"):
         assert not {m for m in modules if m == heavy or m.startswith(heavy + ".")}, heavy
 
 
