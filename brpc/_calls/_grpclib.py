@@ -37,6 +37,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.metadata import Deadline, _Metadata, _MetadataLike
 from grpclib.protocol import AbstractHandler, Connection, EventsProcessor, H2Protocol
 from grpclib.protocol import Stream as H2Stream
+from grpclib.server import Handler as ServerHandler
 from grpclib.server import Server
 from grpclib.utils import Wrapper
 from h2.config import H2Configuration
@@ -176,6 +177,28 @@ class LaneProtocol(H2Protocol):
         self.connection.initialize()
         self.processor = EventsProcessor(self.handler, self.connection)
 
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        # A writer waiting for a paused lane would wait forever: nothing
+        # resumes a lost transport. Wake it; its next write fails or goes
+        # nowhere, and the call ends.
+        self.connection.write_ready.set()
+
+
+class _LaneHandler(ServerHandler):
+    """grpclib's per-connection server handler, ending *every* handler task on close.
+
+    grpclib's own ``close()`` cancels only the tasks whose streams were not
+    cancelled already; a task cancelled earlier (the client reset its call)
+    that is still sending its trailers on a paused lane would wait forever.
+    """
+
+    def close(self) -> None:
+        for task in self._cancelled:
+            if not task.done():
+                task.cancel()
+        super().close()
+
 
 def serving_server(mapping: Any, *, codec: Any, status_details_codec: Any, dispatch: Any) -> Server:
     """A grpclib server whose handlers are ``mapping`` and whose events go to ``dispatch``."""
@@ -187,12 +210,20 @@ def serving_server(mapping: Any, *, codec: Any, status_details_codec: Any, dispa
 def server_lane_protocol(
     server: Server, *, max_message_size: int, max_concurrent_streams: int
 ) -> LaneProtocol:
-    """A new serving-side HTTP/2 protocol of ``server`` for one lane."""
-    template = server._protocol_factory()
+    """A new serving-side HTTP/2 protocol of ``server`` for one lane.
+
+    Unlike grpclib's ``Server._protocol_factory`` this does not add the lane's
+    handler to the server's set of handlers, which grpclib prunes only when
+    new connections arrive: a closed lane (and its connection) is released as
+    soon as nothing else refers to it, even on an idle server.
+    """
+    handler = _LaneHandler(
+        server._mapping, server._codec, server._status_details_codec, server.__dispatch__
+    )
     return LaneProtocol(
-        template.handler,
-        template.config,
-        template.h2_config,
+        handler,
+        server._config,
+        server._h2_config,
         max_message_size=max_message_size,
         max_concurrent_streams=max_concurrent_streams,
     )

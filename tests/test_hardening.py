@@ -1,0 +1,71 @@
+"""What a hostile or crashed peer could do, each case as a regression test.
+
+Handler tasks and buffers of a connection go when it ends whatever state its
+lanes were in; closed connections are released by an idle server; deadlines,
+refusals and construction-time checks say what happened and what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from typing import Any
+
+from conftest import wait_for
+from grpclib.server import Stream
+from probes import Probe
+
+import brpc
+from brpc.testing.v1.echo_grpc import EchoStub
+from brpc.testing.v1.echo_pb2 import EchoReply, EchoRequest
+
+
+class _Firehose(Probe):
+    """ServerStream sends 64 KiB replies until the call ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streaming = 0
+
+    async def ServerStream(self, stream: Stream[EchoRequest, EchoReply]) -> None:
+        await stream.recv_message()
+        self.streaming += 1
+        payload = b"x" * (64 << 10)
+        for index in range(10_000):
+            await stream.send_message(EchoReply(payload=payload, index=index))
+
+
+async def test_handler_tasks_go_when_a_connection_ends_with_paused_lanes(
+    make_server: Any, connect: Any
+) -> None:
+    """40 server-streaming calls the client never reads, cancelled, then the
+    connection closed at once: every handler task of that connection ends."""
+    service = _Firehose()
+    server = await make_server([service])
+    warm = await connect(server)
+    await EchoStub(warm).Unary(EchoRequest(text="warm"))
+    await warm.close()
+    await wait_for(lambda: server.connection_count == 0)
+    baseline = len(asyncio.all_tasks())
+
+    conn = await connect(server, reconnect=False)
+    stub = EchoStub(conn)
+    count = 40
+
+    async def never_read() -> None:
+        async with stub.ServerStream.open() as call:
+            await call.send_message(EchoRequest(text="flood"), end=True)
+            await call.recv_initial_metadata()
+            await asyncio.Event().wait()
+
+    calls = [asyncio.create_task(never_read()) for _ in range(count)]
+    await wait_for(lambda: service.streaming == count, timeout=20)
+    # every handler is now blocked on a paused lane or an exhausted window
+    for call in calls:
+        call.cancel()
+    await asyncio.sleep(0)
+    conn.close()
+    await asyncio.gather(*calls, return_exceptions=True)
+    await wait_for(lambda: server.connection_count == 0, timeout=10)
+    await wait_for(lambda: len(asyncio.all_tasks()) <= baseline, timeout=10)
