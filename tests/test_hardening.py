@@ -69,3 +69,25 @@ async def test_handler_tasks_go_when_a_connection_ends_with_paused_lanes(
     await asyncio.gather(*calls, return_exceptions=True)
     await wait_for(lambda: server.connection_count == 0, timeout=10)
     await wait_for(lambda: len(asyncio.all_tasks()) <= baseline, timeout=10)
+
+
+async def test_an_idle_server_releases_closed_connections(make_server: Any, connect: Any) -> None:
+    """Clients that connect, call and leave are not kept alive by the server
+    while no new connection arrives (one gc.collect: links and their handles
+    refer to each other, so reference counting alone cannot free them)."""
+    server = await make_server([Probe()])
+    held: list[weakref.ref[Any]] = []
+
+    def remember(info: brpc.ClientInfo[Any]) -> None:
+        held.extend(weakref.ref(obj) for obj in (info, info._link, info._link.session))
+
+    server.on_connect(remember)
+    for i in range(12):
+        conn = await connect(server, reconnect=False)
+        assert (await EchoStub(conn).Unary(EchoRequest(text=str(i)))).text == str(i)
+        await conn.close()
+    await wait_for(lambda: len(held) == 36 and server.connection_count == 0, timeout=10)
+    await wait_for(lambda: server._listener.engine_connections == 0, timeout=10)
+    gc.collect()
+    alive = [ref() for ref in held if ref() is not None]
+    assert alive == []

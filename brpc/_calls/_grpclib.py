@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 from types import TracebackType
 from typing import Any, TypeAlias, TypeVar, cast
 
@@ -222,7 +223,10 @@ def server_lane_protocol(
     )
     return LaneProtocol(
         handler,
-        server._config,
+        # No HTTP/2 keepalive: the session has its own. grpclib's (two hours
+        # for servers) would leave a timer per lane whose context, even once
+        # cancelled, keeps the connection's objects alive until it is due.
+        dataclasses.replace(server._config, _keepalive_time=None),
         server._h2_config,
         max_message_size=max_message_size,
         max_concurrent_streams=max_concurrent_streams,
