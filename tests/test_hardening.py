@@ -12,6 +12,7 @@ import gc
 import weakref
 from typing import Any
 
+import pytest
 from conftest import wait_for
 from grpclib.server import Stream
 from probes import Probe
@@ -91,3 +92,36 @@ async def test_an_idle_server_releases_closed_connections(make_server: Any, conn
     gc.collect()
     alive = [ref() for ref in held if ref() is not None]
     assert alive == []
+
+
+async def test_a_deadline_passed_before_the_call_starts_is_deadline_exceeded(
+    make_server: Any, connect: Any
+) -> None:
+    server = await make_server([Probe()], client_stub=EchoStub)
+    conn = await connect(server, services=[Probe()])
+    (info,) = server.clients_snapshot()
+    for stub in (EchoStub(conn), info.stub):
+        with pytest.raises(brpc.DeadlineExceededError):
+            await stub.Unary(EchoRequest(text="late"), timeout=0)
+        with pytest.raises(brpc.DeadlineExceededError):
+            await stub.ServerStream(EchoRequest(text="late", count=2), timeout=0)
+        with pytest.raises(brpc.DeadlineExceededError):
+            await stub.Unary(EchoRequest(text="late"), timeout=-1)
+        assert (await stub.Unary(EchoRequest(text="still fine"))).text == "still fine"
+
+
+async def test_a_server_refuses_a_missing_or_mismatched_key_when_built(certs: Any) -> None:
+    with pytest.raises(ValueError, match=r"no private key .* pass keyfile=\.\.\."):
+        brpc.Server([Probe()], certfile=certs.server_cert)
+    with pytest.raises(ValueError, match="does not belong to the certificate"):
+        brpc.Server([Probe()], certfile=certs.server_cert, keyfile=certs.client_key)
+    with pytest.raises(FileNotFoundError, match="python -m brpc.certs"):
+        brpc.Server([Probe()], certfile=certs.server_cert, keyfile=certs.directory / "nope.key")
+
+
+async def test_an_unverified_server_certificate_hints_at_ca(make_server: Any) -> None:
+    server = await make_server([Probe()])
+    with pytest.raises(brpc.HandshakeError) as caught:
+        await brpc.dial(server.address, timeout=5, reconnect=False)
+    message = str(caught.value)
+    assert "ca=" in message and "system trust store" in message
