@@ -115,7 +115,7 @@ async def test_a_server_refuses_a_missing_or_mismatched_key_when_built(certs: An
         brpc.Server([Probe()], certfile=certs.server_cert)
     with pytest.raises(ValueError, match="does not belong to the certificate"):
         brpc.Server([Probe()], certfile=certs.server_cert, keyfile=certs.client_key)
-    with pytest.raises(FileNotFoundError, match="python -m brpc.certs"):
+    with pytest.raises(FileNotFoundError, match=r"python -m brpc\.certs"):
         brpc.Server([Probe()], certfile=certs.server_cert, keyfile=certs.directory / "nope.key")
 
 
