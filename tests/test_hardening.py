@@ -125,3 +125,51 @@ async def test_an_unverified_server_certificate_hints_at_ca(make_server: Any) ->
         await brpc.dial(server.address, timeout=5, reconnect=False)
     message = str(caught.value)
     assert "ca=" in message and "system trust store" in message
+
+
+# -- names are bound to identities ----------------------------------------------------------
+
+
+async def test_a_client_certificate_cannot_take_another_clients_name(
+    make_server: Any, connect: Any, certs: Any
+) -> None:
+    server = await make_server([Probe()], client_ca=certs.ca)
+    squatter = {"certfile": certs.client_cert, "keyfile": certs.client_key}
+    owner = {
+        "certfile": certs.directory / "other-client.pem",
+        "keyfile": certs.directory / "other-client.key",
+    }
+    with pytest.raises(brpc.RefusedError) as refused:
+        await connect(server, name="other-client", timeout=5, **squatter)
+    assert refused.value.code == "PERMISSION_DENIED"
+    assert refused.value.permanent
+    assert "does not belong to this client's identity 'client'" in refused.value.reason
+    # the name's owner gets it; a certificate's own name and no name are fine
+    real = await connect(server, name="other-client", **owner)
+    await connect(server, name="client", **squatter)
+    await connect(server, **squatter)
+    named = server.clients.named("other-client")
+    assert named is not None and named.connection_id == real.connection_id
+    assert len(server.clients) == 3
+
+
+async def test_a_name_the_hook_stops_allowing_ends_the_reconnect_loop(
+    make_server: Any, connect: Any
+) -> None:
+    allowed = {"web-1"}
+
+    def authenticate(request: brpc.AuthRequest) -> brpc.Identity:
+        return brpc.Identity(name="agent-7", source="token", names=tuple(allowed))
+
+    server = await make_server([Probe()], authenticate=authenticate)
+    conn = await connect(
+        server, name="web-1", reconnect=brpc.ReconnectPolicy(initial_delay=0.01, max_delay=0.05)
+    )
+    allowed.clear()
+    server.clients_snapshot()[0].close("kicked")
+    async with asyncio.timeout(10):
+        await conn.wait_closed()
+    assert conn.state is brpc.ConnState.CLOSED
+    assert "PERMISSION_DENIED" in (conn.close_reason or "")
+    assert "'web-1' does not belong" in (conn.close_reason or "")
+    assert conn.connections_made == 1

@@ -232,6 +232,7 @@ class Acceptor:
             identity = await self._authenticate(message)
             if session.closed is not None:
                 return
+            _check_name(message.name, identity)
             link, server_hello = self._admitter.admit(Hello(message, identity, session, control))
         except Refused as refused:
             self._refuse(refused.refusal)
@@ -302,3 +303,15 @@ class Acceptor:
         if self.phase is AcceptPhase.HELLO and self._session is not None:
             timeout = self._settings.hello_timeout
             self._session.close(CloseCode.HELLO_TIMEOUT, f"no hello within {timeout} s")
+
+
+def _check_name(name: str, identity: Identity | None) -> None:
+    """Refuse a name that is not bound to the client's verified identity."""
+    if identity is None or identity.may_use_name(name):
+        return
+    raise Refused(
+        RefusalCode.PERMISSION_DENIED,
+        f"the name {name!r} does not belong to this client's identity {identity.name!r}: "
+        f"say hello as {identity.name!r} or with no name, or have the server's "
+        "authenticate hook allow the name (Identity(names=...))",
+    )
