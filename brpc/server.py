@@ -490,7 +490,7 @@ class Server(Generic[C]):
             if link is not None:
                 link.close(
                     CloseCode.REPLACED,
-                    f"replaced by a newer connection ({connection_id}) with the same name {name!r}",
+                    f"replaced by a newer connection with the same name {name!r}",
                 )
 
     def _unregister(self, info: ClientInfo[C]) -> None:

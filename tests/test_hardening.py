@@ -173,3 +173,39 @@ async def test_a_name_the_hook_stops_allowing_ends_the_reconnect_loop(
     assert "PERMISSION_DENIED" in (conn.close_reason or "")
     assert "'web-1' does not belong" in (conn.close_reason or "")
     assert conn.connections_made == 1
+
+
+# -- refusals name nothing of another client ------------------------------------------------
+
+
+async def test_no_refusal_or_close_reason_names_another_clients_connection(
+    make_server: Any, connect: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every text a client can get because of another client (REJECT, a name held
+    by another identity, REPLACED) leaves that client's connection ID out; the
+    server's log has it."""
+    caplog.set_level("INFO", logger="brpc")
+    texts: list[tuple[str, str]] = []
+
+    rejecting = await make_server([Probe()], duplicate_names=brpc.DuplicateNames.REJECT)
+    holder = await connect(rejecting, name="web-1", reconnect=False)
+    with pytest.raises(brpc.RefusedError) as refused:
+        await connect(rejecting, name="web-1", reconnect=False)
+    texts.append((holder.connection_id, str(refused.value)))
+
+    def authenticate(request: brpc.AuthRequest) -> brpc.Identity:
+        return brpc.Identity(name=request.token, source="token", names=("web-1",))
+
+    replacing = await make_server([Probe()], authenticate=authenticate)
+    alice = await connect(replacing, name="web-1", token="alice", reconnect=False)
+    with pytest.raises(brpc.RefusedError) as other_identity:
+        await connect(replacing, name="web-1", token="mallory", reconnect=False)
+    texts.append((alice.connection_id, str(other_identity.value)))
+    newer = await connect(replacing, name="web-1", token="alice", reconnect=False)
+    await alice.wait_closed()
+    texts.append((newer.connection_id, alice.close_reason or ""))
+    texts.append((newer.connection_id, alice.last_error or ""))
+
+    for other_id, text in texts:
+        assert text and other_id not in text, text
+        assert other_id in caplog.text
