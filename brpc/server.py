@@ -47,7 +47,7 @@ from .auth import Authenticator, Authorizer, Identity
 from .errors import CloseCode
 from .fanout import CallResult, FanOut
 from .options import DEFAULT_OPTIONS, Options
-from .peer import ClientInfo
+from .peer import ClientInfo, Closing
 from .presence import Presence, PresenceCallback, Watch
 from .registry import Clients, ClientTable, DuplicateNames, Selector
 from .v1 import control_pb2 as pb
@@ -226,8 +226,11 @@ class Server(Generic[C]):
             raise RuntimeError("call start() before serve_forever()")
         await self._closed.wait()
 
-    def close(self, grace: float | None = None) -> None:
+    def close(self, grace: float | None = None) -> Closing:
         """Stop accepting connections and close every connection.
+
+        Works called as a plain method (then :meth:`wait_closed`) and awaited:
+        ``await server.close()`` returns once the server has closed.
 
         Without ``grace``, connections close at once and calls in flight fail.
         With ``grace`` (seconds) the server drains: it refuses new connections
@@ -236,8 +239,9 @@ class Server(Generic[C]):
         calls in flight in both directions finish within ``grace``, then closes.
         :meth:`wait_closed` returns when that is done.
         """
+        closing = Closing(self.wait_closed)
         if self._closing:
-            return
+            return closing
         self._closing = True
         self._listener.stop_accepting()
         linked = {id(link.session) for link in self._links.values()}
@@ -246,10 +250,11 @@ class Server(Generic[C]):
                 session.close(CloseCode.GOING_AWAY, "server is shutting down")
         if grace is None or grace <= 0:
             self._finish_close()
-            return
+            return closing
         self._drain_task = asyncio.get_running_loop().create_task(
             self._drain(grace), name="brpc server drain"
         )
+        return closing
 
     async def _drain(self, grace: float) -> None:
         links = list(self._links.values())

@@ -209,3 +209,51 @@ async def test_no_refusal_or_close_reason_names_another_clients_connection(
     for other_id, text in texts:
         assert text and other_id not in text, text
         assert other_id in caplog.text
+
+
+# -- close() called plainly or awaited -------------------------------------------------------
+
+
+async def test_close_works_called_plainly_or_awaited(
+    make_server: Any, connect: Any, certs: Any
+) -> None:
+    server = await make_server([Probe()])
+    plain = await connect(server, name="plain", reconnect=False)
+    awaited = await connect(server, name="awaited", reconnect=False)
+    kicked = await connect(server, name="kicked", reconnect=False)
+    kicked_too = await connect(server, name="kicked-too", reconnect=False)
+
+    plain.close()  # the grpclib way: a plain method
+    async with asyncio.timeout(5):
+        await plain.wait_closed()
+    await awaited.close()
+    assert awaited.state is brpc.ConnState.CLOSED
+    await wait_for(lambda: len(server.clients) == 2)
+
+    info = server.clients.named("kicked")
+    assert info is not None
+    info.close("plainly")
+    async with asyncio.timeout(5):
+        await info.wait_closed()
+    other = server.clients.named("kicked-too")
+    assert other is not None
+    await other.close("awaited")
+    assert other.closed
+    async with asyncio.timeout(5):
+        await kicked.wait_closed()
+        await kicked_too.wait_closed()
+    assert "awaited" in (kicked_too.close_reason or "")
+
+    first = brpc.Server([Probe()], certfile=certs.server_cert, keyfile=certs.server_key)
+    await first.start("127.0.0.1")
+    first.close()
+    await first.wait_closed()
+    second = brpc.Server([Probe()], certfile=certs.server_cert, keyfile=certs.server_key)
+    await second.start("127.0.0.1")
+    await second.close()
+    # closed, port free: a server can listen on it again at once
+    again = brpc.Server([Probe()], certfile=certs.server_cert, keyfile=certs.server_key)
+    await again.start("127.0.0.1", second.port)
+    await again.close(grace=0.1)
+    await server.close()
+    assert server.closing
