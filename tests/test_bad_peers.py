@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from aioquic.quic.packet import QuicErrorCode
+from conftest import wait_for
 from probes import Probe
 from rawquic import port_of, raw_client, raw_server
 
@@ -225,9 +226,7 @@ async def test_a_peer_that_never_reads_its_pongs_is_closed(
     async with raw_client(server.port, ca=certs.ca, max_stream_data=4096) as raw:
         control = raw.next_stream()
         raw.send(control, _hello(name="hoarder"))
-        async with asyncio.timeout(5):
-            while not raw.received.get(control):  # the server hello
-                await asyncio.sleep(0.01)
+        await wait_for(lambda: bool(raw.received.get(control)), timeout=5)  # the server hello
         raw.stop_granting_credit()
         ping = encode_envelope(pb.Envelope(ping=pb.Ping(nonce=1)))
         # each pong is as long as its ping: send up to four times the bound
