@@ -257,3 +257,21 @@ async def test_close_works_called_plainly_or_awaited(
     await again.close(grace=0.1)
     await server.close()
     assert server.closing
+
+
+# -- errors that say enough --------------------------------------------------------------------
+
+
+async def test_a_deadline_running_out_during_a_nested_call_logs_no_traceback(
+    make_server: Any, connect: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO")
+    server = await make_server([Probe()], client_stub=EchoStub)
+    conn = await connect(server, services=[Probe()])
+    for _ in range(3):
+        for text in ("nested-auto", "nested-block"):
+            with pytest.raises(brpc.DeadlineExceededError):
+                await EchoStub(conn).Unary(EchoRequest(text=text), timeout=0.1)
+    assert (await EchoStub(conn).Unary(EchoRequest(text="after"))).text == "after"
+    assert "Failed to handle cancellation" not in caplog.text
+    assert not [r for r in caplog.records if r.exc_info and r.name.startswith("grpclib")]

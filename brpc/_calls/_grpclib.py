@@ -62,6 +62,7 @@ __all__ = [
     "RecvType",
     "SendType",
     "close_lane",
+    "deadline_fired",
     "opening_deadline",
     "serving_server",
 ]
@@ -231,6 +232,12 @@ def server_lane_protocol(
         max_message_size=max_message_size,
         max_concurrent_streams=max_concurrent_streams,
     )
+
+
+def deadline_fired(stream: Any) -> bool:
+    """Whether grpclib's deadline for the served call ``stream`` fired (cancelling its handler)."""
+    wrapper = getattr(stream._stream, "wrapper", None)
+    return bool(wrapper is not None and wrapper.cancelled)
 
 
 class _Mapped:

@@ -12,6 +12,7 @@ the same wrapped mapping.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -22,7 +23,7 @@ from grpclib.encoding.proto import ProtoCodec, ProtoStatusDetailsCodec
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
-from ._grpclib import EventDispatch
+from ._grpclib import EventDispatch, deadline_fired
 from .base import Servable, call_deadline, current_call_connection, remember_connection
 
 __all__ = ["Serving", "SizeLimitedCodec", "service_names", "status_details_codec"]
@@ -70,10 +71,24 @@ def _wrap(method: str, func: Any) -> Any:
             remember_connection(stream, connection)
             call_deadline.set(stream.deadline)
             await func(stream)
+        except (TimeoutError, GRPCError) as exc:
+            if _deadline_ran_out(stream, exc):
+                # The handler was waiting on a call that inherited this call's
+                # deadline and reported it; for grpclib that is the handler
+                # refusing to be cancelled ("Failed to handle cancellation"
+                # and a traceback). It was cancelled, by the deadline.
+                raise asyncio.CancelledError() from exc
+            raise
         finally:
             connection.incoming_finished()
 
     return handle
+
+
+def _deadline_ran_out(stream: Stream[Any, Any], exc: Exception) -> bool:
+    if isinstance(exc, GRPCError) and exc.status is not Status.DEADLINE_EXCEEDED:
+        return False
+    return deadline_fired(stream)
 
 
 def _instrument(handlers: Iterable[Servable]) -> dict[str, Handler]:
