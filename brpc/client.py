@@ -145,8 +145,12 @@ class ClientConn(CallChannel):
 
     def __init__(self, options: _DialOptions) -> None:
         dispatch = EventDispatch()
+        name = options.hello.name
         self._serving = Serving(
-            options.services, max_message_size=options.options.max_message_size, dispatch=dispatch
+            options.services,
+            max_message_size=options.options.max_message_size,
+            dispatch=dispatch,
+            side=f"the client {name!r}" if name else "the client",
         )
         self._layer = LanesCallLayer(
             self._serving,

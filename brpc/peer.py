@@ -97,6 +97,7 @@ class ClientInfo(Generic[C]):
             authority,
             dispatch=dispatch,
             caller=layer.caller(_LinkTarget(link), authority=authority, dispatch=dispatch),
+            check=self._check_served,
         )
         self._stub: C | None = None
         link.add_close_callback(lambda _: self.channel.close())
@@ -197,6 +198,21 @@ class ClientInfo(Generic[C]):
 
     async def wait_closed(self) -> None:
         await self._link.closed_event.wait()
+
+    def _check_served(self, method: str) -> GRPCError | None:
+        """The error of a call to a service the client's hello did not list (never sent)."""
+        services = self.services
+        if not services:  # the hello listed none: let the client answer
+            return None
+        service = method.split("/")[1] if method.count("/") == 2 else method
+        if service in services:
+            return None
+        who = f"{self.name!r}" if self.name else self.connection_id
+        return GRPCError(
+            Status.UNIMPLEMENTED,
+            f"client {who} does not serve {service} (it serves {', '.join(services)}); "
+            f"{method} was not sent",
+        )
 
     def __repr__(self) -> str:
         name = f" {self.name!r}" if self.name else ""

@@ -151,7 +151,12 @@ class Server(Generic[C]):
         self._duplicate_names = DuplicateNames(duplicate_names)
         #: grpclib's event dispatcher: ``grpclib.events.listen(server, RecvRequest, cb)`` works.
         self.__dispatch__ = EventDispatch()
-        serving = Serving(handlers, max_message_size=max_message_size, dispatch=self.__dispatch__)
+        serving = Serving(
+            handlers,
+            max_message_size=max_message_size,
+            dispatch=self.__dispatch__,
+            side="the server",
+        )
         self._layer = LanesCallLayer(
             serving, lanes=lanes, max_concurrent_calls=max_concurrent_calls
         )
@@ -302,6 +307,13 @@ class Server(Generic[C]):
         ``GRPCError(UNAVAILABLE)`` once that client is gone.
         """
         info = self._client_of(stream)
+        if self.client_stub is None:
+            log.error("client_from_context() called on a Server made without client_stub=...")
+            raise GRPCError(
+                Status.FAILED_PRECONDITION,
+                "the server cannot call its clients: it was made without client_stub=... "
+                "(pass the clients' generated stub class, for example client_stub=AgentStub)",
+            )
         if info.closed:
             raise GRPCError(
                 Status.UNAVAILABLE,

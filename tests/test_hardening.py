@@ -14,12 +14,15 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 from probes import Probe
 
 import brpc
-from brpc.testing.v1.echo_grpc import EchoStub
+from brpc.testing.v1.echo_grpc import EchoBase, EchoStub
 from brpc.testing.v1.echo_pb2 import EchoReply, EchoRequest
+from examples.greeter import greeter_grpc, greeter_pb2
 
 
 class _Firehose(Probe):
@@ -275,3 +278,59 @@ async def test_a_deadline_running_out_during_a_nested_call_logs_no_traceback(
     assert (await EchoStub(conn).Unary(EchoRequest(text="after"))).text == "after"
     assert "Failed to handle cancellation" not in caplog.text
     assert not [r for r in caplog.records if r.exc_info and r.name.startswith("grpclib")]
+
+
+async def test_unimplemented_names_the_method_and_the_side(make_server: Any, connect: Any) -> None:
+    server = await make_server([Probe()], client_stub=EchoStub)
+    serving = await connect(server, services=[Probe()], name="web-1")
+    silent = await connect(server, name="quiet")
+    # a client calling what the server does not serve
+    with pytest.raises(GRPCError) as caught:
+        await greeter_grpc.GreeterStub(serving).Greet(greeter_pb2.GreetRequest())
+    assert caught.value.status is Status.UNIMPLEMENTED
+    assert caught.value.message == (
+        "/greeter.v1.Greeter/Greet is not served by the server (it serves brpc.testing.v1.Echo)"
+    )
+    # the server calling a service the client's hello did not list: fails before sending
+    info = server.clients.named("web-1")
+    assert info is not None
+    with pytest.raises(GRPCError) as early:
+        await greeter_grpc.NamerStub(info.channel).Name(greeter_pb2.NameRequest())
+    assert early.value.status is Status.UNIMPLEMENTED
+    assert "client 'web-1' does not serve greeter.v1.Namer" in (early.value.message or "")
+    assert info.outgoing_calls_in_flight == 0
+    # a client that listed no services answers itself, naming itself
+    quiet = server.clients.named("quiet")
+    assert quiet is not None
+    with pytest.raises(GRPCError) as answered:
+        await quiet.stub.Unary(EchoRequest(text="hi"))
+    assert answered.value.status is Status.UNIMPLEMENTED
+    assert answered.value.message == (
+        "/brpc.testing.v1.Echo/Unary is not served by the client 'quiet' (it serves no services)"
+    )
+    assert (await EchoStub(silent).Unary(EchoRequest(text="ok"))).text == "ok"
+
+
+async def test_client_from_context_without_client_stub_says_how_to_fix_it(
+    make_server: Any, connect: Any
+) -> None:
+    class CallsBack(EchoBase):
+        async def Unary(self, stream: Stream[EchoRequest, EchoReply]) -> None:
+            await stream.recv_message()
+            await server.client_from_context(stream).Unary(EchoRequest(text="back"))
+
+        async def ServerStream(self, stream: Stream[EchoRequest, EchoReply]) -> None:
+            raise NotImplementedError
+
+        async def ClientStream(self, stream: Stream[EchoRequest, EchoReply]) -> None:
+            raise NotImplementedError
+
+        async def Bidi(self, stream: Stream[EchoRequest, EchoReply]) -> None:
+            raise NotImplementedError
+
+    server = await make_server([CallsBack()])
+    conn = await connect(server, services=[Probe()])
+    with pytest.raises(GRPCError) as caught:
+        await EchoStub(conn).Unary(EchoRequest(text="hello"))
+    assert caught.value.status is Status.FAILED_PRECONDITION
+    assert "client_stub=" in (caught.value.message or "")

@@ -205,6 +205,8 @@ class _LaneHandler(ServerHandler):
 def serving_server(mapping: Any, *, codec: Any, status_details_codec: Any, dispatch: Any) -> Server:
     """A grpclib server whose handlers are ``mapping`` and whose events go to ``dispatch``."""
     server = Server([_Mapped(mapping)], codec=codec, status_details_codec=status_details_codec)
+    # grpclib copies the mapping into a dict; keep ours (its get() answers unknown methods).
+    server._mapping = mapping
     server.__dispatch__ = dispatch
     return server
 
@@ -261,6 +263,8 @@ class CallStream(Stream[SendType, RecvType]):
     _channel: LaneChannel
     #: The connection this call is counted on while in flight (see LaneChannel.call_started).
     counted_on: Any = None
+    #: Set before the call starts: the call fails with it instead of sending its request.
+    refused: GRPCError | None = None
 
     async def __aenter__(self) -> CallStream[SendType, RecvType]:
         try:
@@ -271,6 +275,8 @@ class CallStream(Stream[SendType, RecvType]):
         return self
 
     async def send_request(self, *, end: bool = False) -> None:
+        if self.refused is not None:
+            raise self.refused
         token = opening_deadline.set(self._deadline)
         try:
             await super().send_request(end=end)

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from grpclib.const import Handler, Status
+from grpclib.const import Cardinality, Handler, Status
 from grpclib.encoding.base import StatusDetailsCodecBase
 from grpclib.encoding.proto import ProtoCodec, ProtoStatusDetailsCodec
 from grpclib.exceptions import GRPCError
@@ -101,17 +101,63 @@ def _instrument(handlers: Iterable[Servable]) -> dict[str, Handler]:
     return mapping
 
 
+class _ServedMethods(Mapping[str, Handler]):
+    """The wrapped handlers by method path.
+
+    ``get()`` of a method not served returns a handler that fails the call
+    with UNIMPLEMENTED naming the method and who was called (grpclib's own
+    answer is a bare "Method not found").
+    """
+
+    def __init__(self, handlers: dict[str, Handler], *, side: str, services: tuple[str, ...]):
+        self._handlers = handlers
+        self._side = side
+        self._services = services
+
+    def __getitem__(self, method: str) -> Handler:
+        return self._handlers[method]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._handlers)
+
+    def __len__(self) -> int:
+        return len(self._handlers)
+
+    def get(self, method: str, default: Any = None) -> Any:
+        handler = self._handlers.get(method)
+        if handler is not None:
+            return handler
+        return Handler(self._unimplemented(method), Cardinality.UNARY_UNARY, object, object)
+
+    def _unimplemented(self, method: str) -> Any:
+        served = ", ".join(self._services) or "no services"
+        message = f"{method} is not served by {self._side} (it serves {served})"
+
+        async def unimplemented(stream: Stream[Any, Any]) -> None:
+            raise GRPCError(Status.UNIMPLEMENTED, message)
+
+        return unimplemented
+
+
 class Serving:
     """The wrapped handlers of one side, with the codecs and event dispatcher they use."""
 
     def __init__(
-        self, handlers: Iterable[Servable], *, max_message_size: int, dispatch: EventDispatch
+        self,
+        handlers: Iterable[Servable],
+        *,
+        max_message_size: int,
+        dispatch: EventDispatch,
+        side: str = "the peer",
     ) -> None:
+        """``side`` names this side for callers' errors ("the server", "the client 'web-1'")."""
         handlers = tuple(handlers)
-        #: Method path -> wrapped grpclib ``Handler``.
-        self.mapping: Mapping[str, Handler] = _instrument(handlers)
         #: Services served, by full name.
         self.services = service_names(handlers)
+        #: Method path -> wrapped grpclib ``Handler``.
+        self.mapping: Mapping[str, Handler] = _ServedMethods(
+            _instrument(handlers), side=side, services=self.services
+        )
         self.max_message_size = max_message_size
         self.codec = SizeLimitedCodec(max_message_size)
         self.status_details_codec = status_details_codec()
