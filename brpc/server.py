@@ -18,6 +18,8 @@ then on:
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import secrets
 import time
@@ -40,7 +42,7 @@ from ._security.verify import ClientCertificateVerifier
 from ._session.quic.listen import QuicListener
 from ._session.quic.options import DEFAULT_QUIC_OPTIONS, QuicOptions
 from ._session.quic.tls import server_configuration
-from ._wire.control import PROTOCOL_VERSION, HelloLimits
+from ._wire.control import PROTOCOL_VERSION, RESUME_SECRET_LENGTH, HelloLimits
 from ._wire.refusal import RefusalCode
 from ._wire.target import format_target
 from .auth import Authenticator, Authorizer, Identity
@@ -187,6 +189,10 @@ class Server(Generic[C]):
         self._closing = False
         self._closed = asyncio.Event()
         self._links: dict[str, Link] = {}
+        #: Live connections by the SHA-256 of their resume secret: (secret, link).
+        self._resumable: dict[bytes, tuple[bytes, Link]] = {}
+        #: Resume secrets of admitted links whose server hello is going out.
+        self._admitted_secrets: dict[str, bytes] = {}
         self._clients: ClientTable[C] = ClientTable()
         self._presence: Presence[C] = Presence(self._clients, self._closed)
         self._drain_task: asyncio.Task[None] | None = None
@@ -428,6 +434,8 @@ class Server(Generic[C]):
         server hello that answers it. Raise :class:`Refused` to refuse it instead."""
         message = hello.message
         connection_id = secrets.token_hex(16)
+        if message.replaces:
+            self._close_replaced(message.replaces, connection_id, hello.identity)
         self._admit_name(message.name, connection_id, hello.identity)
         label = (
             f"client {message.name!r} ({connection_id})"
@@ -451,10 +459,13 @@ class Server(Generic[C]):
             make_handle=self._client_info,
             authorize=self._authorize,
         )
+        resume_secret = secrets.token_bytes(RESUME_SECRET_LENGTH)
+        self._admitted_secrets[connection_id] = resume_secret
         server_hello = pb.ServerHello(
             protocol_version=PROTOCOL_VERSION,
             connection_id=connection_id,
             limits=self._limits_message(),
+            resume_secret=resume_secret,
         )
         return link, server_hello
 
@@ -464,6 +475,11 @@ class Server(Generic[C]):
         log.info("%r connected from %s", link, link.address)
         self._links[link.connection_id] = link
         self._clients.add(info)
+        secret = self._admitted_secrets.pop(link.connection_id, None)
+        if secret is not None:
+            key = hashlib.sha256(secret).digest()
+            self._resumable[key] = (secret, link)
+            link.add_close_callback(lambda _: self._forget_secret(key))
         link.add_close_callback(lambda _: self._unregister(info))
         self._presence.connected(info)
 
@@ -509,6 +525,31 @@ class Server(Generic[C]):
                     CloseCode.REPLACED,
                     f"replaced by a newer connection with the same name {name!r}",
                 )
+
+    def _forget_secret(self, key: bytes) -> None:
+        self._resumable.pop(key, None)
+
+    def _close_replaced(self, secret: bytes, connection_id: str, identity: Identity | None) -> None:
+        """Close the connection whose resume secret a reconnecting client sent.
+
+        Only the client that held that connection knows its secret; its old
+        connection is dead to it, so it goes at once instead of after the
+        dead-peer timeout (the bare connection ID would not do: others may know it).
+        """
+        entry = self._resumable.get(hashlib.sha256(secret).digest())
+        if entry is None or not hmac.compare_digest(entry[0], secret):
+            log.debug("%s: the connection it replaces is gone already", connection_id)
+            return
+        old = entry[1]
+        if not _same_identity(old.peer.identity, identity):
+            log.warning(
+                "%s sent the resume secret of %s with another identity; ignored",
+                connection_id,
+                old.connection_id,
+            )
+            return
+        log.info("%r replaced by its own reconnection %s", old, connection_id)
+        old.close(CloseCode.REPLACED, "replaced by its own reconnection")
 
     def _unregister(self, info: ClientInfo[C]) -> None:
         self._links.pop(info.connection_id, None)

@@ -18,10 +18,14 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 from probes import Probe
+from rawquic import raw_client
 
 import brpc
+from brpc._wire.control import encode_envelope
+from brpc.testing import NetworkConditions
 from brpc.testing.v1.echo_grpc import EchoBase, EchoStub
 from brpc.testing.v1.echo_pb2 import EchoReply, EchoRequest
+from brpc.v1 import control_pb2 as pb
 from examples.greeter import greeter_grpc, greeter_pb2
 
 
@@ -334,3 +338,76 @@ async def test_client_from_context_without_client_stub_says_how_to_fix_it(
         await EchoStub(conn).Unary(EchoRequest(text="hello"))
     assert caught.value.status is Status.FAILED_PRECONDITION
     assert "client_stub=" in (caught.value.message or "")
+
+
+# -- a reconnecting client replaces its own stale entry --------------------------------------
+
+
+async def test_an_unnamed_client_that_reconnects_replaces_its_stale_entry(
+    make_server: Any, connect: Any
+) -> None:
+    server = await make_server([Probe()], dead_peer_timeout=30)
+    left: list[tuple[str, str | None]] = []
+    server.on_disconnect(lambda info: left.append((info.connection_id, info.close_reason)))
+    bystander = await connect(server)
+    network = NetworkConditions()
+    conn = await connect(
+        server,
+        network_conditions=network,
+        reconnect=brpc.ReconnectPolicy(initial_delay=0.05, max_delay=0.1),
+    )
+    first_id = conn.connection_id
+    # The client's network dies and the client gives its connection up (as
+    # when it was suspended past its dead-peer timeout); its goodbye is lost.
+    network.drop = 1.0
+    conn._link.close(brpc.CloseCode.NO_ERROR, "gave up on a dead network")
+    assert conn.state is brpc.ConnState.RECONNECTING
+    assert {info.connection_id for info in server.clients} == {
+        bystander.connection_id,
+        first_id,
+    }
+    network.drop = 0.0
+    await conn.wait_ready(timeout=10)
+    # long before the server's 30 s dead-peer timeout: one entry for this client
+    await wait_for(lambda: len(server.clients) == 2, timeout=5)
+    assert {info.connection_id for info in server.clients} == {
+        bystander.connection_id,
+        conn.connection_id,
+    }
+    assert left == [(first_id, left[0][1])]
+    assert "REPLACED" in (left[0][1] or "")
+    assert "replaced by its own reconnection" in (left[0][1] or "")
+    assert conn.state is brpc.ConnState.READY
+    assert (await EchoStub(conn).Unary(EchoRequest(text="back"))).text == "back"
+    assert (await EchoStub(bystander).Unary(EchoRequest(text="here"))).text == "here"
+
+
+async def test_only_the_resume_secret_replaces_a_connection(
+    make_server: Any, connect: Any, certs: Any
+) -> None:
+    """A hello that names another connection by its ID, or by a wrong secret,
+    closes nothing; an over-long one is refused."""
+    server = await make_server([Probe()])
+    victim = await connect(server)
+    for guess in (victim.connection_id.encode(), bytes(32)):
+        await _say_hello(server.port, certs.ca, replaces=guess)
+        assert victim.state is brpc.ConnState.READY
+    async with raw_client(server.port, ca=certs.ca) as raw:
+        control = raw.next_stream()
+        raw.send(control, _hello(replaces=bytes(33)))
+        ended = await raw.wait_ended()
+    assert "replaces is longer than 32 bytes" in ended.reason_phrase
+    assert [info.connection_id for info in server.clients] == [victim.connection_id]
+    assert (await EchoStub(victim).Unary(EchoRequest(text="fine"))).text == "fine"
+
+
+async def _say_hello(port: int, ca: Any, **fields: Any) -> None:
+    """Say hello as a raw client and wait for the server's answer."""
+    async with raw_client(port, ca=ca) as raw:
+        control = raw.next_stream()
+        raw.send(control, _hello(**fields))
+        await wait_for(lambda: bool(raw.received.get(control)), timeout=5)
+
+
+def _hello(**fields: Any) -> bytes:
+    return encode_envelope(pb.Envelope(client_hello=pb.ClientHello(protocol_version=1, **fields)))

@@ -61,6 +61,8 @@ class HelloSettings:
     services: tuple[str, ...] = ()
     #: Bytes a stream the server opens before its hello arrives may buffer.
     pending_stream_limit: int = 4 << 20
+    #: The resume secret of the connection this one replaces (b"" for none).
+    replaces: bytes = b""
 
     def message(self) -> pb.ClientHello:
         return pb.ClientHello(
@@ -69,6 +71,7 @@ class HelloSettings:
             labels=dict(self.labels),
             services=list(self.services),
             token=self.token,
+            replaces=self.replaces,
         )
 
 
