@@ -483,6 +483,14 @@ class Server(Generic[C]):
         link.add_close_callback(lambda _: self._unregister(info))
         self._presence.connected(info)
 
+    def moved(self, link: Link, address: tuple[str, int]) -> None:
+        """The client of ``link`` sends from a new address: tell presence watchers."""
+        info = cast(ClientInfo[C], link.handle)
+        if self._clients.get(info.connection_id) is not info:
+            return
+        log.info("%r now sends from %s", link, address)
+        self._presence.moved(info, address)
+
     # -- internals -------------------------------------------------------------------
 
     def _client_info(self, link: Link) -> ClientInfo[C]:

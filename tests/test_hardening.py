@@ -411,3 +411,93 @@ async def _say_hello(port: int, ca: Any, **fields: Any) -> None:
 
 def _hello(**fields: Any) -> bytes:
     return encode_envelope(pb.Envelope(client_hello=pb.ClientHello(protocol_version=1, **fields)))
+
+
+# -- addresses stay current ------------------------------------------------------------------
+
+
+class _Nat:
+    """A UDP relay on loopback standing for a NAT: the client sends to
+    :attr:`port`; the server sees the relay's outside socket, which
+    :meth:`rebind` replaces with one on a new port (a NAT rebinding)."""
+
+    def __init__(self, server: tuple[str, int]) -> None:
+        self._server = server
+        self._inside: asyncio.DatagramTransport | None = None
+        self._outside: asyncio.DatagramTransport | None = None
+        self._client: Any = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._inside, _ = await loop.create_datagram_endpoint(
+            lambda: _Relay(self._from_client), local_addr=("127.0.0.1", 0)
+        )
+        await self.rebind()
+
+    @property
+    def port(self) -> int:
+        assert self._inside is not None
+        return int(self._inside.get_extra_info("sockname")[1])
+
+    @property
+    def outside(self) -> tuple[str, int]:
+        assert self._outside is not None
+        host, port = self._outside.get_extra_info("sockname")[:2]
+        return host, port
+
+    async def rebind(self) -> None:
+        old = self._outside
+        self._outside, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: _Relay(self._from_server), remote_addr=self._server
+        )
+        if old is not None:
+            old.close()
+
+    def close(self) -> None:
+        for transport in (self._inside, self._outside):
+            if transport is not None:
+                transport.close()
+
+    def _from_client(self, data: bytes, addr: Any) -> None:
+        self._client = addr
+        if self._outside is not None:
+            self._outside.sendto(data)
+
+    def _from_server(self, data: bytes, addr: Any) -> None:
+        if self._inside is not None and self._client is not None:
+            self._inside.sendto(data, self._client)
+
+
+class _Relay(asyncio.DatagramProtocol):
+    def __init__(self, forward: Any) -> None:
+        self._forward = forward
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self._forward(data, addr)
+
+
+async def test_a_nat_rebinding_keeps_the_address_current_and_tells_watchers(
+    make_server: Any, connect: Any
+) -> None:
+    server = await make_server([Probe()])
+    nat = _Nat(("127.0.0.1", server.port))
+    await nat.start()
+    try:
+        watch = server.watch()
+        conn = await connect(f"127.0.0.1:{nat.port}", name="roamer", keepalive_interval=0.1)
+        first = await watch.__anext__()
+        assert first.kind is brpc.PresenceKind.CONNECTED
+        info = first.client
+        assert info.address == nat.outside
+        await nat.rebind()
+        moved = await asyncio.wait_for(watch.__anext__(), timeout=5)
+        assert moved.kind is brpc.PresenceKind.MOVED
+        assert moved.client is info and moved.address == nat.outside == info.address
+        assert moved.reason is None
+        # same connection, still calling both ways
+        assert conn.connection_id == info.connection_id
+        assert (await EchoStub(conn).Unary(EchoRequest(text="moved"))).text == "moved"
+        assert [c.connection_id for c in server.clients] == [info.connection_id]
+        await watch.aclose()
+    finally:
+        nat.close()

@@ -95,6 +95,10 @@ class Admitter(Protocol):
         """The server hello of ``link`` went out: register the client."""
         ...
 
+    def moved(self, link: Link, address: tuple[str, int]) -> None:
+        """The client of ``link`` now sends from ``address`` (NAT rebinding, migration)."""
+        ...
+
 
 @dataclass(frozen=True)
 class AcceptSettings:
@@ -183,6 +187,10 @@ class Acceptor:
             link.session_closed(closed)
         else:
             log.info("connection from %s: %s", session.peer_address, closed.describe())
+
+    def address_changed(self, session: Session, address: tuple[str, int]) -> None:
+        if self.phase is AcceptPhase.ACCEPTED and self.link is not None:
+            self._admitter.moved(self.link, address)
 
     # -- ControlReceiver -------------------------------------------------------------
 

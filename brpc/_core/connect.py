@@ -163,6 +163,9 @@ class _Attempt:
         elif self.phase is not ConnectPhase.READY:
             self.phase = ConnectPhase.FAILED
 
+    def address_changed(self, session: Session, address: tuple[str, int]) -> None:
+        """The server's address changed; the link reads it live (``Link.address``)."""
+
     # -- ControlReceiver -------------------------------------------------------------
 
     def control_received(self, envelope: pb.Envelope) -> None:
