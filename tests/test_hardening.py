@@ -22,7 +22,7 @@ from rawquic import raw_client
 
 import brpc
 from brpc._wire.control import encode_envelope
-from brpc.testing import NetworkConditions
+from brpc.testing import NetworkConditions, session_pair
 from brpc.testing.v1.echo_grpc import EchoBase, EchoStub
 from brpc.testing.v1.echo_pb2 import EchoReply, EchoRequest
 from brpc.v1 import control_pb2 as pb
@@ -501,3 +501,32 @@ async def test_a_nat_rebinding_keeps_the_address_current_and_tells_watchers(
         await watch.aclose()
     finally:
         nat.close()
+
+
+class _Moves:
+    """A session handler that records address changes."""
+
+    def __init__(self) -> None:
+        self.moves: list[tuple[str, int]] = []
+
+    def handshake_completed(self, session: Any) -> None:
+        pass
+
+    def stream_opened(self, session: Any, stream_id: int) -> None:
+        return None
+
+    def session_closed(self, session: Any, closed: Any) -> None:
+        pass
+
+    def address_changed(self, session: Any, address: tuple[str, int]) -> None:
+        self.moves.append(address)
+
+
+async def test_a_memory_session_reports_a_rebinding_to_its_peer() -> None:
+    client_side, server_side = _Moves(), _Moves()
+    client, server = session_pair(client_side, server_side)
+    assert server.peer_address == ("192.0.2.1", 50000)
+    client.rebind(("192.0.2.1", 50001))
+    assert server_side.moves == [("192.0.2.1", 50001)] and client_side.moves == []
+    assert server.peer_address == ("192.0.2.1", 50001)
+    client.close()
