@@ -12,7 +12,12 @@ from typing import Any
 from aioquic.asyncio import QuicConnectionProtocol, connect, serve
 from aioquic.asyncio.server import QuicServer
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    QuicEvent,
+    StreamDataReceived,
+    StreamReset,
+)
 
 
 class Recorder(QuicConnectionProtocol):
@@ -24,10 +29,14 @@ class Recorder(QuicConnectionProtocol):
             asyncio.get_running_loop().create_future()
         )
         self.received: dict[int, bytes] = {}
+        #: Streams the peer reset.
+        self.resets: set[int] = set()
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, StreamDataReceived):
             self.received[event.stream_id] = self.received.get(event.stream_id, b"") + event.data
+        elif isinstance(event, StreamReset):
+            self.resets.add(event.stream_id)
         elif isinstance(event, ConnectionTerminated) and not self.ended.done():
             self.ended.set_result(event)
 

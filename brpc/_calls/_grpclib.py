@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
+import logging
 from types import TracebackType
 from typing import Any, TypeAlias, TypeVar, cast
 
@@ -47,6 +48,13 @@ from h2.settings import SettingCodes
 from multidict import MultiDict
 
 from ..errors import DeadlineExceededError
+
+log = logging.getLogger(__name__)
+
+#: Bytes beyond twice a lane's high-water mark that its send buffer may hold
+#: (frames being written when the mark was crossed: grpclib writes at most one
+#: 16 KiB DATA frame between checks) before the peer is deemed not to be reading.
+_UNSENT_SLACK = 64 << 10
 
 # grpclib's names for these types are private; the rest of brpc uses these.
 MetadataLike: TypeAlias = _MetadataLike
@@ -178,6 +186,23 @@ class LaneProtocol(H2Protocol):
         self.connection.flush()
         self.connection.initialize()
         self.processor = EventsProcessor(self.handler, self.connection)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # h2 answers some frames (PING, SETTINGS) by itself, paused or not: a
+        # peer that sends them but reads nothing would make us buffer the
+        # answers without limit. Writers of calls stop at the high-water mark,
+        # so well past it only such answers can be piling up.
+        transport: asyncio.Transport | None = getattr(self.connection, "_transport", None)
+        if transport is None or transport.is_closing():
+            return
+        _, high_water = transport.get_write_buffer_limits()
+        if transport.get_write_buffer_size() > 2 * high_water + _UNSENT_SLACK:
+            log.warning(
+                "lane peer left more than %d bytes unread while still sending; resetting the lane",
+                2 * high_water + _UNSENT_SLACK,
+            )
+            transport.abort()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)

@@ -1,13 +1,23 @@
-"""Flow control from inside a protocol callback: pausing and resuming never
-re-enter the stream's context (which raised "cannot enter context ... already
-entered" and reset the stream)."""
+"""Flow control at the edges: pausing and resuming from inside a protocol
+callback never re-enter the stream's context (which raised "cannot enter
+context ... already entered" and reset the stream), and a lane whose peer
+reads nothing while making h2 answer it cannot grow its send buffer without
+limit."""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+from types import SimpleNamespace
 from typing import Any
 
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from probes import Probe
+
+from brpc._calls._grpclib import EventDispatch
+from brpc._calls.lanes.layer import LanesCallLayer
+from brpc._calls.serving import Serving
 from brpc._session.stream_transport import StreamTransport
 
 HIGH_WATER = 1024
@@ -122,3 +132,26 @@ async def test_resuming_from_another_streams_callback_of_the_same_connection() -
     # and writing again pauses again, still without a reset
     writer.data_received(b"again", end_stream=False)
     assert written.events[-1] == "paused" and host.resets == []
+
+
+async def test_a_lane_whose_peer_reads_no_ping_acks_is_reset() -> None:
+    """h2 acknowledges PINGs by itself, paused or not: with a peer that never
+    acknowledges our data, the answers are bounded and the lane is reset."""
+    host = _UnacknowledgingHost()
+    serving = Serving([Probe()], max_message_size=1 << 20, dispatch=EventDispatch())
+    layer = LanesCallLayer(serving, lanes=1, max_concurrent_calls=10)
+    connection = SimpleNamespace(max_message_size=1 << 20)
+    protocol = layer.accept_stream(connection)  # type: ignore[arg-type]
+    transport = StreamTransport(host, 0, protocol, high_water=HIGH_WATER, low_water=HIGH_WATER // 4)
+    protocol.connection_made(transport)
+    peer = H2Connection(H2Configuration(client_side=True))
+    peer.initiate_connection()
+    transport.data_received(peer.data_to_send(), end_stream=False)
+    for _ in range(100):
+        if host.resets:
+            break
+        for _ in range(100):
+            peer.ping(b"01234567")
+        transport.data_received(peer.data_to_send(), end_stream=False)
+    assert host.resets == [0]
+    assert host.send_buffer_size(0) <= 2 * HIGH_WATER + (64 << 10) + 100 * 17
