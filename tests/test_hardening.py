@@ -126,6 +126,23 @@ async def test_a_server_refuses_a_missing_or_mismatched_key_when_built(certs: An
         brpc.Server([Probe()], certfile=certs.server_cert, keyfile=certs.directory / "nope.key")
 
 
+async def test_a_client_certificate_without_its_key_is_refused_when_dialing(
+    make_server: Any, certs: Any
+) -> None:
+    server = await make_server([Probe()], client_ca=certs.ca)
+    with pytest.raises(ValueError, match=r"no private key .* pass keyfile=\.\.\."):
+        await brpc.dial(server.address, ca=certs.ca, certfile=certs.client_cert, reconnect=False)
+    with pytest.raises(ValueError, match="does not belong to the certificate"):
+        await brpc.dial(
+            server.address,
+            ca=certs.ca,
+            certfile=certs.client_cert,
+            keyfile=certs.server_key,
+            reconnect=False,
+        )
+    assert server.connection_count == 0
+
+
 async def test_an_unverified_server_certificate_hints_at_ca(make_server: Any) -> None:
     server = await make_server([Probe()])
     with pytest.raises(brpc.HandshakeError) as caught:
