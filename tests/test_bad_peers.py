@@ -228,8 +228,9 @@ async def test_a_peer_that_never_reads_its_pongs_is_closed(
         raw.send(control, _hello(name="hoarder"))
         await wait_for(lambda: bool(raw.received.get(control)), timeout=5)  # the server hello
         raw.stop_granting_credit()
-        ping = encode_envelope(pb.Envelope(ping=pb.Ping(nonce=1)))
-        # each pong is as long as its ping: send up to four times the bound
+        # the largest nonce makes the largest pong; each pong is as long as its ping
+        ping = encode_envelope(pb.Envelope(ping=pb.Ping(nonce=(1 << 64) - 1)))
+        # send up to four times the bound
         batch = ping * 500
         for _ in range(4 * MAX_UNSENT_CONTROL_BYTES // len(batch)):
             if raw.ended.done():
