@@ -29,7 +29,7 @@ from .errors import (
 )
 from .fanout import CallResult, FanOut
 from .options import Options
-from .peer import ClientInfo
+from .peer import ClientInfo, Closing
 from .presence import PresenceEvent, PresenceKind, Watch
 from .registry import Clients, DuplicateNames
 from .relay import Relay, RelayResult, relay_all
@@ -47,6 +47,7 @@ __all__ = [
     "ClientInfo",
     "Clients",
     "CloseCode",
+    "Closing",
     "ConnState",
     "ConnectError",
     "DeadlineExceededError",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import os
@@ -145,8 +146,12 @@ class ClientConn(CallChannel):
 
     def __init__(self, options: _DialOptions) -> None:
         dispatch = EventDispatch()
+        name = options.hello.name
         self._serving = Serving(
-            options.services, max_message_size=options.options.max_message_size, dispatch=dispatch
+            options.services,
+            max_message_size=options.options.max_message_size,
+            dispatch=dispatch,
+            side=f"the client {name!r}" if name else "the client",
         )
         self._layer = LanesCallLayer(
             self._serving,
@@ -171,6 +176,9 @@ class ClientConn(CallChannel):
         self._closing: asyncio.Task[None] | None = None
         self._rng = random.Random()
         self._tickets: TicketBox[Any] | None = TicketBox() if options.session_resumption else None
+        #: The resume secret the server gave the current link, and the link.
+        self._resume_secret = b""
+        self._hello_secret: tuple[Link, bytes] | None = None
         #: Successful connections made so far (1 after dial, more after reconnects).
         self.connections_made = 0
 
@@ -314,8 +322,14 @@ class ClientConn(CallChannel):
 
     async def _connect(self) -> Link:
         options = self._options
+        hello = options.hello
+        previous = self._link
+        if previous is not None and previous.closed is not None and self._resume_secret:
+            # The server may not know yet that our last connection is gone:
+            # its secret lets it drop that one now, not at its dead-peer timeout.
+            hello = dataclasses.replace(hello, replaces=self._resume_secret)
         return await connect_link(
-            self._dial_session, options.hello, make_link=self._make_link, timeout=options.timeout
+            self._dial_session, hello, make_link=self._make_link, timeout=options.timeout
         )
 
     async def _dial_session(self, handler: SessionHandler) -> Session:
@@ -342,6 +356,11 @@ class ClientConn(CallChannel):
         )
 
     def _make_link(self, session: Session, control: ControlProtocol, hello: pb.ServerHello) -> Link:
+        link = self._new_link(session, control, hello)
+        self._hello_secret = (link, hello.resume_secret)
+        return link
+
+    def _new_link(self, session: Session, control: ControlProtocol, hello: pb.ServerHello) -> Link:
         return Link(
             session,
             control,
@@ -398,6 +417,9 @@ class ClientConn(CallChannel):
 
     def _adopt(self, link: Link) -> None:
         self._link = link
+        made = self._hello_secret
+        self._resume_secret = made[1] if made is not None and made[0] is link else b""
+        self._hello_secret = None
         self.connections_made += 1
         link.add_close_callback(self._link_closed)
         self._set_state(ConnState.READY)
@@ -413,7 +435,7 @@ class ClientConn(CallChannel):
             if refusal is not None and refusal.permanent:
                 self._give_up(f"server refused the connection: {refusal}")
                 return
-            if closed.error_code == CloseCode.REPLACED:
+            if closed.error_code == CloseCode.REPLACED and self._conn_state is ConnState.READY:
                 # Reconnecting would replace the replacement, and so on forever.
                 self._give_up(closed.describe())
                 return

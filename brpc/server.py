@@ -18,6 +18,8 @@ then on:
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -42,14 +44,14 @@ from ._security.verify import ClientCertificateVerifier
 from ._session.quic.listen import QuicListener
 from ._session.quic.options import DEFAULT_QUIC_OPTIONS, QuicOptions
 from ._session.quic.tls import server_configuration
-from ._wire.control import PROTOCOL_VERSION, HelloLimits
+from ._wire.control import PROTOCOL_VERSION, RESUME_SECRET_LENGTH, HelloLimits
 from ._wire.refusal import RefusalCode
 from ._wire.target import format_target
 from .auth import Authenticator, Authorizer, Identity
 from .errors import CloseCode
 from .fanout import CallResult, FanOut
 from .options import DEFAULT_OPTIONS, Options
-from .peer import ClientInfo
+from .peer import ClientInfo, Closing
 from .presence import Presence, PresenceCallback, Watch
 from .registry import Clients, ClientTable, DuplicateNames, Selector
 from .v1 import control_pb2 as pb
@@ -186,6 +188,7 @@ class Server(Generic[C]):
             max_message_size=max_message_size,
             dispatch=self.__dispatch__,
             fallback=fallback,
+            side="the server",
         )
         self._serving = serving
         self._certfile = os.fspath(certfile)
@@ -224,6 +227,10 @@ class Server(Generic[C]):
         self._closing = False
         self._closed = asyncio.Event()
         self._links: dict[str, Link] = {}
+        #: Live connections by the SHA-256 of their resume secret: (secret, link).
+        self._resumable: dict[bytes, tuple[bytes, Link]] = {}
+        #: Resume secrets of admitted links whose server hello is going out.
+        self._admitted_secrets: dict[str, bytes] = {}
         self._clients: ClientTable[C] = ClientTable()
         self._presence: Presence[C] = Presence(self._clients, self._closed)
         self._drain_task: asyncio.Task[None] | None = None
@@ -314,8 +321,11 @@ class Server(Generic[C]):
             raise RuntimeError("call start() before serve_forever()")
         await self._closed.wait()
 
-    def close(self, grace: float | None = None) -> None:
+    def close(self, grace: float | None = None) -> Closing:
         """Stop accepting connections and close every connection.
+
+        Works called as a plain method (then :meth:`wait_closed`) and awaited:
+        ``await server.close()`` returns once the server has closed.
 
         Without ``grace``, connections close at once and calls in flight fail.
         With ``grace`` (seconds) the server drains: it refuses new connections
@@ -324,8 +334,9 @@ class Server(Generic[C]):
         calls in flight in both directions finish within ``grace``, then closes.
         :meth:`wait_closed` returns when that is done.
         """
+        closing = Closing(self.wait_closed)
         if self._closing:
-            return
+            return closing
         self._closing = True
         self._listener.stop_accepting()
         if self._front is not None:
@@ -336,10 +347,11 @@ class Server(Generic[C]):
                 session.close(CloseCode.GOING_AWAY, "server is shutting down")
         if grace is None or grace <= 0:
             self._finish_close()
-            return
+            return closing
         self._drain_task = asyncio.get_running_loop().create_task(
             self._drain(grace), name="brpc server drain"
         )
+        return closing
 
     async def _drain(self, grace: float) -> None:
         links = list(self._links.values())
@@ -391,6 +403,13 @@ class Server(Generic[C]):
         ``GRPCError(UNAVAILABLE)`` once that client is gone.
         """
         info = self._client_of(stream)
+        if self.client_stub is None:
+            log.error("client_from_context() called on a Server made without client_stub=...")
+            raise GRPCError(
+                Status.FAILED_PRECONDITION,
+                "the server cannot call its clients: it was made without client_stub=... "
+                "(pass the clients' generated stub class, for example client_stub=AgentStub)",
+            )
         if info.closed:
             raise GRPCError(
                 Status.UNAVAILABLE,
@@ -505,6 +524,8 @@ class Server(Generic[C]):
         server hello that answers it. Raise :class:`Refused` to refuse it instead."""
         message = hello.message
         connection_id = secrets.token_hex(16)
+        if message.replaces:
+            self._close_replaced(message.replaces, connection_id, hello.identity)
         self._admit_name(message.name, connection_id, hello.identity)
         label = (
             f"client {message.name!r} ({connection_id})"
@@ -528,10 +549,13 @@ class Server(Generic[C]):
             make_handle=self._client_info,
             authorize=self._authorize,
         )
+        resume_secret = secrets.token_bytes(RESUME_SECRET_LENGTH)
+        self._admitted_secrets[connection_id] = resume_secret
         server_hello = pb.ServerHello(
             protocol_version=PROTOCOL_VERSION,
             connection_id=connection_id,
             limits=self._limits_message(),
+            resume_secret=resume_secret,
         )
         return link, server_hello
 
@@ -541,8 +565,21 @@ class Server(Generic[C]):
         log.info("%r connected from %s", link, link.address)
         self._links[link.connection_id] = link
         self._clients.add(info)
+        secret = self._admitted_secrets.pop(link.connection_id, None)
+        if secret is not None:
+            key = hashlib.sha256(secret).digest()
+            self._resumable[key] = (secret, link)
+            link.add_close_callback(lambda _: self._forget_secret(key))
         link.add_close_callback(lambda _: self._unregister(info))
         self._presence.connected(info)
+
+    def moved(self, link: Link, address: tuple[str, int]) -> None:
+        """The client of ``link`` sends from a new address: tell presence watchers."""
+        info = cast(ClientInfo[C], link.handle)
+        if self._clients.get(info.connection_id) is not info:
+            return
+        log.info("%r now sends from %s", link, address)
+        self._presence.moved(info, address)
 
     # -- internals -------------------------------------------------------------------
 
@@ -584,8 +621,33 @@ class Server(Generic[C]):
             if link is not None:
                 link.close(
                     CloseCode.REPLACED,
-                    f"replaced by a newer connection ({connection_id}) with the same name {name!r}",
+                    f"replaced by a newer connection with the same name {name!r}",
                 )
+
+    def _forget_secret(self, key: bytes) -> None:
+        self._resumable.pop(key, None)
+
+    def _close_replaced(self, secret: bytes, connection_id: str, identity: Identity | None) -> None:
+        """Close the connection whose resume secret a reconnecting client sent.
+
+        Only the client that held that connection knows its secret; its old
+        connection is dead to it, so it goes at once instead of after the
+        dead-peer timeout (the bare connection ID would not do: others may know it).
+        """
+        entry = self._resumable.get(hashlib.sha256(secret).digest())
+        if entry is None or not hmac.compare_digest(entry[0], secret):
+            log.debug("%s: the connection it replaces is gone already", connection_id)
+            return
+        old = entry[1]
+        if not _same_identity(old.peer.identity, identity):
+            log.warning(
+                "%s sent the resume secret of %s with another identity; ignored",
+                connection_id,
+                old.connection_id,
+            )
+            return
+        log.info("%r replaced by its own reconnection %s", old, connection_id)
+        old.close(CloseCode.REPLACED, "replaced by its own reconnection")
 
     def _unregister(self, info: ClientInfo[C]) -> None:
         self._links.pop(info.connection_id, None)

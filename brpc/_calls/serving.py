@@ -22,13 +22,14 @@ as they are, and :class:`PassThroughStatusDetailsCodec` passes
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from grpclib.const import Handler, Status
+from grpclib.const import Cardinality, Handler, Status
 from grpclib.encoding.base import StatusDetailsCodecBase
 from grpclib.encoding.proto import ProtoCodec, ProtoStatusDetailsCodec
 from grpclib.exceptions import GRPCError
@@ -36,7 +37,7 @@ from grpclib.health.service import Health
 from grpclib.reflection.service import ServerReflection
 from grpclib.server import Stream
 
-from ._grpclib import EventDispatch
+from ._grpclib import EventDispatch, deadline_fired
 from .base import Servable, call_deadline, current_call_connection, remember_connection
 
 __all__ = [
@@ -144,10 +145,24 @@ def _wrap(method: str, func: Any) -> Any:
             remember_connection(stream, connection)
             call_deadline.set(stream.deadline)
             await func(stream)
+        except (TimeoutError, GRPCError) as exc:
+            if _deadline_ran_out(stream, exc):
+                # The handler was waiting on a call that inherited this call's
+                # deadline and reported it; for grpclib that is the handler
+                # refusing to be cancelled ("Failed to handle cancellation"
+                # and a traceback). It was cancelled, by the deadline.
+                raise asyncio.CancelledError() from exc
+            raise
         finally:
             connection.incoming_finished()
 
     return handle
+
+
+def _deadline_ran_out(stream: Stream[Any, Any], exc: Exception) -> bool:
+    if isinstance(exc, GRPCError) and exc.status is not Status.DEADLINE_EXCEEDED:
+        return False
+    return deadline_fired(stream)
 
 
 def _instrument(handlers: Iterable[Servable]) -> dict[str, Handler]:
@@ -186,12 +201,15 @@ class Serving:
         max_message_size: int,
         dispatch: EventDispatch,
         fallback: Fallback | None = None,
+        side: str = "the peer",
     ) -> None:
+        """``side`` names this side for callers' errors ("the server", "the client 'web-1'")."""
         handlers = tuple(handlers)
-        #: Method path -> wrapped grpclib ``Handler``.
-        self.mapping: Mapping[str, Handler] = _instrument(handlers)
         #: Services served, by full name.
         self.services = service_names(handlers)
+        #: Method path -> wrapped grpclib ``Handler``.
+        self.mapping: Mapping[str, Handler] = _instrument(handlers)
+        self._side = side
         self.max_message_size = max_message_size
         self.codec = SizeLimitedCodec(max_message_size)
         self.status_details_codec = status_details_codec()
@@ -216,3 +234,17 @@ class Serving:
         if found is None:
             return None
         return found._replace(func=_wrap(path, found.func))
+
+    def resolve(self, path: str) -> Handler:
+        """:meth:`lookup`, or a handler failing the call with UNIMPLEMENTED that names
+        the method and who was called (grpclib's own answer is a bare "Method not found")."""
+        handler = self.lookup(path)
+        if handler is not None:
+            return handler
+        served = ", ".join(self.services) or "no services"
+        message = f"{path} is not served by {self._side} (it serves {served})"
+
+        async def unimplemented(stream: Stream[Any, Any]) -> None:
+            raise GRPCError(Status.UNIMPLEMENTED, message)
+
+        return Handler(unimplemented, Cardinality.UNARY_UNARY, object, object)

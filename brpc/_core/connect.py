@@ -61,6 +61,8 @@ class HelloSettings:
     services: tuple[str, ...] = ()
     #: Bytes a stream the server opens before its hello arrives may buffer.
     pending_stream_limit: int = 4 << 20
+    #: The resume secret of the connection this one replaces (b"" for none).
+    replaces: bytes = b""
 
     def message(self) -> pb.ClientHello:
         return pb.ClientHello(
@@ -69,6 +71,7 @@ class HelloSettings:
             labels=dict(self.labels),
             services=list(self.services),
             token=self.token,
+            replaces=self.replaces,
         )
 
 
@@ -159,6 +162,9 @@ class _Attempt:
             link.session_closed(closed)
         elif self.phase is not ConnectPhase.READY:
             self.phase = ConnectPhase.FAILED
+
+    def address_changed(self, session: Session, address: tuple[str, int]) -> None:
+        """The server's address changed; the link reads it live (``Link.address``)."""
 
     # -- ControlReceiver -------------------------------------------------------------
 
