@@ -5,6 +5,7 @@ calls the server's services and the server's handlers call services the client
 exposes, all with ordinary grpclib-generated stubs and service bases.
 """
 
+from ._calls.front import FrontCaller
 from ._session.quic.options import QuicOptions
 from ._wire.control import ALPN, PROTOCOL_VERSION, HelloLimits
 from .auth import (
@@ -28,9 +29,10 @@ from .errors import (
 )
 from .fanout import CallResult, FanOut
 from .options import Options
-from .peer import ClientInfo
+from .peer import ClientInfo, Closing
 from .presence import PresenceEvent, PresenceKind, Watch
 from .registry import Clients, DuplicateNames
+from .relay import Relay, RelayResult, relay_all
 from .server import Server
 
 __all__ = [
@@ -45,11 +47,13 @@ __all__ = [
     "ClientInfo",
     "Clients",
     "CloseCode",
+    "Closing",
     "ConnState",
     "ConnectError",
     "DeadlineExceededError",
     "DuplicateNames",
     "FanOut",
+    "FrontCaller",
     "HandshakeError",
     "HelloLimits",
     "Identity",
@@ -61,11 +65,14 @@ __all__ = [
     "QuicOptions",
     "ReconnectPolicy",
     "RefusedError",
+    "Relay",
+    "RelayResult",
     "Server",
     "Unauthenticated",
     "Watch",
     "current_connection",
     "dial",
+    "relay_all",
 ]
 
 __version__ = "0.1.0"

@@ -50,6 +50,18 @@ class Identity:
     attributes: Mapping[str, str] = field(default_factory=dict)
     #: The verified client certificate itself.
     certificate: x509.Certificate | None = field(default=None, compare=False, repr=False)
+    #: Client names (the ``name`` of its hello) this identity may use besides
+    #: :attr:`name`; ``("*",)`` allows any. Set by an authentication hook.
+    names: tuple[str, ...] = ()
+
+    def may_use_name(self, name: str) -> bool:
+        """Whether a client with this identity may say hello as ``name``.
+
+        An empty name (an unnamed client) is always allowed; otherwise the name
+        must be this identity's own or one the authentication hook allowed in
+        :attr:`names`. This stops a client from taking another's name.
+        """
+        return not name or name == self.name or name in self.names or "*" in self.names
 
 
 @dataclass(frozen=True)
@@ -76,7 +88,9 @@ class PermissionDenied(BrpcError):
 
 #: ``authenticate(request) -> Identity | None`` (or a coroutine). Return the
 #: client's identity (None keeps the certificate's, if any); raise
-#: :class:`Unauthenticated` or :class:`PermissionDenied` to refuse.
+#: :class:`Unauthenticated` or :class:`PermissionDenied` to refuse. A named
+#: client must use its identity's name unless the returned identity lists the
+#: name in :attr:`Identity.names` (see :meth:`Identity.may_use_name`).
 Authenticator = Callable[[AuthRequest], "Identity | Awaitable[Identity | None] | None"]
 
 #: ``authorize(connection, method) -> bool`` (or a coroutine): may this call run?

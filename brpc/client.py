@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import os
@@ -33,7 +34,7 @@ from ._calls._grpclib import ClientStream, EventDispatch, MetadataLike, opening_
 from ._calls.base import CallConnection, Caller, CallLayer
 from ._calls.channel import CallChannel
 from ._calls.lanes.layer import LanesCallLayer
-from ._calls.serving import Serving, service_names
+from ._calls.serving import Serving, served_extras, service_names
 from ._calls.streams.layer import StreamsCallLayer
 from ._core.connect import HelloSettings, connect_link
 from ._core.control_stream import ControlProtocol
@@ -185,22 +186,28 @@ class ClientConn(CallChannel):
 
     def __init__(self, options: _DialOptions) -> None:
         dispatch = EventDispatch()
+        name = options.hello.name
         self._serving = Serving(
-            options.services, max_message_size=options.options.max_message_size, dispatch=dispatch
+            options.services,
+            max_message_size=options.options.max_message_size,
+            dispatch=dispatch,
+            side=f"the client {name!r}" if name else "the client",
         )
         self._layers: dict[str, CallLayer] = {}
-        for name in options.options.call_layers:
-            if name == LANES:
-                self._layers[name] = LanesCallLayer(
+        for layer_name in options.options.call_layers:
+            if layer_name == LANES:
+                self._layers[layer_name] = LanesCallLayer(
                     self._serving,
                     lanes=options.options.lanes,
                     max_concurrent_calls=options.options.max_concurrent_calls,
                 )
             else:
-                self._layers[name] = StreamsCallLayer(self._serving)
+                self._layers[layer_name] = StreamsCallLayer(self._serving)
         callers = {
-            name: layer.caller(_ConnTarget(self, name), authority=options.target, dispatch=dispatch)
-            for name, layer in self._layers.items()
+            layer_name: layer.caller(
+                _ConnTarget(self, layer_name), authority=options.target, dispatch=dispatch
+            )
+            for layer_name, layer in self._layers.items()
         }
         super().__init__(
             options.target,
@@ -218,6 +225,9 @@ class ClientConn(CallChannel):
         self._closing: asyncio.Task[None] | None = None
         self._rng = random.Random()
         self._tickets: TicketBox[Any] | None = TicketBox() if options.session_resumption else None
+        #: The resume secret the server gave the current link, and the link.
+        self._resume_secret = b""
+        self._hello_secret: tuple[Link, bytes] | None = None
         #: Successful connections made so far (1 after dial, more after reconnects).
         self.connections_made = 0
 
@@ -367,8 +377,14 @@ class ClientConn(CallChannel):
 
     async def _connect(self) -> Link:
         options = self._options
+        hello = options.hello
+        previous = self._link
+        if previous is not None and previous.closed is not None and self._resume_secret:
+            # The server may not know yet that our last connection is gone:
+            # its secret lets it drop that one now, not at its dead-peer timeout.
+            hello = dataclasses.replace(hello, replaces=self._resume_secret)
         return await connect_link(
-            self._dial_session, options.hello, make_link=self._make_link, timeout=options.timeout
+            self._dial_session, hello, make_link=self._make_link, timeout=options.timeout
         )
 
     async def _dial_session(self, handler: SessionHandler) -> Session:
@@ -395,6 +411,11 @@ class ClientConn(CallChannel):
         )
 
     def _make_link(self, session: Session, control: ControlProtocol, hello: pb.ServerHello) -> Link:
+        link = self._new_link(session, control, hello)
+        self._hello_secret = (link, hello.resume_secret)
+        return link
+
+    def _new_link(self, session: Session, control: ControlProtocol, hello: pb.ServerHello) -> Link:
         try:
             layer = accepted_call_layer(hello.call_layer, self._options.options.call_layers)
         except CallLayerMismatch as exc:
@@ -455,6 +476,9 @@ class ClientConn(CallChannel):
 
     def _adopt(self, link: Link) -> None:
         self._link = link
+        made = self._hello_secret
+        self._resume_secret = made[1] if made is not None and made[0] is link else b""
+        self._hello_secret = None
         self.connections_made += 1
         link.add_close_callback(self._link_closed)
         self._set_state(ConnState.READY)
@@ -470,7 +494,7 @@ class ClientConn(CallChannel):
             if refusal is not None and refusal.permanent:
                 self._give_up(f"server refused the connection: {refusal}")
                 return
-            if closed.error_code == CloseCode.REPLACED:
+            if closed.error_code == CloseCode.REPLACED and self._conn_state is ConnState.READY:
                 # Reconnecting would replace the replacement, and so on forever.
                 self._give_up(closed.describe())
                 return
@@ -576,6 +600,8 @@ def dial(
     session_resumption: bool = False,
     network_conditions: NetworkConditions | None = None,
     read_batch: int = _Q.read_batch,
+    reflection: bool = False,
+    health: bool = False,
 ) -> _Dial:
     """Connect to the brpc server at ``target`` (``host:port``).
 
@@ -613,6 +639,9 @@ def dial(
     - ``network_conditions``: simulated loss/reordering, for tests.
     - ``read_batch``: datagrams read per wake-up before one transmit (1: one
       at a time); see the README's "Performance" section.
+    - ``reflection``: also serve gRPC server reflection of ``services`` (a
+      server's relay fetches descriptors from it for its reflection front).
+    - ``health``: also serve ``grpc.health.v1.Health``.
 
     Raises :class:`HandshakeError` when TLS fails (saying which host name did
     not verify, for example), :class:`RefusedError` when the server refuses the
@@ -647,7 +676,7 @@ def dial(
         policy = None
     else:
         policy = reconnect
-    services = tuple(services)
+    services = tuple(served_extras(tuple(services), reflection=reflection, health=health))
     formatted = format_target(host, port)
     dial_options = _DialOptions(
         target=formatted,

@@ -9,8 +9,8 @@ packets come from) and calls the client's services over that connection
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Generic, TypeVar
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from grpclib.client import Channel
 from grpclib.const import Status
@@ -27,9 +27,29 @@ if TYPE_CHECKING:
     from ._core.link import Link
     from .auth import Identity
 
-__all__ = ["ClientInfo"]
+__all__ = ["ClientInfo", "Closing"]
 
 C = TypeVar("C")
+
+
+class Closing:
+    """What ``close()`` returns: the close has started; await it to wait until it is done.
+
+    So ``close()`` works called as a plain method (the grpclib way) and as
+    ``await x.close()``.
+    """
+
+    __slots__ = ("_wait",)
+
+    def __init__(self, wait: Callable[[], Awaitable[None]]) -> None:
+        self._wait = wait
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return _await(self._wait()).__await__()
+
+
+async def _await(awaitable: Awaitable[None]) -> None:
+    await awaitable
 
 
 class _LinkTarget:
@@ -77,6 +97,7 @@ class ClientInfo(Generic[C]):
             authority,
             dispatch=dispatch,
             caller=layer.caller(_LinkTarget(link), authority=authority, dispatch=dispatch),
+            check=self._check_served,
         )
         self._stub: C | None = None
         link.add_close_callback(lambda _: self.channel.close())
@@ -166,12 +187,32 @@ class ClientInfo(Generic[C]):
         """Byte counters of this client's streams."""
         return self._link.session.transport_stats()
 
-    def close(self, reason: str = "closed by the server") -> None:
-        """Disconnect this client; its calls in flight fail."""
+    def close(self, reason: str = "closed by the server") -> Closing:
+        """Disconnect this client; its calls in flight fail.
+
+        A plain call starts the close; ``await info.close()`` also waits until
+        the connection is gone (as :meth:`wait_closed`).
+        """
         self._link.close(CloseCode.NO_ERROR, reason)
+        return Closing(self.wait_closed)
 
     async def wait_closed(self) -> None:
         await self._link.closed_event.wait()
+
+    def _check_served(self, method: str) -> GRPCError | None:
+        """The error of a call to a service the client's hello did not list (never sent)."""
+        services = self.services
+        if not services:  # the hello listed none: let the client answer
+            return None
+        service = method.split("/")[1] if method.count("/") == 2 else method
+        if service in services:
+            return None
+        who = f"{self.name!r}" if self.name else self.connection_id
+        return GRPCError(
+            Status.UNIMPLEMENTED,
+            f"client {who} does not serve {service} (it serves {', '.join(services)}); "
+            f"{method} was not sent",
+        )
 
     def __repr__(self) -> str:
         name = f" {self.name!r}" if self.name else ""

@@ -24,6 +24,9 @@ Guarantees:
   what it was last told and the table's current state, as *replayed* events.
   A watch that started with the clients already connected (the default) thus
   never shows a client's disconnect without its connect before it.
+- Watchers also see MOVED events when a connected client's packets start
+  coming from another address (NAT rebinding, migration). A resynchronisation
+  does not replay them: ``ClientInfo.address`` is always the current address.
 """
 
 from __future__ import annotations
@@ -61,11 +64,15 @@ _DEFAULT_MAX_PENDING = 1024
 class PresenceKind(enum.Enum):
     CONNECTED = "connected"
     DISCONNECTED = "disconnected"
+    #: A connected client's packets now come from another address (NAT
+    #: rebinding, migration); the connection goes on. Watchers only.
+    MOVED = "moved"
 
 
 @dataclass(frozen=True, eq=False)
 class PresenceEvent(Generic[C]):
-    """A client entered (CONNECTED) or left (DISCONNECTED) the server's table."""
+    """A client entered (CONNECTED) or left (DISCONNECTED) the server's table,
+    or its address changed (MOVED)."""
 
     kind: PresenceKind
     client: ClientInfo[C]
@@ -75,6 +82,8 @@ class PresenceEvent(Generic[C]):
     #: clients already connected when a watch began, or a resynchronisation
     #: after the watcher fell more than ``max_pending`` events behind.
     replayed: bool = False
+    #: For MOVED: the address the client's packets come from now.
+    address: tuple[str, int] | None = None
 
     @property
     def connected(self) -> bool:
@@ -82,8 +91,8 @@ class PresenceEvent(Generic[C]):
 
     @property
     def reason(self) -> str | None:
-        """Why the client left (None for CONNECTED events)."""
-        return None if self.connected else self.client.close_reason
+        """Why the client left (None for other events)."""
+        return self.client.close_reason if self.kind is PresenceKind.DISCONNECTED else None
 
     def __repr__(self) -> str:
         replayed = " replayed" if self.replayed else ""
@@ -137,6 +146,9 @@ class Presence(Generic[C]):
     def disconnected(self, client: ClientInfo[C]) -> None:
         self._emit(PresenceEvent(PresenceKind.DISCONNECTED, client))
 
+    def moved(self, client: ClientInfo[C], address: tuple[str, int]) -> None:
+        self._emit(PresenceEvent(PresenceKind.MOVED, client, address=address))
+
     # -- internals -------------------------------------------------------------------
 
     def _emit(self, event: PresenceEvent[C]) -> None:
@@ -153,6 +165,8 @@ class Presence(Generic[C]):
     def _dispatch(self, event: PresenceEvent[C]) -> None:
         for watch in list(self._watchers):
             watch.push(event)
+        if event.kind is PresenceKind.MOVED:
+            return  # for watchers; ClientInfo.address is always current
         callbacks = self._on_connect if event.connected else self._on_disconnect
         for callback in list(callbacks):
             try:
@@ -268,7 +282,7 @@ class Watch(Generic[C]):
                 event = self._events.popleft()
                 if event.connected:
                     self._known[event.client.connection_id] = event.client
-                else:
+                elif event.kind is PresenceKind.DISCONNECTED:
                     self._known.pop(event.client.connection_id, None)
                 return event
             if self._presence.server_closed.is_set() and not len(self._presence.clients):

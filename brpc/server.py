@@ -18,12 +18,15 @@ then on:
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from grpclib.client import Channel
 from grpclib.const import Status
@@ -31,8 +34,9 @@ from grpclib.exceptions import GRPCError
 
 from ._calls._grpclib import EventDispatch
 from ._calls.base import CallLayer, connection_of
+from ._calls.front import FrontSettings, TcpFront, server_ssl_context
 from ._calls.lanes.layer import LanesCallLayer
-from ._calls.serving import Serving
+from ._calls.serving import Fallback, Serving, served_extras
 from ._calls.streams.layer import StreamsCallLayer
 from ._core.accept import Acceptor, AcceptSettings, Hello, Refused
 from ._core.link import Link, PeerInfo
@@ -42,26 +46,24 @@ from ._session.quic.listen import QuicListener
 from ._session.quic.options import DEFAULT_QUIC_OPTIONS, QuicOptions
 from ._session.quic.tls import server_configuration
 from ._wire.calllayer import LANES, CallLayerMismatch, call_layer_list, choose_call_layer
-from ._wire.control import PROTOCOL_VERSION, HelloLimits
+from ._wire.control import PROTOCOL_VERSION, RESUME_SECRET_LENGTH, HelloLimits
 from ._wire.refusal import RefusalCode
 from ._wire.target import format_target
 from .auth import Authenticator, Authorizer, Identity
 from .errors import CloseCode
 from .fanout import CallResult, FanOut
 from .options import DEFAULT_OPTIONS, Options, peer_stream_limit
-from .peer import ClientInfo
+from .peer import ClientInfo, Closing
 from .presence import Presence, PresenceCallback, Watch
 from .registry import Clients, ClientTable, DuplicateNames, Selector
 from .v1 import control_pb2 as pb
 
 if TYPE_CHECKING:
-    import os
-
     from ._calls.base import Servable
     from ._session.quic.impair import NetworkConditions
 
 
-__all__ = ["ClientInfo", "Server"]
+__all__ = ["ClientInfo", "RelayHook", "Server"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,18 @@ T = TypeVar("T")
 
 _D = DEFAULT_OPTIONS
 _Q = DEFAULT_QUIC_OPTIONS
+
+
+class RelayHook(Protocol):
+    """What a server needs of a relay (``brpc.Relay`` is one)."""
+
+    def attach(
+        self, server: Server[Any], handlers: Sequence[Servable], *, reflection: bool
+    ) -> tuple[Fallback, Sequence[Servable]]:
+        """Bind to ``server``: the fallback answering methods ``handlers`` do not
+        serve, and services to serve besides them (with ``reflection``, a
+        reflection service that also lists the clients' services)."""
+        ...
 
 
 class Server(Generic[C]):
@@ -100,6 +114,13 @@ class Server(Generic[C]):
     one QUIC stream per call; ``"lanes"``: HTTP/2 inside QUIC streams, what
     older clients speak); each connection uses the first of its client's
     offers that is among them (default: both).
+
+    ``relay`` (a :class:`brpc.Relay`) forwards calls to methods the server
+    does not serve to connected clients (see :mod:`brpc.relay`).
+    ``reflection`` serves gRPC server reflection (``grpc.reflection.v1`` and
+    ``v1alpha``) of the server's services, and with a relay those of its
+    clients too; ``health`` serves ``grpc.health.v1.Health``.
+    :meth:`listen_tcp` adds a standard gRPC/TCP front.
     """
 
     def __init__(
@@ -128,6 +149,9 @@ class Server(Generic[C]):
         network_conditions: NetworkConditions | None = None,
         duplicate_names: DuplicateNames = DuplicateNames.REPLACE,
         read_batch: int = _Q.read_batch,
+        relay: RelayHook | None = None,
+        reflection: bool = False,
+        health: bool = False,
     ) -> None:
         options = Options(
             lanes=lanes,
@@ -158,7 +182,28 @@ class Server(Generic[C]):
         self._duplicate_names = DuplicateNames(duplicate_names)
         #: grpclib's event dispatcher: ``grpclib.events.listen(server, RecvRequest, cb)`` works.
         self.__dispatch__ = EventDispatch()
-        serving = Serving(handlers, max_message_size=max_message_size, dispatch=self.__dispatch__)
+        served = served_extras(
+            tuple(handlers), reflection=reflection and relay is None, health=health
+        )
+        fallback: Fallback | None = None
+        if relay is not None:
+            fallback, extra = relay.attach(self, served, reflection=reflection)
+            served.extend(extra)
+        self.relay = relay
+        serving = Serving(
+            served,
+            max_message_size=max_message_size,
+            dispatch=self.__dispatch__,
+            fallback=fallback,
+            side="the server",
+        )
+        self._serving = serving
+        self._certfile = os.fspath(certfile)
+        self._keyfile = os.fspath(keyfile) if keyfile is not None else None
+        self._client_ca = os.fspath(client_ca) if client_ca is not None else None
+        self._authenticate = authenticate
+        self._front: TcpFront | None = None
+        self._tcp_port: int | None = None
         self._layers: dict[str, CallLayer] = {}
         for name in options.call_layers:
             if name == LANES:
@@ -194,6 +239,10 @@ class Server(Generic[C]):
         self._closing = False
         self._closed = asyncio.Event()
         self._links: dict[str, Link] = {}
+        #: Live connections by the SHA-256 of their resume secret: (secret, link).
+        self._resumable: dict[bytes, tuple[bytes, Link]] = {}
+        #: Resume secrets of admitted links whose server hello is going out.
+        self._admitted_secrets: dict[str, bytes] = {}
         self._clients: ClientTable[C] = ClientTable()
         self._presence: Presence[C] = Presence(self._clients, self._closed)
         self._drain_task: asyncio.Task[None] | None = None
@@ -207,6 +256,52 @@ class Server(Generic[C]):
         self._started = True
         await self._listener.start(host, port)
         log.info("brpc server listening on %s", self.address)
+
+    async def listen_tcp(self, host: str, port: int = 0, *, plaintext: bool = False) -> int:
+        """Also serve ordinary gRPC over HTTP/2 on TCP ``host:port``; returns the port.
+
+        grpcio, grpclib, grpcurl and other standard callers reach the server's
+        own services and, with a relay, the clients' (see :mod:`brpc.relay`).
+        TLS with the server's certificate; ``plaintext=True`` serves h2c
+        instead, for a trusted network or a TLS-terminating proxy only. Callers
+        are identified by their TLS client certificate (required and verified
+        when the server has ``client_ca``) or the ``authenticate`` hook (given
+        the ``authorization: Bearer`` token of each call), and every call is
+        admitted by ``authorize`` like a brpc client's, with a
+        :class:`brpc.FrontCaller` as the caller. Closed with the server.
+        Port 0 picks a free port (also :attr:`tcp_port`).
+        """
+        if self._front is not None:
+            raise RuntimeError("the server already listens on TCP")
+        if self._closing:
+            raise RuntimeError("the server is closed")
+        context = (
+            None
+            if plaintext
+            else server_ssl_context(self._certfile, self._keyfile, self._client_ca)
+        )
+        if plaintext:
+            log.warning("gRPC/TCP front on %s:%s is plaintext (h2c): no TLS", host, port)
+        front = TcpFront(
+            self._serving,
+            FrontSettings(
+                max_message_size=self.options.max_message_size,
+                max_concurrent_calls=self.options.max_concurrent_calls,
+                authorize=self._authorize,
+                authenticate=self._authenticate,
+                verifier=self._accept_settings.verifier,
+            ),
+            ssl_context=context,
+        )
+        self._front = front
+        self._tcp_port = await front.start(host, port)
+        log.info("gRPC/TCP front listening on %s", format_target(host, self._tcp_port))
+        return self._tcp_port
+
+    @property
+    def tcp_port(self) -> int | None:
+        """The TCP port of the gRPC front (after :meth:`listen_tcp`), else None."""
+        return self._tcp_port
 
     @property
     def port(self) -> int:
@@ -238,8 +333,11 @@ class Server(Generic[C]):
             raise RuntimeError("call start() before serve_forever()")
         await self._closed.wait()
 
-    def close(self, grace: float | None = None) -> None:
+    def close(self, grace: float | None = None) -> Closing:
         """Stop accepting connections and close every connection.
+
+        Works called as a plain method (then :meth:`wait_closed`) and awaited:
+        ``await server.close()`` returns once the server has closed.
 
         Without ``grace``, connections close at once and calls in flight fail.
         With ``grace`` (seconds) the server drains: it refuses new connections
@@ -248,20 +346,24 @@ class Server(Generic[C]):
         calls in flight in both directions finish within ``grace``, then closes.
         :meth:`wait_closed` returns when that is done.
         """
+        closing = Closing(self.wait_closed)
         if self._closing:
-            return
+            return closing
         self._closing = True
         self._listener.stop_accepting()
+        if self._front is not None:
+            self._front.closing = True  # new calls on the TCP front: UNAVAILABLE
         linked = {id(link.session) for link in self._links.values()}
         for session in list(self._listener.sessions):
             if id(session) not in linked:
                 session.close(CloseCode.GOING_AWAY, "server is shutting down")
         if grace is None or grace <= 0:
             self._finish_close()
-            return
+            return closing
         self._drain_task = asyncio.get_running_loop().create_task(
             self._drain(grace), name="brpc server drain"
         )
+        return closing
 
     async def _drain(self, grace: float) -> None:
         links = list(self._links.values())
@@ -276,6 +378,8 @@ class Server(Generic[C]):
             self._finish_close()
 
     def _finish_close(self) -> None:
+        if self._front is not None:
+            self._front.close()
         for session in list(self._listener.sessions):
             session.close(CloseCode.GOING_AWAY, "server is shutting down")
         self._listener.close()
@@ -285,6 +389,8 @@ class Server(Generic[C]):
         """Wait until :meth:`close` finished and the UDP port is free again."""
         await self._closed.wait()
         await self._listener.wait_closed()
+        if self._front is not None:
+            await self._front.wait_closed()
 
     async def __aenter__(self) -> Server[C]:
         return self
@@ -309,6 +415,13 @@ class Server(Generic[C]):
         ``GRPCError(UNAVAILABLE)`` once that client is gone.
         """
         info = self._client_of(stream)
+        if self.client_stub is None:
+            log.error("client_from_context() called on a Server made without client_stub=...")
+            raise GRPCError(
+                Status.FAILED_PRECONDITION,
+                "the server cannot call its clients: it was made without client_stub=... "
+                "(pass the clients' generated stub class, for example client_stub=AgentStub)",
+            )
         if info.closed:
             raise GRPCError(
                 Status.UNAVAILABLE,
@@ -428,6 +541,8 @@ class Server(Generic[C]):
             layer = choose_call_layer(message.call_layers, tuple(self._layers))
         except CallLayerMismatch as exc:
             raise Refused(RefusalCode.INVALID_HELLO, str(exc)) from None
+        if message.replaces:
+            self._close_replaced(message.replaces, connection_id, hello.identity)
         self._admit_name(message.name, connection_id, hello.identity)
         label = (
             f"client {message.name!r} ({connection_id})"
@@ -451,11 +566,14 @@ class Server(Generic[C]):
             make_handle=self._client_info,
             authorize=self._authorize,
         )
+        resume_secret = secrets.token_bytes(RESUME_SECRET_LENGTH)
+        self._admitted_secrets[connection_id] = resume_secret
         server_hello = pb.ServerHello(
             protocol_version=PROTOCOL_VERSION,
             connection_id=connection_id,
             limits=self._limits_message(),
             call_layer=layer,
+            resume_secret=resume_secret,
         )
         return link, server_hello
 
@@ -465,8 +583,21 @@ class Server(Generic[C]):
         log.info("%r connected from %s", link, link.address)
         self._links[link.connection_id] = link
         self._clients.add(info)
+        secret = self._admitted_secrets.pop(link.connection_id, None)
+        if secret is not None:
+            key = hashlib.sha256(secret).digest()
+            self._resumable[key] = (secret, link)
+            link.add_close_callback(lambda _: self._forget_secret(key))
         link.add_close_callback(lambda _: self._unregister(info))
         self._presence.connected(info)
+
+    def moved(self, link: Link, address: tuple[str, int]) -> None:
+        """The client of ``link`` sends from a new address: tell presence watchers."""
+        info = cast(ClientInfo[C], link.handle)
+        if self._clients.get(info.connection_id) is not info:
+            return
+        log.info("%r now sends from %s", link, address)
+        self._presence.moved(info, address)
 
     # -- internals -------------------------------------------------------------------
 
@@ -508,8 +639,33 @@ class Server(Generic[C]):
             if link is not None:
                 link.close(
                     CloseCode.REPLACED,
-                    f"replaced by a newer connection ({connection_id}) with the same name {name!r}",
+                    f"replaced by a newer connection with the same name {name!r}",
                 )
+
+    def _forget_secret(self, key: bytes) -> None:
+        self._resumable.pop(key, None)
+
+    def _close_replaced(self, secret: bytes, connection_id: str, identity: Identity | None) -> None:
+        """Close the connection whose resume secret a reconnecting client sent.
+
+        Only the client that held that connection knows its secret; its old
+        connection is dead to it, so it goes at once instead of after the
+        dead-peer timeout (the bare connection ID would not do: others may know it).
+        """
+        entry = self._resumable.get(hashlib.sha256(secret).digest())
+        if entry is None or not hmac.compare_digest(entry[0], secret):
+            log.debug("%s: the connection it replaces is gone already", connection_id)
+            return
+        old = entry[1]
+        if not _same_identity(old.peer.identity, identity):
+            log.warning(
+                "%s sent the resume secret of %s with another identity; ignored",
+                connection_id,
+                old.connection_id,
+            )
+            return
+        log.info("%r replaced by its own reconnection %s", old, connection_id)
+        old.close(CloseCode.REPLACED, "replaced by its own reconnection")
 
     def _unregister(self, info: ClientInfo[C]) -> None:
         self._links.pop(info.connection_id, None)

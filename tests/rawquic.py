@@ -12,7 +12,12 @@ from typing import Any
 from aioquic.asyncio import QuicConnectionProtocol, connect, serve
 from aioquic.asyncio.server import QuicServer
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    QuicEvent,
+    StreamDataReceived,
+    StreamReset,
+)
 
 
 class Recorder(QuicConnectionProtocol):
@@ -24,10 +29,14 @@ class Recorder(QuicConnectionProtocol):
             asyncio.get_running_loop().create_future()
         )
         self.received: dict[int, bytes] = {}
+        #: Streams the peer reset.
+        self.resets: set[int] = set()
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, StreamDataReceived):
             self.received[event.stream_id] = self.received.get(event.stream_id, b"") + event.data
+        elif isinstance(event, StreamReset):
+            self.resets.add(event.stream_id)
         elif isinstance(event, ConnectionTerminated) and not self.ended.done():
             self.ended.set_result(event)
 
@@ -38,6 +47,13 @@ class Recorder(QuicConnectionProtocol):
     def next_stream(self, unidirectional: bool = False) -> int:
         return self._quic.get_next_available_stream_id(is_unidirectional=unidirectional)
 
+    def stop_granting_credit(self) -> None:
+        """From now on, never raise the peer's flow-control limits (MAX_DATA and
+        MAX_STREAM_DATA): what it sends us stays unacknowledged by the application."""
+        quic: Any = self._quic
+        quic._write_connection_limits = lambda **_: None
+        quic._write_stream_limits = lambda **_: None
+
     async def wait_ended(self, timeout: float = 10.0) -> ConnectionTerminated:
         async with asyncio.timeout(timeout):
             return await asyncio.shield(self.ended)
@@ -45,11 +61,18 @@ class Recorder(QuicConnectionProtocol):
 
 @contextlib.asynccontextmanager
 async def raw_client(
-    port: int, *, ca: Path, alpn: str = "brpc/1", wait_connected: bool = True
+    port: int,
+    *,
+    ca: Path,
+    alpn: str = "brpc/1",
+    wait_connected: bool = True,
+    max_stream_data: int | None = None,
 ) -> AsyncIterator[Recorder]:
     configuration = QuicConfiguration(
         is_client=True, alpn_protocols=[alpn], server_name="localhost", idle_timeout=10
     )
+    if max_stream_data is not None:
+        configuration.max_stream_data = max_stream_data
     configuration.load_verify_locations(cafile=str(ca))
     configuration.verify_mode = ssl.CERT_REQUIRED
     async with connect(

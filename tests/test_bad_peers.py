@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from aioquic.quic.packet import QuicErrorCode
+from conftest import wait_for
 from probes import Probe
 from rawquic import port_of, raw_client, raw_server
 
@@ -210,3 +211,34 @@ async def test_many_bad_peers_at_once_do_not_disturb_a_good_one(
 
     await asyncio.gather(steady(), *(bad(i) for i in range(20)))
     assert len(server.clients_snapshot()) == 1
+
+
+async def test_a_peer_that_never_reads_its_pongs_is_closed(
+    make_server: Any, connect: Any, certs: Any
+) -> None:
+    """A client that grants no flow-control credit on its control stream and
+    keeps sending pings is closed once the unsent pongs pass the bound,
+    instead of having them queued without limit."""
+    from brpc._core.control_stream import MAX_UNSENT_CONTROL_BYTES
+
+    server = await make_server([Probe()])
+    honest = await connect(server)
+    async with raw_client(server.port, ca=certs.ca, max_stream_data=4096) as raw:
+        control = raw.next_stream()
+        raw.send(control, _hello(name="hoarder"))
+        await wait_for(lambda: bool(raw.received.get(control)), timeout=5)  # the server hello
+        raw.stop_granting_credit()
+        # the largest nonce makes the largest pong; each pong is as long as its ping
+        ping = encode_envelope(pb.Envelope(ping=pb.Ping(nonce=(1 << 64) - 1)))
+        # send up to four times the bound
+        batch = ping * 500
+        for _ in range(4 * MAX_UNSENT_CONTROL_BYTES // len(batch)):
+            if raw.ended.done():
+                break
+            raw.send(control, batch)
+            await asyncio.sleep(0.002)
+        ended = await raw.wait_ended(timeout=10)
+    assert ended.error_code == brpc.CloseCode.PROTOCOL_VIOLATION
+    assert "control messages unread" in ended.reason_phrase
+    assert (await EchoStub(honest).Unary(EchoRequest(text="still here"))).text == "still here"
+    await _still_serves(server, connect)

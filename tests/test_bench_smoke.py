@@ -28,7 +28,7 @@ def test_quick_bench_writes_table_and_json(tmp_path: Path) -> None:
             "--only",
             "unary_c1",
             "--targets",
-            "brpc-c2s,brpc-lanes-s2c,grpclib,grpcio",
+            "brpc-c2s,brpc-lanes-s2c,grpclib,grpcio,relay",
             "--json",
             str(report),
         ],
@@ -40,7 +40,7 @@ def test_quick_bench_writes_table_and_json(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
 
-    for label in ("brpc c→s", "brpc lanes s→c", "grpclib/TCP", "grpcio/TCP", "calls/s"):
+    for label in ("brpc c→s", "brpc lanes s→c", "grpclib/TCP", "grpcio/TCP", "relay", "calls/s"):
         assert label in done.stdout
 
     data = json.loads(report.read_text())
@@ -49,7 +49,7 @@ def test_quick_bench_writes_table_and_json(tmp_path: Path) -> None:
     assert data["machine"]["versions"]["grpcio"]
     assert data["baselines"] == ["grpclib", "grpcio"]
     targets = data["results"]["unary_c1"]
-    assert set(targets) == {"brpc-c2s", "brpc-lanes-s2c", "grpclib", "grpcio"}
+    assert set(targets) == {"brpc-c2s", "brpc-lanes-s2c", "grpclib", "grpcio", "relay"}
     for metrics in targets.values():
         assert {"calls_per_s", "p50_ms", "p99_ms"} <= metrics.keys()
         assert metrics["calls_per_s"]["median"] > 0
@@ -59,4 +59,6 @@ def test_quick_bench_writes_table_and_json(tmp_path: Path) -> None:
         "brpc-lanes-s2c/grpclib",
         "brpc-c2s/grpcio",
         "brpc-lanes-s2c/grpcio",
+        "relay/grpclib",
+        "relay/grpcio",
     }

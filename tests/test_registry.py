@@ -314,7 +314,8 @@ async def test_replace_closes_the_older_connection(make_server: Any, connect: An
     await old.wait_closed()
     assert old.state is brpc.ConnState.CLOSED
     assert "REPLACED" in (old.close_reason or "")
-    assert f"replaced by a newer connection ({new.connection_id})" in (old.close_reason or "")
+    assert "replaced by a newer connection with the same name 'agent'" in (old.close_reason or "")
+    assert new.connection_id not in (old.close_reason or "")
     assert len(server.clients) == 1
     named = server.clients.named("agent")
     assert named is not None and named.connection_id == new.connection_id
@@ -421,7 +422,7 @@ async def test_replace_needs_the_same_identity(make_server: Any, connect: Any) -
     users = {"alice-laptop": "alice", "alice-phone": "alice", "mallory": "mallory"}
 
     def authenticate(request: brpc.AuthRequest) -> brpc.Identity:
-        return brpc.Identity(name=users[request.token], source="token")
+        return brpc.Identity(name=users[request.token], source="token", names=("agent",))
 
     server = await make_server(authenticate=authenticate)
     first = await connect(server, name="agent", token="alice-laptop", reconnect=False)
@@ -435,7 +436,7 @@ async def test_replace_needs_the_same_identity(make_server: Any, connect: Any) -
     assert "REPLACED" in (first.close_reason or "")
     named = server.clients.named("agent")
     assert named is not None and named.connection_id == second.connection_id
-    assert named.identity == brpc.Identity(name="alice", source="token")
+    assert named.identity == brpc.Identity(name="alice", source="token", names=("agent",))
 
 
 async def test_on_connect_can_call_the_client_at_once(make_server: Any, connect: Any) -> None:

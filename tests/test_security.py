@@ -157,7 +157,9 @@ async def test_token_authentication_hook(make_server: Any, connect: Any, certs: 
             raise brpc.PermissionDenied("this token is banned")
         if request.token != "s3cret":
             raise brpc.Unauthenticated("unknown token")
-        return brpc.Identity(name="ops-bot", source="token", attributes={"role": "admin"})
+        return brpc.Identity(
+            name="ops-bot", source="token", attributes={"role": "admin"}, names=("bot",)
+        )
 
     server = await make_server([Probe()], authenticate=authenticate, client_ca=certs.ca)
     mtls = {"certfile": certs.client_cert, "keyfile": certs.client_key}
@@ -171,7 +173,7 @@ async def test_token_authentication_hook(make_server: Any, connect: Any, certs: 
     await connect(server, token="s3cret", name="bot", labels={"team": "ops"}, **mtls)
     (info,) = server.clients_snapshot()
     assert info.identity == brpc.Identity(
-        name="ops-bot", source="token", attributes={"role": "admin"}
+        name="ops-bot", source="token", attributes={"role": "admin"}, names=("bot",)
     )
     last = requests[-1]
     assert (last.name, dict(last.labels), last.token) == ("bot", {"team": "ops"}, "s3cret")

@@ -30,6 +30,11 @@ def test_parse(target: str, expected: tuple[str, int]) -> None:
         ("host:0", "1 to 65535"),
         ("host:http", "1 to 65535"),
         ("", "host:port"),
+        ("http://host:1", "plain 'host:port' .*'http:'.*'host:1'"),
+        ("https://[::1]:1", "no scheme .*'https:'.*'\\[::1\\]:1'"),
+        ("dns:///host:1", "no scheme .*'dns:'.*'host:1'"),
+        ("dns:host:1", "no scheme .*'dns:'.*'host:1'"),
+        ("unix:///tmp/sock", "plain 'host:port'"),
     ],
 )
 def test_bad_targets_say_what_is_wrong(target: str, hint: str) -> None:

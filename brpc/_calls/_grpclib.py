@@ -29,6 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
+import logging
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeAlias, TypeVar, cast
 
@@ -37,13 +40,14 @@ from grpclib.client import Channel, Stream
 from grpclib.client import Handler as ClientHandler
 from grpclib.client import Stream as ClientStream
 from grpclib.config import Configuration
-from grpclib.const import Cardinality, Status
+from grpclib.const import Cardinality, Handler, Status
 from grpclib.encoding.base import GRPC_CONTENT_TYPE
 from grpclib.events import _DispatchChannelEvents, _DispatchServerEvents
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.metadata import USER_AGENT, Deadline, _Metadata, _MetadataLike
 from grpclib.protocol import AbstractHandler, Connection, EventsProcessor, H2Protocol, Peer
 from grpclib.protocol import Stream as H2Stream
+from grpclib.server import Handler as ServerHandler
 from grpclib.server import Server
 from grpclib.server import Stream as ServerStream
 from grpclib.utils import Wrapper
@@ -53,6 +57,13 @@ from h2.settings import SettingCodes
 from multidict import MultiDict
 
 from ..errors import DeadlineExceededError
+
+log = logging.getLogger(__name__)
+
+#: Bytes beyond twice a lane's high-water mark that its send buffer may hold
+#: (frames being written when the mark was crossed: grpclib writes at most one
+#: 16 KiB DATA frame between checks) before the peer is deemed not to be reading.
+_UNSENT_SLACK = 64 << 10
 
 # grpclib's names for these types are private; the rest of brpc uses these.
 MetadataLike: TypeAlias = _MetadataLike
@@ -76,6 +87,7 @@ __all__ = [
     "SendType",
     "ServerStream",
     "close_lane",
+    "deadline_fired",
     "opening_deadline",
     "serving_server",
 ]
@@ -139,7 +151,8 @@ class _LimitedConnection(Connection):
 class LaneProtocol(H2Protocol):
     """grpclib's HTTP/2 protocol for one lane, either side, with brpc's limits.
 
-    ``connection_made`` takes grpclib's own steps, with two differences: every
+    ``resume_writing`` sends what was queued while paused (grpclib would wait
+    for the next write). ``connection_made`` takes grpclib's own steps, with two differences: every
     stream refuses messages above ``max_message_size`` by their length prefix,
     and with ``max_concurrent_streams`` (the serving side) the first SETTINGS
     frame announces that limit while h2 enforces twice it. h2 starts every
@@ -192,10 +205,71 @@ class LaneProtocol(H2Protocol):
         self.connection.initialize()
         self.processor = EventsProcessor(self.handler, self.connection)
 
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        # grpclib leaves frames made while the transport was paused (a stream
+        # reset from a cancelled call, for one) in h2's buffer until the next
+        # write, which may never come: send them now.
+        if not self.connection.is_closing():
+            self.connection.flush()
 
-def serving_server(mapping: Any, *, codec: Any, status_details_codec: Any, dispatch: Any) -> Server:
-    """A grpclib server whose handlers are ``mapping`` and whose events go to ``dispatch``."""
-    server = Server([_Mapped(mapping)], codec=codec, status_details_codec=status_details_codec)
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # h2 answers some frames (PING, SETTINGS) by itself, paused or not: a
+        # peer that sends them but reads nothing would make us buffer the
+        # answers without limit. Writers of calls stop at the high-water mark,
+        # so well past it only such answers can be piling up.
+        transport: asyncio.Transport | None = getattr(self.connection, "_transport", None)
+        if transport is None or transport.is_closing():
+            return
+        _, high_water = transport.get_write_buffer_limits()
+        if transport.get_write_buffer_size() > 2 * high_water + _UNSENT_SLACK:
+            log.warning(
+                "lane peer left more than %d bytes unread while still sending; resetting the lane",
+                2 * high_water + _UNSENT_SLACK,
+            )
+            transport.abort()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        # A writer waiting for a paused lane would wait forever: nothing
+        # resumes a lost transport. Wake it; its next write fails or goes
+        # nowhere, and the call ends.
+        self.connection.write_ready.set()
+
+
+class _LaneHandler(ServerHandler):
+    """grpclib's per-connection server handler, ending *every* handler task on close.
+
+    grpclib's own ``close()`` cancels only the tasks whose streams were not
+    cancelled already; a task cancelled earlier (the client reset its call)
+    that is still sending its trailers on a paused lane would wait forever.
+    """
+
+    def close(self) -> None:
+        for task in self._cancelled:
+            if not task.done():
+                task.cancel()
+        super().close()
+
+
+def serving_server(
+    resolve: Callable[[str], Handler | None],
+    *,
+    codec: Any,
+    status_details_codec: Any,
+    dispatch: Any,
+) -> Server:
+    """A grpclib server whose handler of each path is ``resolve(path)`` and whose
+    events go to ``dispatch``.
+
+    grpclib copies its services' mappings into a dict and finds a call's
+    handler with ``mapping.get(path)``; the server gets an object whose
+    ``get`` asks ``resolve`` instead, so methods nobody listed (relayed ones)
+    are served too, and unknown ones fail with brpc's UNIMPLEMENTED message.
+    """
+    server = Server([], codec=codec, status_details_codec=status_details_codec)
+    server._mapping = cast(dict[str, Handler], _LookupMapping(resolve))
     server.__dispatch__ = dispatch
     return server
 
@@ -203,23 +277,41 @@ def serving_server(mapping: Any, *, codec: Any, status_details_codec: Any, dispa
 def server_lane_protocol(
     server: Server, *, max_message_size: int, max_concurrent_streams: int
 ) -> LaneProtocol:
-    """A new serving-side HTTP/2 protocol of ``server`` for one lane."""
-    template = server._protocol_factory()
+    """A new serving-side HTTP/2 protocol of ``server`` for one lane.
+
+    Unlike grpclib's ``Server._protocol_factory`` this does not add the lane's
+    handler to the server's set of handlers, which grpclib prunes only when
+    new connections arrive: a closed lane (and its connection) is released as
+    soon as nothing else refers to it, even on an idle server.
+    """
+    handler = _LaneHandler(
+        server._mapping, server._codec, server._status_details_codec, server.__dispatch__
+    )
     return LaneProtocol(
-        template.handler,
-        template.config,
-        template.h2_config,
+        handler,
+        # No HTTP/2 keepalive: the session has its own. grpclib's (two hours
+        # for servers) would leave a timer per lane whose context, even once
+        # cancelled, keeps the connection's objects alive until it is due.
+        dataclasses.replace(server._config, _keepalive_time=None),
+        server._h2_config,
         max_message_size=max_message_size,
         max_concurrent_streams=max_concurrent_streams,
     )
 
 
-class _Mapped:
-    def __init__(self, mapping: Any) -> None:
-        self._mapping = mapping
+def deadline_fired(stream: Any) -> bool:
+    """Whether grpclib's deadline for the served call ``stream`` fired (cancelling its handler)."""
+    wrapper = getattr(stream._stream, "wrapper", None)
+    return bool(wrapper is not None and wrapper.cancelled)
 
-    def __mapping__(self) -> Any:
-        return self._mapping
+
+class _LookupMapping:
+    """What grpclib's request handler needs of a mapping: ``get(path)``."""
+
+    __slots__ = ("get",)
+
+    def __init__(self, lookup: Callable[[str], Handler | None]) -> None:
+        self.get = lookup
 
 
 class CallStream(Stream[SendType, RecvType]):
@@ -235,6 +327,8 @@ class CallStream(Stream[SendType, RecvType]):
     _channel: LaneChannel
     #: The connection this call is counted on while in flight (see LaneChannel.call_started).
     counted_on: Any = None
+    #: Set before the call starts: the call fails with it instead of sending its request.
+    refused: GRPCError | None = None
 
     async def __aenter__(self) -> CallStream[SendType, RecvType]:
         try:
@@ -245,6 +339,8 @@ class CallStream(Stream[SendType, RecvType]):
         return self
 
     async def send_request(self, *, end: bool = False) -> None:
+        if self.refused is not None:
+            raise self.refused
         token = opening_deadline.set(self._deadline)
         try:
             await super().send_request(end=end)

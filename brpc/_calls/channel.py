@@ -9,8 +9,12 @@ propagation and hands the call to its caller. grpclib's event hooks
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, cast
+
 from grpclib.client import Channel
 from grpclib.const import Cardinality
+from grpclib.exceptions import GRPCError
 from grpclib.metadata import Deadline
 
 from ._grpclib import ClientStream, EventDispatch, MetadataLike, RecvType, SendType
@@ -22,11 +26,21 @@ __all__ = ["CallChannel"]
 class CallChannel(Channel):
     """Base of brpc's channels: ``request()`` through a call layer."""
 
-    def __init__(self, authority: str, *, dispatch: EventDispatch, caller: Caller) -> None:
+    def __init__(
+        self,
+        authority: str,
+        *,
+        dispatch: EventDispatch,
+        caller: Caller,
+        check: Callable[[str], GRPCError | None] | None = None,
+    ) -> None:
+        """``check(method)``, if given, runs for each call; a ``GRPCError`` it
+        returns fails the call when it would send its request (nothing is sent)."""
         super().__init__(host=authority, port=443)
         self._authority = authority
         self.__dispatch__ = dispatch
         self._caller = caller
+        self._check = check
 
     def request(
         self,
@@ -39,7 +53,7 @@ class CallChannel(Channel):
         deadline: Deadline | None = None,
         metadata: MetadataLike | None = None,
     ) -> ClientStream[SendType, RecvType]:
-        return self._caller.request(
+        stream = self._caller.request(
             name,
             cardinality,
             request_type,
@@ -47,6 +61,10 @@ class CallChannel(Channel):
             deadline=effective_deadline(timeout, deadline),
             metadata=metadata,
         )
+        if self._check is not None:
+            # Every layer's stream fails with ``refused`` instead of sending its request.
+            cast(Any, stream).refused = self._check(name)
+        return stream
 
     def close(self) -> None:
         """Fail the calls in flight through this channel; the connection stays up."""

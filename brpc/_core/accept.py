@@ -95,6 +95,10 @@ class Admitter(Protocol):
         """The server hello of ``link`` went out: register the client."""
         ...
 
+    def moved(self, link: Link, address: tuple[str, int]) -> None:
+        """The client of ``link`` now sends from ``address`` (NAT rebinding, migration)."""
+        ...
+
 
 @dataclass(frozen=True)
 class AcceptSettings:
@@ -184,6 +188,10 @@ class Acceptor:
         else:
             log.info("connection from %s: %s", session.peer_address, closed.describe())
 
+    def address_changed(self, session: Session, address: tuple[str, int]) -> None:
+        if self.phase is AcceptPhase.ACCEPTED and self.link is not None:
+            self._admitter.moved(self.link, address)
+
     # -- ControlReceiver -------------------------------------------------------------
 
     def control_received(self, envelope: pb.Envelope) -> None:
@@ -232,6 +240,7 @@ class Acceptor:
             identity = await self._authenticate(message)
             if session.closed is not None:
                 return
+            _check_name(message.name, identity)
             link, server_hello = self._admitter.admit(Hello(message, identity, session, control))
         except Refused as refused:
             self._refuse(refused.refusal)
@@ -302,3 +311,15 @@ class Acceptor:
         if self.phase is AcceptPhase.HELLO and self._session is not None:
             timeout = self._settings.hello_timeout
             self._session.close(CloseCode.HELLO_TIMEOUT, f"no hello within {timeout} s")
+
+
+def _check_name(name: str, identity: Identity | None) -> None:
+    """Refuse a name that is not bound to the client's verified identity."""
+    if identity is None or identity.may_use_name(name):
+        return
+    raise Refused(
+        RefusalCode.PERMISSION_DENIED,
+        f"the name {name!r} does not belong to this client's identity {identity.name!r}: "
+        f"say hello as {identity.name!r} or with no name, or have the server's "
+        "authenticate hook allow the name (Identity(names=...))",
+    )

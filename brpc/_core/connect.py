@@ -63,6 +63,8 @@ class HelloSettings:
     pending_stream_limit: int = 4 << 20
     #: Call layers offered, most preferred first (docs/protocol.md §3).
     call_layers: tuple[str, ...] = ()
+    #: The resume secret of the connection this one replaces (b"" for none).
+    replaces: bytes = b""
 
     def message(self) -> pb.ClientHello:
         return pb.ClientHello(
@@ -72,6 +74,7 @@ class HelloSettings:
             services=list(self.services),
             token=self.token,
             call_layers=list(self.call_layers),
+            replaces=self.replaces,
         )
 
 
@@ -170,6 +173,9 @@ class _Attempt:
             link.session_closed(closed)
         elif self.phase is not ConnectPhase.READY:
             self.phase = ConnectPhase.FAILED
+
+    def address_changed(self, session: Session, address: tuple[str, int]) -> None:
+        """The server's address changed; the link reads it live (``Link.address``)."""
 
     # -- ControlReceiver -------------------------------------------------------------
 

@@ -104,6 +104,8 @@ class Link:
         self._idle = asyncio.Event()
         self._idle.set()
         self._close_callbacks: list[Callable[[Link], None]] = []
+        #: Tasks handling the peer's calls right now (cancelled if the link ends first).
+        self._handling: set[asyncio.Task[Any]] = set()
         self._ping_ids = itertools.count(1)
         self._pings: dict[int, asyncio.Future[None]] = {}
         self.context = contextvars.copy_context()
@@ -199,9 +201,15 @@ class Link:
             )
         self.calls_in += 1
         self._idle.clear()
+        task = asyncio.current_task()
+        if task is not None:
+            self._handling.add(task)
 
     def incoming_finished(self) -> None:
         self.calls_in -= 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._handling.discard(task)
         self._check_idle()
         if self.closed is not None:
             self._release_handle()
@@ -277,6 +285,10 @@ class Link:
             if not waiter.done():
                 waiter.set_exception(ConnectionError(closed.describe()))
         self._pings.clear()
+        # Whatever state its streams were in, no handler outlives its connection.
+        handling, self._handling = self._handling, set()
+        for task in handling:
+            task.cancel()
         self.closed_event.set()
         callbacks, self._close_callbacks = self._close_callbacks, []
         for callback in callbacks:

@@ -87,6 +87,14 @@ class MemorySession:
         peer = self._peer
         return peer._address if peer is not None else None
 
+    def rebind(self, address: tuple[str, int]) -> None:
+        """Send from ``address`` from now on, as after a NAT rebinding: the
+        peer's handler hears of it (``address_changed``) and the connection goes on."""
+        self._address = address
+        peer = self._peer
+        if peer is not None and peer.closed is None and peer.handshake_done:
+            peer.handler.address_changed(peer, address)
+
     def peer_certificate(self) -> x509.Certificate | None:
         peer = self._peer
         return peer._certificate if peer is not None else None

@@ -22,6 +22,7 @@ __all__ = [
     "ALPN",
     "CONTROL_MESSAGE_LIMIT",
     "PROTOCOL_VERSION",
+    "RESUME_SECRET_LENGTH",
     "ControlDecoder",
     "HelloLimits",
     "check_client_hello",
@@ -114,6 +115,10 @@ class ControlDecoder:
         return envelope
 
 
+#: Bytes of a connection's resume secret (ServerHello.resume_secret).
+RESUME_SECRET_LENGTH = 32
+
+
 @dataclass(frozen=True)
 class HelloLimits:
     """Bounds on the fields of a client hello."""
@@ -155,4 +160,6 @@ def check_client_hello(hello: pb.ClientHello, limits: HelloLimits) -> str | None
             return f"{service[:64]!r} is not a fully-qualified gRPC service name"
     if len(hello.token) > limits.max_token_length:
         return f"token is longer than {limits.max_token_length} bytes"
+    if len(hello.replaces) > RESUME_SECRET_LENGTH:
+        return f"replaces is longer than {RESUME_SECRET_LENGTH} bytes"
     return None

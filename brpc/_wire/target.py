@@ -15,6 +15,14 @@ def parse_target(target: str) -> tuple[str, int]:
     """
     if not isinstance(target, str) or not target:
         raise ValueError(f"target must be a 'host:port' string, not {target!r}")
+    scheme, sep, rest = target.partition("://")
+    if sep or target.startswith(("dns:", "ipv4:", "ipv6:", "unix:")):
+        bare = rest.lstrip("/") if sep else target.partition(":")[2].lstrip("/")
+        example = bare if bare else "localhost:4433"
+        raise ValueError(
+            f"target {target!r}: brpc targets are plain 'host:port' (no scheme such as "
+            f"'{scheme if sep else target.partition(':')[0]}:'), for example {example!r}"
+        )
     if target.startswith("["):
         end = target.find("]")
         if end == -1 or not target[end + 1 :].startswith(":"):

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ClientHello(_message.Message):
-    __slots__ = ("protocol_version", "name", "labels", "services", "token", "call_layers")
+    __slots__ = ("protocol_version", "name", "labels", "services", "token", "call_layers", "replaces")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -22,13 +22,15 @@ class ClientHello(_message.Message):
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     CALL_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    REPLACES_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     name: str
     labels: _containers.ScalarMap[str, str]
     services: _containers.RepeatedScalarFieldContainer[str]
     token: str
     call_layers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, protocol_version: _Optional[int] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., services: _Optional[_Iterable[str]] = ..., token: _Optional[str] = ..., call_layers: _Optional[_Iterable[str]] = ...) -> None: ...
+    replaces: bytes
+    def __init__(self, protocol_version: _Optional[int] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., services: _Optional[_Iterable[str]] = ..., token: _Optional[str] = ..., call_layers: _Optional[_Iterable[str]] = ..., replaces: _Optional[bytes] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_message_size", "max_concurrent_calls", "keepalive_interval_ms", "dead_peer_timeout_ms")
@@ -43,16 +45,18 @@ class Limits(_message.Message):
     def __init__(self, max_message_size: _Optional[int] = ..., max_concurrent_calls: _Optional[int] = ..., keepalive_interval_ms: _Optional[int] = ..., dead_peer_timeout_ms: _Optional[int] = ...) -> None: ...
 
 class ServerHello(_message.Message):
-    __slots__ = ("protocol_version", "connection_id", "limits", "call_layer")
+    __slots__ = ("protocol_version", "connection_id", "limits", "call_layer", "resume_secret")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     CALL_LAYER_FIELD_NUMBER: _ClassVar[int]
+    RESUME_SECRET_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     connection_id: str
     limits: Limits
     call_layer: str
-    def __init__(self, protocol_version: _Optional[int] = ..., connection_id: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., call_layer: _Optional[str] = ...) -> None: ...
+    resume_secret: bytes
+    def __init__(self, protocol_version: _Optional[int] = ..., connection_id: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., call_layer: _Optional[str] = ..., resume_secret: _Optional[bytes] = ...) -> None: ...
 
 class Refusal(_message.Message):
     __slots__ = ("code", "reason")

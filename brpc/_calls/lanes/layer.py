@@ -30,7 +30,7 @@ class LanesCallLayer:
         self._lanes = lanes
         self._max_concurrent_calls = max_concurrent_calls
         self._server: Server = serving_server(
-            serving.mapping,
+            serving.resolve,
             codec=serving.codec,
             status_details_codec=serving.status_details_codec,
             dispatch=serving.dispatch,

@@ -154,6 +154,9 @@ class ClientCallStream(ClientStream[SendType, RecvType]):
       details)``, details decoded by the channel's status details codec.
     """
 
+    #: Set before the call starts: the call fails with it instead of sending its request.
+    refused: GRPCError | None = None
+
     def __init__(
         self,
         caller: StreamsCaller,
@@ -192,6 +195,8 @@ class ClientCallStream(ClientStream[SendType, RecvType]):
     async def _send_request(self, *, end: bool, defer: bool) -> None:
         """Open the call's stream; with ``defer``, keep the header frame to go
         out with the first message (one write, one packet for a unary call)."""
+        if self.refused is not None:
+            raise self.refused
         if self._send_request_done:
             raise ProtocolError("Request is already sent")
         if end and not self._cardinality.client_streaming:

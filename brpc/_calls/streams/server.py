@@ -84,12 +84,9 @@ class CalleeProtocol(CallStreamProtocol):
                 StreamError.CONNECTION_CLOSING,
             )
             return
-        method = self._serving.mapping.get(headers.path)
-        if method is None:
-            self.finish(
-                encode_trailers(Status.UNIMPLEMENTED, f"Method not found: {headers.path[:200]}")
-            )
-            return
+        # Methods not served here go to the serving side's fallback (a relay),
+        # or to a handler answering UNIMPLEMENTED that names the method.
+        method = self._serving.resolve(headers.path)
         # The deadline runs from now (docs/protocol.md §4.5); the stream object
         # takes the transport's peer now, while the transport is surely there.
         timeout = headers.timeout

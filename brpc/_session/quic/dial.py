@@ -55,6 +55,9 @@ class _Dialing:
             self.done.set_result(closed)
         self._handler.session_closed(session, closed)
 
+    def address_changed(self, session: Session, address: tuple[str, int]) -> None:
+        self._handler.address_changed(session, address)
+
 
 async def dial_quic(
     *,

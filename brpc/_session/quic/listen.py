@@ -56,6 +56,9 @@ class _Tracked:
         self._sessions.discard(cast(QuicSession, session))
         self._handler.session_closed(session, closed)
 
+    def address_changed(self, session: Session, address: tuple[str, int]) -> None:
+        self._handler.address_changed(session, address)
+
 
 class _Endpoint(BatchingQuicServer):
     """aioquic's server protocol, telling when its socket is really closed."""

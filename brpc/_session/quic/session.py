@@ -126,6 +126,8 @@ class QuicSession(QuicConnectionProtocol):
         self._batch = batch
         self._transmit_deferred = False
         self._drain: socket.socket | None = None
+        #: The peer address last reported to the handler (None before the handshake).
+        self._reported_address: tuple[str, int] | None = None
 
     # -- asyncio.DatagramProtocol ----------------------------------------------
 
@@ -204,6 +206,17 @@ class QuicSession(QuicConnectionProtocol):
             self.close(code, reason, transport_error=True)
             return
         self._check_closing()
+        self._check_address()
+
+    def _check_address(self) -> None:
+        """Tell the handler when the peer's address changed (aioquic moves the path)."""
+        previous = self._reported_address
+        if previous is None or self.closed is not None:
+            return
+        address = self.peer_address
+        if address is not None and address != previous:
+            self._reported_address = address
+            self.handler.address_changed(self, address)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (port unreachable, ...) on connected UDP sockets.
@@ -477,6 +490,7 @@ class QuicSession(QuicConnectionProtocol):
             return
         if self.options.keepalive_interval is not None:
             self._later(self.options.keepalive_interval, self._keepalive)
+        self._reported_address = self.peer_address
         self.handler.handshake_completed(self)
 
     def _handshake_timed_out(self) -> None:

@@ -143,7 +143,10 @@ def describe_handshake_failure(closed: SessionClosed, *, target: str, server_nam
         if alert in ("bad_certificate", "certificate_expired", "unknown_ca"):
             return (
                 f"TLS handshake with {target} failed: the server's certificate did not "
-                f"verify for server name {server_name!r}: {reason} (TLS alert {alert})"
+                f"verify for server name {server_name!r}: {reason} (TLS alert {alert}); "
+                "if a private CA signed it, pass that CA's PEM file as ca=... (without ca= "
+                "the system trust store is used), and check that the certificate names "
+                f"{server_name!r} (server_name=... when dialing an address)"
             )
         return f"TLS handshake with {target} failed: {reason} (TLS alert {alert})"
     if alert is not None:
