@@ -326,8 +326,8 @@ def _check_command(words: list[str]) -> str | None:
         help_text = _help_text((str(executable),))
         if subcommand:
             help_text += _help_text((str(executable), *subcommand))
-    elif head in {"cd", "export", "mkdir", "ls", "source", "."}:
-        return None
+    elif head in {"cd", "export", "mkdir", "ls", "source", ".", "curl", "grpcurl"}:
+        return None  # shell built-ins and other programs' commands
     else:
         return f"unknown command {head!r} (teach tests/test_doc_examples.py about it)"
     missing = [flag for flag in _flags(args) if flag not in help_text]

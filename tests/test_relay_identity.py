@@ -81,7 +81,7 @@ async def test_tls_client_certificates_identify_tcp_callers(
     await connect(
         server,
         services=[Far()],
-        name="far",
+        name="client",  # a certified client says hello with its identity's name
         certfile=certs.client_cert,
         keyfile=certs.client_key,
     )
@@ -90,7 +90,9 @@ async def test_tls_client_certificates_identify_tcp_callers(
     context.load_cert_chain(certs.client_cert, certs.client_key)
     channel = Channel("127.0.0.1", port, ssl=context)
     try:
-        reply = await EchoStub(channel).Unary(EchoRequest(text="x"), metadata=TARGET)
+        reply = await EchoStub(channel).Unary(
+            EchoRequest(text="x"), metadata={"brpc-target": "client"}
+        )
     finally:
         channel.close()
     assert reply.text == "far:x"

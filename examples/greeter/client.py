@@ -28,11 +28,15 @@ class Namer(greeter_grpc.NamerBase):
         await stream.send_message(greeter_pb2.NameReply(name=self.name))
 
 
-async def greet(target: str, name: str, greeting: str, ca: Path) -> str:
-    async with brpc.dial(target, services=[Namer(name)], ca=ca, name=name) as conn:
+async def greet(target: str, name: str, greeting: str, ca: Path, *, stay: bool = False) -> str:
+    """Greet; with ``stay``, print the greeting and keep serving Namer until interrupted."""
+    async with brpc.dial(target, services=[Namer(name)], ca=ca, name=name, reflection=True) as conn:
         reply = await greeter_grpc.GreeterStub(conn).Greet(
             greeter_pb2.GreetRequest(greeting=greeting)
         )
+        if stay:
+            print(reply.message, flush=True)
+            await conn.wait_closed()
         return reply.message
 
 
@@ -47,15 +51,23 @@ def main() -> None:
     parser.add_argument(
         "--ca", type=Path, default=Path("certs/ca.pem"), help="CA that signed the server cert"
     )
+    parser.add_argument(
+        "--stay",
+        action="store_true",
+        help="stay connected, serving Namer, until interrupted (to be called through a relay)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log the connection")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     try:
-        message = asyncio.run(greet(args.target, args.name, args.greeting, args.ca))
+        message = asyncio.run(greet(args.target, args.name, args.greeting, args.ca, stay=args.stay))
     except brpc.ConnectError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
-    print(message)
+    except KeyboardInterrupt:
+        return
+    if not args.stay:
+        print(message)
 
 
 if __name__ == "__main__":
