@@ -9,6 +9,7 @@ packets come from) and calls the client's services over that connection
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -97,7 +98,13 @@ class ClientInfo(Generic[C]):
             authority,
             dispatch=dispatch,
             caller=layer.caller(_LinkTarget(link), authority=authority, dispatch=dispatch),
-            check=self._check_served,
+            # A function of the hello's facts, not a bound method: the channel
+            # belongs to this object, which must not be a reference cycle.
+            check=functools.partial(
+                _check_served,
+                link.peer.services,
+                repr(link.peer.name) if link.peer.name else link.connection_id,
+            ),
         )
         self._stub: C | None = None
         link.add_close_callback(lambda _: self.channel.close())
@@ -199,22 +206,24 @@ class ClientInfo(Generic[C]):
     async def wait_closed(self) -> None:
         await self._link.closed_event.wait()
 
-    def _check_served(self, method: str) -> GRPCError | None:
-        """The error of a call to a service the client's hello did not list (never sent)."""
-        services = self.services
-        if not services:  # the hello listed none: let the client answer
-            return None
-        service = method.split("/")[1] if method.count("/") == 2 else method
-        if service in services:
-            return None
-        who = f"{self.name!r}" if self.name else self.connection_id
-        return GRPCError(
-            Status.UNIMPLEMENTED,
-            f"client {who} does not serve {service} (it serves {', '.join(services)}); "
-            f"{method} was not sent",
-        )
-
     def __repr__(self) -> str:
         name = f" {self.name!r}" if self.name else ""
         state = " closed" if self.closed else ""
         return f"<ClientInfo{name} id={self.connection_id} {self.address}{state}>"
+
+
+def _check_served(services: tuple[str, ...], who: str, method: str) -> GRPCError | None:
+    """The error of a call to a service the client's hello did not list (never sent).
+
+    ``who`` names the client (its name, else its connection ID).
+    """
+    if not services:  # the hello listed none: let the client answer
+        return None
+    service = method.split("/")[1] if method.count("/") == 2 else method
+    if service in services:
+        return None
+    return GRPCError(
+        Status.UNIMPLEMENTED,
+        f"client {who} does not serve {service} (it serves {', '.join(services)}); "
+        f"{method} was not sent",
+    )
