@@ -248,11 +248,10 @@ def test_call_bidi_replies_while_the_input_goes_on(served: Served) -> None:
 
 
 def test_call_error_status_sets_the_exit_code(served: Served) -> None:
-    # Greet calls the caller's Namer back; the command serves nothing.
-    result = dialled(served, "call", "greeter.v1.Greeter/Greet", "-d", "{}")
-    assert result.returncode == Status.UNIMPLEMENTED.value
+    result = dialled(served, "call", "grpc.health.v1.Health/Check", "-d", '{"service": "nope"}')
+    assert result.returncode == Status.NOT_FOUND.value
     assert result.stdout == ""
-    assert result.stderr.startswith("ERROR: UNIMPLEMENTED: ")
+    assert result.stderr.startswith("ERROR: NOT_FOUND")
 
     as_json = dialled(
         served, "call", "grpc.health.v1.Health/Check", "-d", '{"service": "nope"}', "--json"
