@@ -40,6 +40,7 @@ from ._core.link import Link, PeerInfo
 from ._security.tickets import TicketBox
 from ._session.base import Session, SessionHandler
 from ._session.quic.dial import dial_quic
+from ._session.quic.engine import resolve_engine
 from ._session.quic.options import DEFAULT_QUIC_OPTIONS, QuicOptions
 from ._session.quic.tls import client_configuration
 from ._wire.target import format_target, parse_target
@@ -48,6 +49,7 @@ from .options import DEFAULT_OPTIONS, Options
 
 if TYPE_CHECKING:
     from ._calls.base import Servable
+    from ._session.quic.engine import Engine
     from ._session.quic.impair import NetworkConditions
     from .auth import Authorizer
     from .v1 import control_pb2 as pb
@@ -115,6 +117,7 @@ class _DialOptions:
     hello: HelloSettings
     options: Options
     quic: QuicOptions
+    engine: Engine
     services: tuple[Any, ...]
     timeout: float
     reconnect: ReconnectPolicy | None
@@ -319,6 +322,7 @@ class ClientConn(CallChannel):
             target=o.target,
             server_name=o.server_name,
             configuration=client_configuration(
+                engine=o.engine,
                 server_name=o.server_name,
                 ca=o.ca,
                 certfile=o.certfile,
@@ -329,6 +333,7 @@ class ClientConn(CallChannel):
             ),
             handler=handler,
             options=o.options,
+            engine=o.engine,
             quic_options=o.quic,
             peer_stream_limit=_MAX_SERVER_STREAMS,
             tickets=self._tickets,
@@ -511,6 +516,7 @@ def dial(
     session_resumption: bool = False,
     network_conditions: NetworkConditions | None = None,
     read_batch: int = _Q.read_batch,
+    engine: str = _Q.engine,
 ) -> _Dial:
     """Connect to the brpc server at ``target`` (``host:port``).
 
@@ -544,6 +550,8 @@ def dial(
     - ``network_conditions``: simulated loss/reordering, for tests.
     - ``read_batch``: datagrams read per wake-up before one transmit (1: one
       at a time); see the README's "Performance" section.
+    - ``engine``: the QUIC engine, ``"auto"`` (qh3 when ``brpc[fast]`` is
+      installed, else aioquic), ``"aioquic"`` or ``"qh3"``.
 
     Raises :class:`HandshakeError` when TLS fails (saying which host name did
     not verify, for example), :class:`RefusedError` when the server refuses the
@@ -563,7 +571,9 @@ def dial(
         max_datagram_size=max_datagram_size,
         read_batch=read_batch,
         network_conditions=network_conditions,
+        engine=engine,
     )
+    quic_engine = resolve_engine(engine, server=False)
     if insecure:
         log.warning(
             "dialing %s with insecure=True: the server's certificate is NOT verified; "
@@ -598,6 +608,7 @@ def dial(
         ),
         options=options,
         quic=quic_options,
+        engine=quic_engine,
         services=services,
         timeout=timeout,
         reconnect=policy,

@@ -23,7 +23,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
 from grpclib.client import Channel
 from grpclib.const import Status
@@ -37,9 +37,10 @@ from ._core.accept import Acceptor, AcceptSettings, Hello, Refused
 from ._core.link import Link, PeerInfo
 from ._security.tickets import TicketStore
 from ._security.verify import ClientCertificateVerifier
-from ._session.quic.listen import QuicListener
+from ._session.quic.engine import resolve_engine
+from ._session.quic.listen import DEFAULT_MAX_HALF_OPEN, DEFAULT_RETRY_THRESHOLD, QuicListener
 from ._session.quic.options import DEFAULT_QUIC_OPTIONS, QuicOptions
-from ._session.quic.tls import server_configuration
+from ._session.quic.tls import private_key_bytes, server_configuration
 from ._wire.control import PROTOCOL_VERSION, HelloLimits
 from ._wire.refusal import RefusalCode
 from ._wire.target import format_target
@@ -118,10 +119,13 @@ class Server(Generic[C]):
         authenticate: Authenticator | None = None,
         authorize: Authorizer | None = None,
         session_tickets: bool = False,
-        retry: bool = False,
+        retry: bool | Literal["auto"] = "auto",
+        retry_threshold: int = DEFAULT_RETRY_THRESHOLD,
+        max_half_open: int = DEFAULT_MAX_HALF_OPEN,
         network_conditions: NetworkConditions | None = None,
         duplicate_names: DuplicateNames = DuplicateNames.REPLACE,
         read_batch: int = _Q.read_batch,
+        engine: str = _Q.engine,
     ) -> None:
         options = Options(
             lanes=lanes,
@@ -136,7 +140,9 @@ class Server(Generic[C]):
             max_datagram_size=max_datagram_size,
             read_batch=read_batch,
             network_conditions=network_conditions,
+            engine=engine,
         )
+        quic_engine = resolve_engine(engine, server=True)
         if max_connections < 1:
             raise ValueError(f"max_connections must be positive, not {max_connections!r}")
         if session_tickets and client_ca is not None:
@@ -163,7 +169,9 @@ class Server(Generic[C]):
         )
         tickets: TicketStore[Any] | None = TicketStore() if session_tickets else None
         self._listener = QuicListener(
+            engine=quic_engine,
             configuration=server_configuration(
+                engine=quic_engine,
                 certfile=certfile,
                 keyfile=keyfile,
                 idle_timeout=dead_peer_timeout,
@@ -174,8 +182,11 @@ class Server(Generic[C]):
             accept=lambda: Acceptor(self._accept_settings, self),
             max_connections=max_connections,
             peer_stream_limit=_MAX_CLIENT_STREAMS,
+            private_key=private_key_bytes(certfile, keyfile),
             request_client_certificate=client_ca is not None,
             retry=retry,
+            retry_threshold=retry_threshold,
+            max_half_open=max_half_open,
             tickets=tickets,
         )
         self._started = False

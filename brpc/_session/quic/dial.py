@@ -11,21 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import socket
-from typing import TYPE_CHECKING
-
-from aioquic.quic.connection import QuicConnection
+from typing import TYPE_CHECKING, Any
 
 from ..._wire.control import ALPN
 from ...errors import ConnectError, HandshakeError
 from ..base import Session, SessionClosed, SessionHandler
-from . import _aioquic
+from .engine import Engine
 from .session import QuicSession
 from .tls import describe_handshake_failure, is_tls_failure
+from .udp import forbid_fragmentation
 
 if TYPE_CHECKING:
-    from aioquic.quic.configuration import QuicConfiguration
-    from aioquic.tls import SessionTicket
-
     from ..._security.tickets import TicketBox
     from ...options import Options
     from .options import QuicOptions
@@ -55,6 +51,11 @@ class _Dialing:
             self.done.set_result(closed)
         self._handler.session_closed(session, closed)
 
+    def address_changed(self, session: Session, address: tuple[str, int]) -> None:
+        changed = getattr(self._handler, "address_changed", None)
+        if changed is not None:
+            changed(session, address)
+
 
 async def dial_quic(
     *,
@@ -62,12 +63,13 @@ async def dial_quic(
     port: int,
     target: str,
     server_name: str,
-    configuration: QuicConfiguration,
+    configuration: Any,
+    engine: Engine,
     handler: SessionHandler,
     options: Options,
     quic_options: QuicOptions,
     peer_stream_limit: int,
-    tickets: TicketBox[SessionTicket] | None = None,
+    tickets: TicketBox[Any] | None = None,
 ) -> QuicSession:
     """A handshaken QUIC session to ``host:port`` whose streams ``handler`` serves."""
     loop = asyncio.get_running_loop()
@@ -81,22 +83,24 @@ async def dial_quic(
         sock.setblocking(False)
         # A connected socket receives ICMP errors: a missing server fails fast.
         sock.connect(address)
+        forbid_fragmentation(sock)
     except OSError as exc:
         sock.close()
         raise ConnectError(f"could not reach {target}: {exc}") from exc
 
     if tickets is not None:
         configuration.session_ticket = tickets.ticket
-    quic = QuicConnection(
-        configuration=configuration,
+    quic = engine.client_connection(
+        configuration,
+        peer_stream_limit=peer_stream_limit,
         session_ticket_handler=tickets.store if tickets is not None else None,
     )
-    _aioquic.set_peer_bidi_stream_limit(quic, peer_stream_limit)
     dialing = _Dialing(handler)
 
     def make_session() -> QuicSession:
         return QuicSession(
             quic,
+            engine=engine,
             handler=dialing,
             options=options,
             quic_options=quic_options,

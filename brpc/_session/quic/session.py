@@ -1,21 +1,31 @@
 """The QUIC session: one QUIC connection and the streams on it.
 
-:class:`QuicSession` is the asyncio adapter around an aioquic
-:class:`QuicConnection` and brpc's :class:`~brpc._session.base.Session` on
-QUIC. It knows streams, not gRPC:
+:class:`QuicSession` drives one QUIC connection of either engine (see
+``engine.py``) from asyncio and is brpc's :class:`~brpc._session.base.Session`
+on QUIC. It knows streams, not gRPC:
 
 - it opens local bidirectional streams and announces new peer-opened ones to
   its :class:`SessionHandler`, which supplies the protocol that runs on them;
 - it routes stream data, FINs, resets and STOP_SENDING to each stream's
   :class:`StreamTransport`, and resumes paused writers when acknowledgements
   drain their send buffers;
-- it sends QUIC PINGs every ``keepalive_interval`` (aioquic sends none by
-  itself), so that an idle connection outlives the idle timeout and NAT
+- it sends QUIC PINGs every ``keepalive_interval`` (the engines send none by
+  themselves), so that an idle connection outlives the idle timeout and NAT
   bindings stay open;
 - it enforces a handshake timeout and checks the negotiated ALPN;
 - it reports the end of the connection exactly once, as soon as it is known
   (when the peer's CONNECTION_CLOSE arrives, not three probe timeouts later),
-  failing every stream with the reason.
+  failing every stream with the reason; a valid stateless reset (RFC 9000
+  section 10.3) or repeated ICMP errors after the handshake end it at once;
+- it never sends an unvalidated client more than three times what it received
+  (RFC 9000 section 8.1), closes included;
+- it tells its handler when the peer's address changes (migration, NAT rebinding);
+- it sends a flight of datagrams with one GSO system call where the kernel
+  allows, and never waits on a timer finer than a millisecond (the engines'
+  pacing asks for sub-millisecond waits; event loops round them up, uvloop by
+  far more than asyncio's own loop, which collapsed bulk transfer);
+- on aioquic it probes the path for bigger datagrams (``PathMtuProber``) up to
+  ``QuicOptions.max_probed_datagram_size``.
 """
 
 from __future__ import annotations
@@ -26,11 +36,10 @@ import ipaddress
 import itertools
 import logging
 import socket
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.quic import events
-from aioquic.quic.connection import QuicConnection, stream_is_client_initiated
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
 from ..._security.peercert import PeerCertificate
@@ -38,19 +47,29 @@ from ...errors import CloseCode
 from ...options import Options
 from ..base import SessionClosed, SessionHandler
 from ..stream_transport import StreamTransport
-from . import _aioquic
 from .batching import DatagramBatch, drain_socket, dup_socket
+from .engine import Engine
 from .impair import ImpairedTransport
 from .options import QuicOptions
+from .pmtu import PathMtuProber, max_datagram_for_mtu
+from .udp import UdpBatching, connected_sendto
 
 if TYPE_CHECKING:
     from cryptography import x509
 
-__all__ = ["QuicSession", "transport_code_name"]
+__all__ = ["QuicSession", "SessionRoutes", "transport_code_name"]
 
 log = logging.getLogger(__name__)
 
 _CRYPTO_ERROR_BASE = 0x100
+#: Timers closer than this run on the next loop iteration instead (see the module docstring).
+_TIMER_GRANULARITY = 0.001
+#: RFC 9000 section 8.1: at most this many times the bytes an unvalidated address sent.
+_AMPLIFICATION_FACTOR = 3
+_RESET_MIN_SIZE = 21  # RFC 9000 section 10.3: 5 unpredictable bytes and the 16-byte token
+#: ICMP errors after the handshake, with no datagram from the peer in between, that end it.
+_ICMP_ERRORS_LOST = 2
+_IP_MTU = 14  # linux/in.h: the path MTU of a connected socket
 
 
 def transport_code_name(error_code: int) -> str:
@@ -73,13 +92,24 @@ def _closed(error_code: int, reason: str, *, transport_error: bool, local: bool)
     )
 
 
-class QuicSession(QuicConnectionProtocol):
+class SessionRoutes(Protocol):
+    """What a server endpoint learns from its sessions: which connection IDs reach them."""
+
+    def connection_id_issued(self, session: QuicSession, cid: bytes) -> None: ...
+
+    def connection_id_retired(self, session: QuicSession, cid: bytes) -> None: ...
+
+    def session_terminated(self, session: QuicSession) -> None: ...
+
+
+class QuicSession(asyncio.DatagramProtocol):
     """One QUIC connection, either side, as streams for the layers above."""
 
     def __init__(
         self,
-        quic: QuicConnection,
+        quic: Any,
         *,
+        engine: Engine,
         handler: SessionHandler,
         options: Options,
         quic_options: QuicOptions,
@@ -88,28 +118,39 @@ class QuicSession(QuicConnectionProtocol):
         owns_transport: bool = False,
         batch: DatagramBatch | None = None,
         refuse: tuple[int, str] | None = None,
+        routes: SessionRoutes | None = None,
+        gso: UdpBatching | None = None,
     ) -> None:
-        """``alpn``: the ALPN the handshake must negotiate; ``handshake_timeout``:
-        close if the handshake takes longer; ``owns_transport``: the session has
-        its own UDP socket (the dialing side); ``batch``: the server's read batch
-        this session defers its transmits to; ``refuse``: a transport error code
-        and reason to close with as soon as the first datagram is processed."""
-        super().__init__(quic)
+        """``engine``: the engine ``quic`` belongs to; ``alpn``: the ALPN the
+        handshake must negotiate; ``handshake_timeout``: close if the handshake
+        takes longer; ``owns_transport``: the session has its own UDP socket (the
+        dialing side); ``batch``: the server's read batch this session defers its
+        transmits to; ``refuse``: a transport error code and reason to close with
+        as soon as the first datagram is processed; ``routes``: the server
+        endpoint routing datagrams to it; ``gso``: the server socket's batched sender."""
+        self._loop = asyncio.get_running_loop()
         self.quic = quic
+        self.engine = engine
         self.handler = handler
         self.options = options
         self.quic_options = quic_options
         self._alpn = alpn
         self._handshake_timeout = handshake_timeout
         self._owns_transport = owns_transport
-        self._is_client = quic.configuration.is_client
+        self._is_client: bool = quic.configuration.is_client
         self._udp: asyncio.DatagramTransport | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+        self._routes = routes
+        self._gso = gso
         self._streams: dict[int, StreamTransport] = {}
-        # Streams we finished with but aioquic still tracks; late frames for
+        # Streams we finished with but the engine still tracks; late frames for
         # them must not look like new streams.
         self._retired: set[int] = set()
         self._paused: set[StreamTransport] = set()
         self._flush_handle: asyncio.Handle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._timer_at: float | None = None
+        self._last_now = 0.0
         self._timers: list[asyncio.TimerHandle] = []
         self._ping_ids = itertools.count(1)
         self._pings_in_flight: set[int] = set()
@@ -124,19 +165,42 @@ class QuicSession(QuicConnectionProtocol):
         self._batch = batch
         self._transmit_deferred = False
         self._drain: socket.socket | None = None
+        # Anti-amplification (server side, until the client's address is validated).
+        self._unvalidated = not self._is_client
+        self._received_unvalidated = 0
+        self._sent_unvalidated = 0
+        #: Datagrams not sent because they would have exceeded the 3x allowance.
+        self.amplification_dropped = 0
+        self._icmp_errors = 0
+        self._last_address: tuple[str, int] | None = None
+        self._prober: PathMtuProber | None = None
+        self._probe_handle: asyncio.Handle | None = None
+        #: The datagram size in use (raised by path MTU probes on aioquic).
+        self.datagram_size: int = quic_options.max_datagram_size
 
     # -- asyncio.DatagramProtocol ----------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._udp = cast(asyncio.DatagramTransport, transport)
+        udp = self._udp
         conditions = self.quic_options.network_conditions
         if conditions is not None:
-            transport = ImpairedTransport(self._udp, conditions)
-        elif self._owns_transport and self.quic_options.read_batch > 1:
-            self._drain = dup_socket(self._udp)
-        super().connection_made(transport)
+            self._transport = ImpairedTransport(udp, conditions)
+        elif self._owns_transport:
+            self._transport = connected_sendto(udp)
+            if self.quic_options.read_batch > 1:
+                self._drain = dup_socket(udp)
+            if self.quic_options.gso:
+                self._gso = UdpBatching(dup_socket(udp), gro=False)
+        else:
+            self._transport = udp
         if self._handshake_timeout is not None:
             self._later(self._handshake_timeout, self._handshake_timed_out)
+
+    def connect(self, addr: Any) -> None:
+        """Start the handshake with the server at ``addr`` (the dialing side)."""
+        self.quic.connect(addr, now=self._clock())
+        self.transmit()
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         conditions = self.quic_options.network_conditions
@@ -156,13 +220,14 @@ class QuicSession(QuicConnectionProtocol):
             self._receive_batch(data, addr, self._drain)
             return
         try:
-            super().datagram_received(data, addr)
+            self._receive_one(data, addr)
         except Exception:
             log.exception("failed to process a datagram; closing the connection")
             self.close(CloseCode.INTERNAL_ERROR, "internal error")
             return
         if self._transmit_deferred:
             return  # the batch flushes
+        self.transmit()
         self._after_receive()
 
     def flush_batch(self) -> None:
@@ -181,7 +246,7 @@ class QuicSession(QuicConnectionProtocol):
                 data,
                 addr,
                 self.quic_options.read_batch,
-                receive=self._receive_one,
+                receive=self._receive_and_go_on,
                 on_error=self.error_received,
             )
         except Exception:
@@ -191,10 +256,20 @@ class QuicSession(QuicConnectionProtocol):
             return
         self.flush_batch()
 
-    def _receive_one(self, data: bytes | str, addr: Any) -> bool:
+    def _receive_and_go_on(self, data: bytes | str, addr: Any) -> bool:
         """Process one datagram of a drain; whether to go on draining."""
-        super().datagram_received(data, addr)
+        self._receive_one(data, addr)
         return self.closed is None
+
+    def _receive_one(self, data: bytes | str, addr: Any) -> None:
+        datagram = cast(bytes, data)
+        self._icmp_errors = 0
+        if self._is_client and self._is_stateless_reset(datagram):
+            return
+        if self._unvalidated:
+            self._received_unvalidated += len(datagram)
+        self.quic.receive_datagram(datagram, addr, now=self._clock())
+        self._process_events()
 
     def _after_receive(self) -> None:
         if self._refuse is not None and self.closed is None:
@@ -202,38 +277,188 @@ class QuicSession(QuicConnectionProtocol):
             self.close(code, reason, transport_error=True)
             return
         self._check_closing()
+        self._check_address()
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (port unreachable, ...) on connected UDP sockets.
-        if not self.handshake_done and isinstance(exc, ConnectionRefusedError):
-            self._report_closed(
-                _closed(
-                    QuicErrorCode.CONNECTION_REFUSED,
-                    "nothing is listening on that UDP port (ICMP port unreachable)",
-                    transport_error=True,
-                    local=True,
-                )
-            )
-            self.quic.close(error_code=QuicErrorCode.CONNECTION_REFUSED)
-            self.transmit()
-        else:
+        if not isinstance(exc, ConnectionRefusedError) or self.closed is not None:
             log.debug("UDP error on QUIC connection: %r", exc)
+            return
+        if not self.handshake_done:
+            self._lost("nothing is listening on that UDP port (ICMP port unreachable)")
+            return
+        # After the handshake an ICMP error may be stale or forged: ask with a
+        # PING, and give up only if the answer is another ICMP error with no
+        # datagram from the peer in between.
+        self._icmp_errors += 1
+        if self._icmp_errors >= _ICMP_ERRORS_LOST:
+            self._lost("the peer's UDP port is unreachable (ICMP port unreachable)")
+            return
+        self.quic.send_ping(next(self._ping_ids))
+        self.transmit()
 
-    # -- aioquic hooks -------------------------------------------------------------
+    def _lost(self, reason: str) -> None:
+        self._report_closed(
+            _closed(QuicErrorCode.CONNECTION_REFUSED, reason, transport_error=True, local=True)
+        )
+        self.quic.close(error_code=QuicErrorCode.CONNECTION_REFUSED)
+        self.transmit()
+        self._stop_sending()
+
+    def _is_stateless_reset(self, datagram: bytes) -> bool:
+        """Whether ``datagram`` is a stateless reset from the server (RFC 9000 section
+        10.3): a short-header datagram ending with one of the peer's reset tokens."""
+        if len(datagram) < _RESET_MIN_SIZE or datagram[0] & 0x80 or not self.handshake_done:
+            return False
+        if datagram[-16:] not in self.engine.peer_reset_tokens(self.quic):
+            return False
+        log.info("stateless reset from %s: the server lost this connection", self.peer_address)
+        self._report_closed(
+            _closed(
+                QuicErrorCode.NO_ERROR,
+                "the server no longer knows this connection (stateless reset; "
+                "it restarted or lost its state)",
+                transport_error=True,
+                local=False,
+            )
+        )
+        self._stop_sending()
+        return True
+
+    def _stop_sending(self) -> None:
+        """Send nothing more: the connection is gone at the peer."""
+        self._cancel_timer()
+        self.terminated.set()
+        if self._owns_transport and self._udp is not None:
+            self._udp.close()
+
+    # -- sending -------------------------------------------------------------------
 
     def transmit(self) -> None:
+        """Send what the engine has to send, and arm its timer."""
         if self._transmit_deferred:
             return
         self._flush_handle = None
-        if self._udp is None or self._udp.is_closing():
+        self._transmit(self._clock())
+
+    def _transmit(self, now: float) -> None:
+        udp = self._udp
+        if udp is None or udp.is_closing():
             return
-        super().transmit()
+        datagrams = self.quic.datagrams_to_send(now=now)
+        if datagrams:
+            self._send(datagrams)
+        self._arm_timer()
         if self._paused:
             for transport in list(self._paused):
                 if transport.check_resume():
                     self._paused.discard(transport)
 
-    def quic_event_received(self, event: events.QuicEvent) -> None:
+    def _send(self, datagrams: Sequence[tuple[bytes, Any]]) -> None:
+        if self._unvalidated:
+            if self.handshake_done or self.engine.address_validated(self.quic):
+                self._unvalidated = False
+            else:
+                datagrams = self._within_allowance(datagrams)
+        transport = self._transport
+        assert transport is not None
+        gso = self._gso
+        if (
+            gso is not None
+            and len(datagrams) > 1
+            and not cast(asyncio.WriteTransport, transport).get_write_buffer_size()
+        ):
+            address = None if self._owns_transport else datagrams[0][1]
+            if all(addr == datagrams[0][1] for _, addr in datagrams):
+                try:
+                    gso.send([data for data, _ in datagrams], address)
+                except (BlockingIOError, InterruptedError):
+                    pass  # the socket buffer is full: as lost on the way
+                except OSError as exc:
+                    self.error_received(exc)
+                return
+        for data, addr in datagrams:
+            transport.sendto(data, addr)
+
+    def _within_allowance(self, datagrams: Sequence[tuple[bytes, Any]]) -> list[tuple[bytes, Any]]:
+        allowed = _AMPLIFICATION_FACTOR * self._received_unvalidated - self._sent_unvalidated
+        kept = []
+        for data, addr in datagrams:
+            if len(data) <= allowed:
+                kept.append((data, addr))
+                allowed -= len(data)
+                self._sent_unvalidated += len(data)
+            else:
+                self.amplification_dropped += 1
+        return kept
+
+    def _arm_timer(self) -> None:
+        timer_at = self.quic.get_timer()
+        if timer_at == self._timer_at and self._timer is not None:
+            return
+        self._cancel_timer()
+        if timer_at is None:
+            return
+        self._timer_at = timer_at
+        if timer_at - self._clock() <= _TIMER_GRANULARITY:
+            self._timer = self._loop.call_soon(self._handle_timer)
+        else:
+            self._timer = self._loop.call_at(timer_at, self._handle_timer)
+
+    def _clock(self, at_least: float | None = None) -> float:
+        """The time to give the engine: the loop's, never going backwards (a timer
+        run early, see :data:`_TIMER_GRANULARITY`, is handled at its own time)."""
+        now = self._loop.time()
+        if at_least is not None and at_least > now:
+            now = at_least
+        if now < self._last_now:
+            return self._last_now
+        self._last_now = now
+        return now
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._timer_at = None
+
+    def _handle_timer(self) -> None:
+        timer_at = self._timer_at
+        self._timer = None
+        self._timer_at = None
+        if self.terminated.is_set() and self.closed is not None:
+            return
+        now = self._clock(timer_at)
+        try:
+            self.quic.handle_timer(now=now)
+            self._process_events()
+        except Exception:
+            log.exception("failed to handle a QUIC timer; closing the connection")
+            self.close(CloseCode.INTERNAL_ERROR, "internal error")
+            return
+        if self._udp is not None:
+            self._transmit(now)
+        self._check_closing()
+
+    def _process_events(self) -> None:
+        quic = self.quic
+        events = self.engine.events
+        routes = self._routes
+        event = quic.next_event()
+        while event is not None:
+            if routes is not None:
+                if isinstance(event, events.ConnectionIdIssued):
+                    routes.connection_id_issued(self, event.connection_id)
+                elif isinstance(event, events.ConnectionIdRetired):
+                    routes.connection_id_retired(self, event.connection_id)
+                elif isinstance(event, events.ConnectionTerminated):
+                    routes.session_terminated(self)
+            self.quic_event_received(event)
+            event = quic.next_event()
+
+    # -- events ------------------------------------------------------------------
+
+    def quic_event_received(self, event: Any) -> None:
         try:
             self._dispatch(event)
         except Exception:
@@ -272,6 +497,11 @@ class QuicSession(QuicConnectionProtocol):
         """Open a local bidirectional stream running ``protocol``."""
         if self.closed is not None:
             raise ConnectionError(self.closed.describe())
+        credit = self.engine.stream_credit(self.quic)
+        if credit is not None and credit <= 0 and self.handshake_done:
+            raise ConnectionError(
+                f"the peer allows no more concurrent streams ({self.engine.name} cannot queue them)"
+            )
         stream_id = self.quic.get_next_available_stream_id()
         # Sending nothing creates the stream, so the next call gets a new ID.
         self.quic.send_stream_data(stream_id, b"")
@@ -287,12 +517,12 @@ class QuicSession(QuicConnectionProtocol):
             self._flush_soon()
 
     def stop_stream(self, stream_id: int, error_code: int = 0) -> None:
-        if self.closed is None and _aioquic.is_stream_known(self.quic, stream_id):
+        if self.closed is None and self.engine.is_stream_known(self.quic, stream_id):
             self.quic.stop_stream(stream_id, error_code)
             self._flush_soon()
 
     def send_buffer_size(self, stream_id: int) -> int:
-        return _aioquic.send_buffer_size(self.quic, stream_id)
+        return self.engine.send_buffer_size(self.quic, stream_id)
 
     def watch_paused(self, transport: StreamTransport) -> None:
         self._paused.add(transport)
@@ -302,15 +532,18 @@ class QuicSession(QuicConnectionProtocol):
         if self._streams.get(sid) is transport:
             del self._streams[sid]
             self._paused.discard(transport)
-            if _aioquic.is_stream_known(self.quic, sid):
+            if self.engine.is_stream_known(self.quic, sid):
                 self._retired.add(sid)
-            self._retired = {s for s in self._retired if _aioquic.is_stream_known(self.quic, s)}
+            self._retired = {s for s in self._retired if self.engine.is_stream_known(self.quic, s)}
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._drain is not None:
             self._drain.close()
             self._drain = None
-        super().connection_lost(exc)
+        if self._gso is not None and self._owns_transport:
+            self._gso.sock.close()
+            self._gso = None
+        self._cancel_timer()
 
     def abort(self) -> None:
         """Drop the connection without waiting for the closing period."""
@@ -335,13 +568,13 @@ class QuicSession(QuicConnectionProtocol):
 
     @property
     def peer_address(self) -> tuple[str, int] | None:
-        return _normalize_address(self.quic.get_peer_address())
+        return _normalize_address(self.engine.peer_address(self.quic))
 
     def peer_certificate(self) -> x509.Certificate | None:
-        return _aioquic.peer_certificate(self.quic)
+        return self.engine.peer_certificate(self.quic)
 
     def peer_certificate_chain(self) -> list[x509.Certificate]:
-        return _aioquic.peer_certificate_chain(self.quic)
+        return self.engine.peer_certificate_chain(self.quic)
 
     def extra_info(self, name: str, default: Any = None) -> Any:
         """What stream transports answer for ``get_extra_info(name)``."""
@@ -353,7 +586,7 @@ class QuicSession(QuicConnectionProtocol):
         if name == "sockname":
             return self._udp.get_extra_info("sockname") if self._udp is not None else default
         if name in ("peercert", "ssl_object"):
-            certificate = _aioquic.peer_certificate(self.quic)
+            certificate = self.engine.peer_certificate(self.quic)
             if certificate is None:
                 return default
             return certificate if name == "peercert" else PeerCertificate(certificate)
@@ -363,7 +596,8 @@ class QuicSession(QuicConnectionProtocol):
 
     # -- internals ---------------------------------------------------------------
 
-    def _dispatch(self, event: events.QuicEvent) -> None:
+    def _dispatch(self, event: Any) -> None:
+        events = self.engine.events
         if isinstance(event, events.StreamDataReceived):
             transport = self._streams.get(event.stream_id) or self._incoming(event.stream_id)
             if transport is not None:
@@ -402,7 +636,7 @@ class QuicSession(QuicConnectionProtocol):
     def _incoming(self, stream_id: int) -> StreamTransport | None:
         if (
             stream_id in self._retired
-            or stream_is_client_initiated(stream_id) == self._is_client
+            or (stream_id & 1 == 0) == self._is_client
             or self.closed is not None
         ):
             return None  # late data for a stream we are done with
@@ -437,12 +671,12 @@ class QuicSession(QuicConnectionProtocol):
 
     def _finish_unknown(self, stream_id: int) -> None:
         """Make aioquic forget a peer stream nobody will read or write."""
-        if self.closed is None and _aioquic.is_stream_known(self.quic, stream_id):
+        if self.closed is None and self.engine.is_stream_known(self.quic, stream_id):
             self.quic.reset_stream(stream_id, 0)
             self.quic.stop_stream(stream_id, 0)
             self._flush_soon()
 
-    def _handshake_completed(self, event: events.HandshakeCompleted) -> None:
+    def _handshake_completed(self, event: Any) -> None:
         self.handshake_done = True
         self.alpn_protocol = event.alpn_protocol
         self.session_resumed = event.session_resumed
@@ -457,7 +691,96 @@ class QuicSession(QuicConnectionProtocol):
             return
         if self.options.keepalive_interval is not None:
             self._later(self.options.keepalive_interval, self._keepalive)
+        self._last_address = self.peer_address
+        self._start_probing()
         self.handler.handshake_completed(self)
+
+    # -- path MTU ------------------------------------------------------------------
+
+    def _start_probing(self) -> None:
+        options = self.quic_options
+        ceiling = options.max_probed_datagram_size
+        if (
+            not self.engine.probes_datagram_size
+            or ceiling <= options.max_datagram_size
+            or options.network_conditions is not None
+        ):
+            return
+        mtu = self._path_mtu()
+        if mtu is not None:
+            ceiling = min(ceiling, mtu)
+        if ceiling <= options.max_datagram_size:
+            return
+        self._prober = PathMtuProber(base_size=options.max_datagram_size, max_size=ceiling)
+        self._loop.call_soon(self._probe)
+
+    def _path_mtu(self) -> int | None:
+        """The largest datagram the kernel's route to a connected peer carries."""
+        if not self._owns_transport or self._udp is None:
+            return None
+        sock = self._udp.get_extra_info("socket")
+        try:
+            family = sock.family
+            mtu = int(sock.getsockopt(socket.IPPROTO_IP, _IP_MTU))
+        except (OSError, AttributeError):
+            return None
+        return max_datagram_for_mtu(mtu, ipv6=family == socket.AF_INET6)
+
+    def _probe(self) -> None:
+        self._probe_handle = None
+        prober = self._prober
+        if prober is None or self.closed is not None or self._udp is None:
+            return
+        now = self._clock()
+        size = prober.next_probe(now)
+        if size is not None:
+            probe = self.engine.send_probe(self.quic, size, now, partial(self._probe_result, size))
+            if probe is None:
+                prober.probe_lost(size, now)
+            else:
+                data, addr = probe
+                try:
+                    assert self._transport is not None
+                    self._transport.sendto(data, addr)
+                except OSError:
+                    prober.probe_lost(size, now)
+                self._arm_timer()
+        when = prober.next_timer()
+        if when is None:
+            self._probe_handle = self._loop.call_soon(self._probe)
+        else:
+            self._probe_handle = self._loop.call_at(when, self._probe)
+
+    def _probe_result(self, size: int, acked: bool) -> None:
+        prober = self._prober
+        if prober is None or self.closed is not None:
+            return
+        now = self._clock()
+        if acked:
+            prober.probe_acked(size, now)
+        else:
+            prober.probe_lost(size, now)
+        if prober.current_size != self.datagram_size:
+            self.engine.set_max_datagram_size(self.quic, prober.current_size)
+            self.datagram_size = prober.current_size
+            log.debug("datagram size raised to %d for %s", self.datagram_size, self.peer_address)
+        if self._probe_handle is not None:
+            self._probe_handle.cancel()
+        self._probe_handle = self._loop.call_soon(self._probe)
+
+    # -- address changes -------------------------------------------------------------
+
+    def _check_address(self) -> None:
+        if not self.handshake_done or self.closed is not None:
+            return
+        address = self.peer_address
+        if address is None or address == self._last_address:
+            return
+        previous, self._last_address = self._last_address, address
+        log.info("peer address changed from %s to %s", previous, address)
+        changed = getattr(self.handler, "address_changed", None)
+        if changed is not None:
+            changed(self, address)
 
     def _handshake_timed_out(self) -> None:
         if not self.handshake_done and self.closed is None:
@@ -488,7 +811,7 @@ class QuicSession(QuicConnectionProtocol):
 
     def _check_closing(self) -> None:
         if self.closed is None:
-            ending = _aioquic.close_event(self.quic)
+            ending = self.engine.close_event(self.quic)
             if ending is not None:
                 event, local = ending
                 self._report_closed(
@@ -507,12 +830,21 @@ class QuicSession(QuicConnectionProtocol):
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
+        if self._probe_handle is not None:
+            self._probe_handle.cancel()
+            self._probe_handle = None
         self._paused.clear()
         error = ConnectionError(closed.describe())
         for transport in list(self._streams.values()):
             transport.connection_terminated(error)
         self._streams.clear()
         self.handler.session_closed(self, closed)
+
+
+def _buffered(transport: asyncio.DatagramTransport) -> int:
+    """Bytes the transport holds back because the socket was full (0 if it cannot say)."""
+    size = getattr(transport, "get_write_buffer_size", None)
+    return int(size()) if size is not None else 0
 
 
 def _normalize_address(addr: Any) -> tuple[str, int] | None:
