@@ -37,6 +37,7 @@ from ._calls.serving import Serving, service_names
 from ._core.connect import HelloSettings, connect_link
 from ._core.control_stream import ControlProtocol
 from ._core.link import Link, PeerInfo
+from ._security.keyproof import ClientKeyProof
 from ._security.tickets import TicketBox
 from ._session.base import Session, SessionHandler
 from ._session.quic.dial import dial_quic
@@ -491,6 +492,18 @@ class _Dial:
             await self._conn.close()
 
 
+def _key_proof(
+    certfile: str | os.PathLike[str] | None, keyfile: str | os.PathLike[str] | None
+) -> ClientKeyProof | None:
+    """The client certificate and key for servers that verify it above TLS (qh3 servers).
+    Missing files are reported when the TLS configuration is made."""
+    if certfile is None or not os.path.isfile(certfile):
+        return None
+    if keyfile is not None and not os.path.isfile(keyfile):
+        return None
+    return ClientKeyProof.load(certfile, keyfile)
+
+
 def dial(
     target: str,
     *,
@@ -605,6 +618,7 @@ def dial(
             token=token or "",
             services=service_names(services),
             pending_stream_limit=max_message_size + (64 << 10),
+            key_proof=_key_proof(certfile, keyfile),
         ),
         options=options,
         quic=quic_options,

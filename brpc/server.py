@@ -37,6 +37,7 @@ from ._core.accept import Acceptor, AcceptSettings, Hello, Refused
 from ._core.link import Link, PeerInfo
 from ._security.tickets import TicketStore
 from ._security.verify import ClientCertificateVerifier
+from ._session.quic._limits import EngineLimitation
 from ._session.quic.engine import resolve_engine
 from ._session.quic.listen import DEFAULT_MAX_HALF_OPEN, DEFAULT_RETRY_THRESHOLD, QuicListener
 from ._session.quic.options import DEFAULT_QUIC_OPTIONS, QuicOptions
@@ -143,6 +144,12 @@ class Server(Generic[C]):
             engine=engine,
         )
         quic_engine = resolve_engine(engine, server=True)
+        if session_tickets and not quic_engine.refuses_early_data:
+            raise EngineLimitation(
+                f"session_tickets cannot be used with engine={quic_engine.name!r}: its server "
+                "accepts 0-RTT data and delivers it as if it came after the handshake, so a "
+                "replayed hello could not be told apart; use engine='aioquic'"
+            )
         if max_connections < 1:
             raise ValueError(f"max_connections must be positive, not {max_connections!r}")
         if session_tickets and client_ca is not None:
@@ -166,6 +173,7 @@ class Server(Generic[C]):
             hello_limits=hello_limits or HelloLimits(),
             verifier=ClientCertificateVerifier(client_ca) if client_ca is not None else None,
             authenticate=authenticate,
+            certificate_proof=not quic_engine.tls_client_certificates,
         )
         tickets: TicketStore[Any] | None = TicketStore() if session_tickets else None
         self._listener = QuicListener(
@@ -183,7 +191,8 @@ class Server(Generic[C]):
             max_connections=max_connections,
             peer_stream_limit=_MAX_CLIENT_STREAMS,
             private_key=private_key_bytes(certfile, keyfile),
-            request_client_certificate=client_ca is not None,
+            request_client_certificate=client_ca is not None
+            and quic_engine.tls_client_certificates,
             retry=retry,
             retry_threshold=retry_threshold,
             max_half_open=max_half_open,

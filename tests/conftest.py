@@ -24,14 +24,43 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> DevCertificates:
     )
 
 
+#: Client and server engines the end-to-end modules below run on, by test ID.
+ENGINE_PAIRS: dict[str, tuple[str, str]] = {
+    "qh3-aioquic": ("qh3", "aioquic"),  # what engine="auto" picks on both sides
+    "aioquic-aioquic": ("aioquic", "aioquic"),
+    "qh3-qh3": ("qh3", "qh3"),
+}
+_ENGINE_MODULES = {"test_semantics", "test_security", "test_identity", "test_hardening"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the end-to-end modules once per engine pair."""
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    uses_quic = {"make_server", "connect"} & set(metafunc.fixturenames)
+    if module in _ENGINE_MODULES and uses_quic:
+        metafunc.parametrize(
+            "engines", list(ENGINE_PAIRS.values()), ids=list(ENGINE_PAIRS), indirect=True
+        )
+
+
 @pytest.fixture
-async def make_server(certs: DevCertificates) -> AsyncIterator[ServerFactory]:
+def engines(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(client engine, server engine) for :func:`connect` and :func:`make_server`."""
+    pair: tuple[str, str] = getattr(request, "param", ("auto", "auto"))
+    return pair
+
+
+@pytest.fixture
+async def make_server(
+    certs: DevCertificates, engines: tuple[str, str]
+) -> AsyncIterator[ServerFactory]:
     """Start servers on 127.0.0.1 (port 0); close them after the test."""
     servers: list[brpc.Server[Any]] = []
 
     async def factory(
         handlers: Iterable[Any] = (), *, host: str = "127.0.0.1", port: int = 0, **options: Any
     ) -> brpc.Server[Any]:
+        options.setdefault("engine", engines[1])
         options.setdefault("certfile", certs.server_cert)
         options.setdefault("keyfile", certs.server_key)
         server: brpc.Server[Any] = brpc.Server(list(handlers), **options)
@@ -46,12 +75,13 @@ async def make_server(certs: DevCertificates) -> AsyncIterator[ServerFactory]:
 
 
 @pytest.fixture
-async def connect(certs: DevCertificates) -> AsyncIterator[DialFactory]:
+async def connect(certs: DevCertificates, engines: tuple[str, str]) -> AsyncIterator[DialFactory]:
     """Dial a server with the test CA; close the connections after the test."""
     conns: list[brpc.ClientConn] = []
 
     async def factory(target: brpc.Server[Any] | str, **options: Any) -> brpc.ClientConn:
         options.setdefault("ca", certs.ca)
+        options.setdefault("engine", engines[0])
         address = target if isinstance(target, str) else target.address
         conn = await brpc.dial(address, **options)
         conns.append(conn)

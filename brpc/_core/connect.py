@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
+from .._security.keyproof import EXPORTER_LABEL, EXPORTER_LENGTH, ClientKeyProof
 from .._wire.control import CONTROL_MESSAGE_LIMIT, PROTOCOL_VERSION
 from .._wire.refusal import Refusal
 from ..errors import CloseCode, ConnectError, ProtocolViolation, RefusedError
@@ -61,15 +62,23 @@ class HelloSettings:
     services: tuple[str, ...] = ()
     #: Bytes a stream the server opens before its hello arrives may buffer.
     pending_stream_limit: int = 4 << 20
+    #: The client certificate and key, proven to servers that cannot ask for it in TLS.
+    key_proof: ClientKeyProof | None = None
 
-    def message(self) -> pb.ClientHello:
-        return pb.ClientHello(
+    def message(self, session: Session | None = None) -> pb.ClientHello:
+        hello = pb.ClientHello(
             protocol_version=PROTOCOL_VERSION,
             name=self.name,
             labels=dict(self.labels),
             services=list(self.services),
             token=self.token,
         )
+        proof = self.key_proof
+        if proof is not None and session is not None:
+            exporter = session.exporter_secret(EXPORTER_LABEL, EXPORTER_LENGTH)
+            hello.client_certificates.extend(proof.chain)
+            hello.client_proof = proof.sign(exporter)
+        return hello
 
 
 class _PendingStream(asyncio.Protocol):
@@ -225,7 +234,7 @@ async def connect_link(
 async def _hello(session: Session, attempt: _Attempt, settings: HelloSettings) -> Link:
     control = attempt.control = ControlProtocol(attempt, max_message_size=CONTROL_MESSAGE_LIMIT)
     session.open_stream(control)
-    control.send(pb.Envelope(client_hello=settings.message()))
+    control.send(pb.Envelope(client_hello=settings.message(session)))
     target = settings.target
     try:
         reply = await attempt.reply

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ClientHello(_message.Message):
-    __slots__ = ("protocol_version", "name", "labels", "services", "token", "call_layers")
+    __slots__ = ("protocol_version", "name", "labels", "services", "token", "call_layers", "client_certificates", "client_proof")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -22,13 +22,17 @@ class ClientHello(_message.Message):
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     CALL_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_PROOF_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     name: str
     labels: _containers.ScalarMap[str, str]
     services: _containers.RepeatedScalarFieldContainer[str]
     token: str
     call_layers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, protocol_version: _Optional[int] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., services: _Optional[_Iterable[str]] = ..., token: _Optional[str] = ..., call_layers: _Optional[_Iterable[str]] = ...) -> None: ...
+    client_certificates: _containers.RepeatedScalarFieldContainer[bytes]
+    client_proof: bytes
+    def __init__(self, protocol_version: _Optional[int] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., services: _Optional[_Iterable[str]] = ..., token: _Optional[str] = ..., call_layers: _Optional[_Iterable[str]] = ..., client_certificates: _Optional[_Iterable[bytes]] = ..., client_proof: _Optional[bytes] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_message_size", "max_concurrent_calls", "keepalive_interval_ms", "dead_peer_timeout_ms")

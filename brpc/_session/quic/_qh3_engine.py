@@ -26,6 +26,7 @@ class Qh3Engine(Engine):
     tls_client_certificates = False
     probes_datagram_size = False
     derived_reset_tokens = False
+    refuses_early_data = False
 
     def __init__(self) -> None:
         self.events = qh3_events
@@ -76,6 +77,9 @@ class Qh3Engine(Engine):
         _qh3.install_exporter(quic)
         _qh3.set_peer_bidi_stream_limit(quic, peer_stream_limit)
         return quic
+
+    def datagrams_to_send(self, quic: Connection, now: float) -> list[tuple[bytes, Any]]:
+        return _qh3.datagrams_to_send(quic, now)
 
     def send_buffer_size(self, quic: Connection, stream_id: int) -> int:
         return _qh3.send_buffer_size(quic, stream_id)

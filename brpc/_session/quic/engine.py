@@ -68,6 +68,9 @@ class Engine:
     probes_datagram_size: ClassVar[bool]
     #: Whether a server connection can issue stateless reset tokens brpc derives.
     derived_reset_tokens: ClassVar[bool]
+    #: Whether a server can tell 0-RTT stream data from data after the handshake
+    #: (brpc refuses early data; without this, session tickets are refused).
+    refuses_early_data: ClassVar[bool]
     #: The engine's events module (``StreamDataReceived``, ``HandshakeCompleted``...).
     events: Any
 
@@ -96,6 +99,11 @@ class Engine:
         session_ticket_handler: Callable[[Any], None] | None = None,
     ) -> Connection:
         raise NotImplementedError
+
+    def datagrams_to_send(self, quic: Connection, now: float) -> list[tuple[bytes, Any]]:
+        """What the connection has to send now, as (datagram, address) pairs."""
+        datagrams: list[tuple[bytes, Any]] = quic.datagrams_to_send(now=now)
+        return datagrams
 
     def send_buffer_size(self, quic: Connection, stream_id: int) -> int:
         raise NotImplementedError
@@ -148,6 +156,7 @@ class AioquicEngine(Engine):
     tls_client_certificates = True
     probes_datagram_size = True
     derived_reset_tokens = True
+    refuses_early_data = True
 
     def __init__(self) -> None:
         self.events = aioquic_events

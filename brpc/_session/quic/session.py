@@ -151,6 +151,7 @@ class QuicSession(asyncio.DatagramProtocol):
         self._timer: asyncio.Handle | None = None
         self._timer_at: float | None = None
         self._last_now = 0.0
+        self._proven: tuple[x509.Certificate, list[x509.Certificate]] | None = None
         self._timers: list[asyncio.TimerHandle] = []
         self._ping_ids = itertools.count(1)
         self._pings_in_flight: set[int] = set()
@@ -345,7 +346,7 @@ class QuicSession(asyncio.DatagramProtocol):
         udp = self._udp
         if udp is None or udp.is_closing():
             return
-        datagrams = self.quic.datagrams_to_send(now=now)
+        datagrams = self.engine.datagrams_to_send(self.quic, now)
         if datagrams:
             self._send(datagrams)
         self._arm_timer()
@@ -571,10 +572,23 @@ class QuicSession(asyncio.DatagramProtocol):
         return _normalize_address(self.engine.peer_address(self.quic))
 
     def peer_certificate(self) -> x509.Certificate | None:
-        return self.engine.peer_certificate(self.quic)
+        certificate = self.engine.peer_certificate(self.quic)
+        if certificate is None and self._proven is not None:
+            return self._proven[0]
+        return certificate
 
     def peer_certificate_chain(self) -> list[x509.Certificate]:
+        if self._proven is not None and self.engine.peer_certificate(self.quic) is None:
+            return list(self._proven[1])
         return self.engine.peer_certificate_chain(self.quic)
+
+    def prove_peer_certificate(
+        self, certificate: x509.Certificate, chain: list[x509.Certificate]
+    ) -> None:
+        self._proven = (certificate, list(chain))
+
+    def exporter_secret(self, label: bytes, length: int) -> bytes:
+        return self.engine.exporter_secret(self.quic, label, length)
 
     def extra_info(self, name: str, default: Any = None) -> Any:
         """What stream transports answer for ``get_extra_info(name)``."""
@@ -586,7 +600,7 @@ class QuicSession(asyncio.DatagramProtocol):
         if name == "sockname":
             return self._udp.get_extra_info("sockname") if self._udp is not None else default
         if name in ("peercert", "ssl_object"):
-            certificate = self.engine.peer_certificate(self.quic)
+            certificate = self.peer_certificate()
             if certificate is None:
                 return default
             return certificate if name == "peercert" else PeerCertificate(certificate)
