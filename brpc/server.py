@@ -231,6 +231,11 @@ class Server(Generic[C]):
         return len(self._listener.sessions)
 
     @property
+    def half_open_count(self) -> int:
+        """Connections whose QUIC handshake has not completed yet."""
+        return len(self._listener.half_open)
+
+    @property
     def address(self) -> str:
         """``host:port`` the server listens on, suitable for :func:`brpc.dial`."""
         return format_target(self.host, self.port)

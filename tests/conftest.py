@@ -30,7 +30,7 @@ ENGINE_PAIRS: dict[str, tuple[str, str]] = {
     "aioquic-aioquic": ("aioquic", "aioquic"),
     "qh3-qh3": ("qh3", "qh3"),
 }
-_ENGINE_MODULES = {"test_semantics", "test_security", "test_identity", "test_hardening"}
+_ENGINE_MODULES = {"test_semantics", "test_security", "test_identity"}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
