@@ -7,7 +7,6 @@ import asyncio
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import brpc
 from brpc.testing import EchoService
 from brpc.testing.v1.echo_grpc import EchoStub
 from brpc.testing.v1.echo_pb2 import EchoRequest
+from examples.greeter import greeter_grpc, greeter_pb2
 
 HERE = Path(__file__).resolve().parent
 
@@ -156,17 +156,23 @@ async def test_half_open_handshakes_are_capped_without_retry(make_server: Any) -
 # -- restarted servers -------------------------------------------------------------------
 
 
-async def _start_server_process(port: int, certs: Any) -> tuple[subprocess.Popen[bytes], int]:
-    process = subprocess.Popen(
-        [sys.executable, str(HERE / "server_process.py"), str(port)]
-        + [str(certs.server_cert), str(certs.server_key)],
-        stdout=subprocess.PIPE,
+async def _start_server_process(port: int, certs: Any) -> tuple[asyncio.subprocess.Process, int]:
+    """The greeter example server on ``port`` (0: any), in its own process."""
+    process = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "examples.greeter.server", "--certs", str(certs.directory)],
+        *["--port", str(port)],
+        cwd=HERE.parent,
+        stdout=asyncio.subprocess.PIPE,
     )
     assert process.stdout is not None
-    line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 20)
-    word, actual = line.decode().split()
-    assert word == "listening"
-    return process, int(actual)
+    line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode().strip()
+    return process, int(line.rsplit(":", 1)[1])
+
+
+class _Namer(greeter_grpc.NamerBase):
+    async def Name(self, stream: Any) -> None:
+        await stream.recv_message()
+        await stream.send_message(greeter_pb2.NameReply(name="survivor"))
 
 
 @pytest.mark.parametrize("engine", ["aioquic", "qh3"])
@@ -175,37 +181,38 @@ async def test_a_restarted_server_is_noticed_at_once(certs: Any, engine: str) ->
     reset (its tokens come from the server's key), so the client reconnects at
     once instead of after the dead-peer timeout."""
     first, port = await _start_server_process(0, certs)
-    second: subprocess.Popen[bytes] | None = None
+    second: asyncio.subprocess.Process | None = None
     try:
         conn = await brpc.dial(
             f"127.0.0.1:{port}",
             ca=certs.ca,
+            services=[_Namer()],
             engine=engine,
             dead_peer_timeout=30,
             keepalive_interval=10,
             reconnect=brpc.ReconnectPolicy(initial_delay=0.1, max_delay=0.5),
         )
-        stub = EchoStub(conn)
-        await stub.Unary(EchoRequest(text="first"))
+        greeter = greeter_grpc.GreeterStub(conn)
+        await greeter.Greet(greeter_pb2.GreetRequest())
         first.kill()  # no CONNECTION_CLOSE
-        first.wait()
+        await first.wait()
         second, _ = await _start_server_process(port, certs)
         listening = time.perf_counter()
         # The next packet reaches the new process, which resets the connection.
         with pytest.raises(Exception):
-            await stub.Unary(EchoRequest(text="lost"), timeout=3)
+            await greeter.Greet(greeter_pb2.GreetRequest(), timeout=3)
         await conn.wait_ready(timeout=5)
         noticed = time.perf_counter() - listening
         assert conn.connections_made == 2
-        assert (await stub.Unary(EchoRequest(text="again"))).text == "again"
+        await greeter.Greet(greeter_pb2.GreetRequest())
         assert noticed < 5  # far under the 30 s dead-peer timeout
         print(f"restart noticed and reconnected in {noticed * 1e3:.0f} ms")
         await conn.close()
     finally:
         for process in (first, second):
-            if process is not None and process.poll() is None:
+            if process is not None and process.returncode is None:
                 process.kill()
-                process.wait()
+                await process.wait()
 
 
 async def test_a_stateless_reset_token_survives_a_restart(certs: Any) -> None:
