@@ -290,3 +290,33 @@ async def test_client_info_address_follows_a_nat_rebinding(
         assert any("peer address changed" in r.getMessage() for r in caplog.records)
     finally:
         relay.close()
+
+
+async def test_a_server_port_that_goes_unreachable_ends_the_connection_quickly(
+    certs: Any,
+) -> None:
+    """After the handshake one ICMP port unreachable only triggers a PING; a second
+    one with nothing from the server in between ends the connection."""
+    server, port = await _start_server_process(0, certs)
+    try:
+        conn = await brpc.dial(
+            f"127.0.0.1:{port}",
+            ca=certs.ca,
+            services=[_Namer()],
+            dead_peer_timeout=30,
+            keepalive_interval=10,
+            reconnect=False,
+        )
+        greeter = greeter_grpc.GreeterStub(conn)
+        await greeter.Greet(greeter_pb2.GreetRequest())
+        server.kill()
+        await server.wait()
+        started = time.perf_counter()
+        with pytest.raises(Exception):
+            await greeter.Greet(greeter_pb2.GreetRequest(), timeout=10)
+        await wait_for(lambda: conn.state is brpc.ConnState.CLOSED, timeout=5)
+        assert time.perf_counter() - started < 5  # not the 30 s dead-peer timeout
+    finally:
+        if server.returncode is None:
+            server.kill()
+            await server.wait()

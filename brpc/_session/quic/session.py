@@ -67,8 +67,9 @@ _TIMER_GRANULARITY = 0.001
 #: RFC 9000 section 8.1: at most this many times the bytes an unvalidated address sent.
 _AMPLIFICATION_FACTOR = 3
 _RESET_MIN_SIZE = 21  # RFC 9000 section 10.3: 5 unpredictable bytes and the 16-byte token
-#: ICMP errors after the handshake, with no datagram from the peer in between, that end it.
-_ICMP_ERRORS_LOST = 2
+#: After a first ICMP error (after the handshake), how long to wait before the PING
+#: whose ICMP error ends the connection (when nothing came from the peer meanwhile).
+_ICMP_CONFIRM_DELAY = 0.1
 _IP_MTU = 14  # linux/in.h: the path MTU of a connected socket
 
 
@@ -172,7 +173,8 @@ class QuicSession(asyncio.DatagramProtocol):
         self._sent_unvalidated = 0
         #: Datagrams not sent because they would have exceeded the 3x allowance.
         self.amplification_dropped = 0
-        self._icmp_errors = 0
+        self._icmp_since: float | None = None
+        self._icmp_ping_sent = False
         self._last_address: tuple[str, int] | None = None
         self._prober: PathMtuProber | None = None
         self._probe_handle: asyncio.Handle | None = None
@@ -264,7 +266,8 @@ class QuicSession(asyncio.DatagramProtocol):
 
     def _receive_one(self, data: bytes | str, addr: Any) -> None:
         datagram = cast(bytes, data)
-        self._icmp_errors = 0
+        self._icmp_since = None
+        self._icmp_ping_sent = False
         if self._is_client and self._is_stateless_reset(datagram):
             return
         if self._unvalidated:
@@ -288,13 +291,20 @@ class QuicSession(asyncio.DatagramProtocol):
         if not self.handshake_done:
             self._lost("nothing is listening on that UDP port (ICMP port unreachable)")
             return
-        # After the handshake an ICMP error may be stale or forged: ask with a
-        # PING, and give up only if the answer is another ICMP error with no
-        # datagram from the peer in between.
-        self._icmp_errors += 1
-        if self._icmp_errors >= _ICMP_ERRORS_LOST:
+        # After the handshake an ICMP error may be stale (a packet sent before the
+        # peer came back) or forged: wait a moment, ask with a PING, and give up
+        # only if that PING also gets an ICMP error and nothing came from the peer
+        # in between.
+        if self._icmp_since is None:
+            self._icmp_since = self._loop.time()
+            self._later(_ICMP_CONFIRM_DELAY, self._confirm_unreachable)
+        elif self._icmp_ping_sent:
             self._lost("the peer's UDP port is unreachable (ICMP port unreachable)")
-            return
+
+    def _confirm_unreachable(self) -> None:
+        if self._icmp_since is None or self.closed is not None:
+            return  # the peer answered meanwhile
+        self._icmp_ping_sent = True
         self.quic.send_ping(next(self._ping_ids))
         self.transmit()
 
