@@ -25,9 +25,11 @@ async def test_aioquic_sessions_probe_up_to_16383_bytes_on_loopback(
     assert (await EchoStub(conn).Unary(EchoRequest(text=text))).text == text
 
 
-async def test_qh3_clients_keep_their_configured_size(make_server: Any, connect: Any) -> None:
-    """qh3 fixes the datagram size when its connection starts: no probing."""
+async def test_qh3_clients_start_big_towards_loopback(make_server: Any, connect: Any) -> None:
+    """qh3 fixes the datagram size when its connection starts and cannot probe:
+    towards a loopback address brpc starts it at the route's size (capped)."""
     server = await make_server([EchoService()], engine="aioquic")
-    conn = await connect(server, engine="qh3", max_datagram_size=1350)
-    assert (await EchoStub(conn).Unary(EchoRequest(text="x"))).text == "x"
-    assert conn._link.session.datagram_size == 1350
+    conn = await connect(server, engine="qh3")
+    text = "x" * 200_000
+    assert (await EchoStub(conn).Unary(EchoRequest(text=text))).text == text
+    assert conn._link.session.datagram_size == 16383

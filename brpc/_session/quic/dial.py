@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ipaddress
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from ..._wire.control import ALPN
 from ...errors import ConnectError, HandshakeError
 from ..base import Session, SessionClosed, SessionHandler
 from .engine import Engine
+from .pmtu import max_datagram_for_mtu
 from .session import QuicSession
 from .tls import describe_handshake_failure, is_tls_failure
 from .udp import forbid_fragmentation
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     from .options import QuicOptions
 
 __all__ = ["dial_quic"]
+
+_IP_MTU = 14  # linux/in.h: the route MTU of a connected socket
 
 
 class _Dialing:
@@ -55,6 +59,20 @@ class _Dialing:
         changed = getattr(self._handler, "address_changed", None)
         if changed is not None:
             changed(session, address)
+
+
+def _loopback_datagram_size(sock: socket.socket, address: Any, size: int, ceiling: int) -> int:
+    """The datagram size for an engine brpc cannot probe with: bigger than ``size``
+    only towards a loopback address, where the path is this host and the route's
+    MTU is the whole story."""
+    try:
+        loopback = ipaddress.ip_address(address[0]).is_loopback
+        mtu = int(sock.getsockopt(socket.IPPROTO_IP, _IP_MTU))
+    except (OSError, ValueError):
+        return size
+    if not loopback:
+        return size
+    return max(size, min(ceiling, max_datagram_for_mtu(mtu, ipv6=sock.family == socket.AF_INET6)))
 
 
 async def dial_quic(
@@ -88,6 +106,10 @@ async def dial_quic(
         sock.close()
         raise ConnectError(f"could not reach {target}: {exc}") from exc
 
+    if not engine.probes_datagram_size:
+        configuration.max_datagram_size = _loopback_datagram_size(
+            sock, address, configuration.max_datagram_size, quic_options.max_probed_datagram_size
+        )
     if tickets is not None:
         configuration.session_ticket = tickets.ticket
     quic = engine.client_connection(
@@ -109,6 +131,7 @@ async def dial_quic(
         )
 
     _, session = await loop.create_datagram_endpoint(make_session, sock=sock)
+    session.datagram_size = configuration.max_datagram_size
     try:
         session.connect(address)
         closed = await dialing.done
