@@ -296,6 +296,7 @@ class QuicListener:
         loop = asyncio.get_running_loop()
         original_dcid: bytes = header.destination_cid
         retry_scid: bytes | None = None
+        validated = False
         if header.token:
             try:
                 original_dcid = self._retry_handler().validate_token(
@@ -304,11 +305,13 @@ class QuicListener:
                     token=header.token,
                     now=loop.time(),
                 )
+                retry_scid = header.destination_cid
+                validated = True
             except ValueError:
-                return  # not a token of ours (or expired): the client starts again
-            retry_scid = header.destination_cid
-        elif self._retry_mode is True or (
-            self._retry_mode == "auto" and half_open >= self._retry_threshold
+                pass  # not a Retry token of ours (or expired): as if it had none
+        if not validated and (
+            self._retry_mode is True
+            or (self._retry_mode == "auto" and half_open >= self._retry_threshold)
         ):
             source_cid = os.urandom(self._cid_length)
             self._sendto(
