@@ -1,0 +1,46 @@
+"""Choosing the QUIC engine: names, defaults per side, and what each cannot do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import brpc
+from brpc._session.quic import engine as engines
+from brpc._session.quic.engine import resolve_engine
+
+
+def test_auto_is_qh3_for_clients_and_aioquic_for_servers() -> None:
+    assert resolve_engine("auto", server=False).name == "qh3"
+    assert resolve_engine("auto", server=True).name == "aioquic"
+    assert resolve_engine("qh3", server=True).name == "qh3"
+
+
+def test_auto_falls_back_to_aioquic_and_qh3_names_its_extra(monkeypatch: Any) -> None:
+    monkeypatch.setattr(engines, "qh3_installed", lambda: False)
+    assert resolve_engine("auto", server=False).name == "aioquic"
+    with pytest.raises(ImportError, match=r"pip install 'brpc\[fast\]'"):
+        resolve_engine("qh3", server=False)
+
+
+def test_unknown_engines_are_refused(certs: Any) -> None:
+    with pytest.raises(ValueError, match="engine must be one of 'auto', 'aioquic', 'qh3'"):
+        brpc.dial("127.0.0.1:1", engine="quiche")
+    with pytest.raises(ValueError, match="engine must be one of"):
+        brpc.Server([], certfile=certs.server_cert, keyfile=certs.server_key, engine="msquic")
+
+
+def test_what_qh3_cannot_do_is_said_when_the_server_is_built(certs: Any) -> None:
+    with pytest.raises(NotImplementedError, match="0-RTT"):
+        brpc.Server(
+            [],
+            certfile=certs.server_cert,
+            keyfile=certs.server_key,
+            engine="qh3",
+            session_tickets=True,
+        )
+    # Client certificates work on qh3 servers, proven above TLS (see test_security).
+    brpc.Server(
+        [], certfile=certs.server_cert, keyfile=certs.server_key, engine="qh3", client_ca=certs.ca
+    )
