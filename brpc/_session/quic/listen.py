@@ -205,6 +205,7 @@ class QuicListener:
         self.half_open: set[QuicSession] = set()
         self._established = 0
         self._routes: dict[bytes, QuicSession] = {}
+        self._cids: dict[QuicSession, set[bytes]] = {}
         self._accepting = True
         self._udp: asyncio.DatagramTransport | None = None
         self._endpoint: _Endpoint | None = None
@@ -235,7 +236,7 @@ class QuicListener:
     @property
     def engine_connections(self) -> int:
         """Connections the QUIC engine still holds, those in their closing period included."""
-        return len({id(session) for session in self._routes.values()})
+        return len(self._cids)
 
     def stop_accepting(self) -> None:
         """Refuse new connections from now on (CONNECTION_REFUSED, "server is shutting down")."""
@@ -343,8 +344,8 @@ class QuicListener:
             session_ticket_handler=tickets.add if tickets is not None else None,
         )
         session = self._new_session(quic)
-        self._routes[header.destination_cid] = session
-        self._routes[quic.host_cid] = session
+        self.connection_id_issued(session, header.destination_cid)
+        self.connection_id_issued(session, quic.host_cid)
         assert self._udp is not None
         session.connection_made(self._udp)
         session.datagram_received(data, addr)
@@ -427,11 +428,14 @@ class QuicListener:
 
     def connection_id_issued(self, session: QuicSession, cid: bytes) -> None:
         self._routes[cid] = session
+        self._cids.setdefault(session, set()).add(cid)
 
     def connection_id_retired(self, session: QuicSession, cid: bytes) -> None:
         if self._routes.get(cid) is session:
             del self._routes[cid]
+        self._cids.get(session, set()).discard(cid)
 
     def session_terminated(self, session: QuicSession) -> None:
-        for cid in [cid for cid, s in self._routes.items() if s is session]:
-            del self._routes[cid]
+        for cid in self._cids.pop(session, ()):
+            if self._routes.get(cid) is session:
+                del self._routes[cid]
