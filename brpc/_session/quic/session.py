@@ -21,9 +21,11 @@ on QUIC. It knows streams, not gRPC:
   (RFC 9000 section 8.1), closes included;
 - it tells its handler when the peer's address changes (migration, NAT rebinding);
 - it sends a flight of datagrams with one GSO system call where the kernel
-  allows, and never waits on a timer finer than a millisecond (the engines'
-  pacing asks for sub-millisecond waits; event loops round them up, uvloop by
-  far more than asyncio's own loop, which collapsed bulk transfer);
+  allows; it gives the engine the monotonic clock, not the event loop's (uvloop's
+  ``loop.time()`` moves in whole milliseconds: the engines' pacers then refill in
+  1 ms steps and loopback RTTs read as 0 or 1 ms, which collapsed bulk transfer),
+  and runs timers due within a millisecond on the next loop iteration instead
+  of waiting for a timer event loops round up to a millisecond or more;
 - on aioquic it probes the path for bigger datagrams (``PathMtuProber``) up to
   ``QuicOptions.max_probed_datagram_size``.
 """
@@ -36,6 +38,7 @@ import ipaddress
 import itertools
 import logging
 import socket
+import time
 from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -411,15 +414,18 @@ class QuicSession(asyncio.DatagramProtocol):
         if timer_at is None:
             return
         self._timer_at = timer_at
-        if timer_at - self._clock() <= _TIMER_GRANULARITY:
+        delay = timer_at - self._clock()
+        if delay <= _TIMER_GRANULARITY:
             self._timer = self._loop.call_soon(self._handle_timer)
         else:
-            self._timer = self._loop.call_at(timer_at, self._handle_timer)
+            self._timer = self._loop.call_later(delay, self._handle_timer)
 
     def _clock(self, at_least: float | None = None) -> float:
-        """The time to give the engine: the loop's, never going backwards (a timer
-        run early, see :data:`_TIMER_GRANULARITY`, is handled at its own time)."""
-        now = self._loop.time()
+        """The time to give the engine: the monotonic clock, never going backwards
+        (a timer run early, see :data:`_TIMER_GRANULARITY`, is handled at its own
+        time). Not ``loop.time()``: uvloop's advances in whole milliseconds, which
+        starves the engines' pacers and inflates their loopback RTT estimates."""
+        now = time.monotonic()
         if at_least is not None and at_least > now:
             now = at_least
         if now < self._last_now:
@@ -773,7 +779,7 @@ class QuicSession(asyncio.DatagramProtocol):
         if when is None:
             self._probe_handle = self._loop.call_soon(self._probe)
         else:
-            self._probe_handle = self._loop.call_at(when, self._probe)
+            self._probe_handle = self._loop.call_later(max(0.0, when - now), self._probe)
 
     def _probe_result(self, size: int, acked: bool) -> None:
         prober = self._prober
