@@ -27,14 +27,14 @@ def test_auto_falls_back_to_aioquic_and_qh3_names_its_extra(monkeypatch: Any) ->
         resolve_engine("qh3", server=False)
 
 
-def test_unknown_engines_are_refused(certs: Any) -> None:
+async def test_unknown_engines_are_refused(certs: Any) -> None:
     with pytest.raises(ValueError, match="engine must be one of 'auto', 'aioquic', 'qh3'"):
         brpc.dial("127.0.0.1:1", engine="quiche")
     with pytest.raises(ValueError, match="engine must be one of"):
         brpc.Server([], certfile=certs.server_cert, keyfile=certs.server_key, engine="msquic")
 
 
-def test_what_qh3_cannot_do_is_said_when_the_server_is_built(certs: Any) -> None:
+async def test_what_qh3_cannot_do_is_said_when_the_server_is_built(certs: Any) -> None:
     with pytest.raises(NotImplementedError, match="0-RTT"):
         brpc.Server(
             [],
