@@ -74,6 +74,7 @@ _RESET_MIN_SIZE = 21  # RFC 9000 section 10.3: 5 unpredictable bytes and the 16-
 #: whose ICMP error ends the connection (when nothing came from the peer meanwhile).
 _ICMP_CONFIRM_DELAY = 0.1
 _IP_MTU = 14  # linux/in.h: the path MTU of a connected socket
+_ETHERNET_DATAGRAM = 1452  # 1,500 minus IPv6 and UDP headers (IPv4 could carry 1,472)
 
 
 def transport_code_name(error_code: int) -> str:
@@ -739,10 +740,22 @@ class QuicSession(asyncio.DatagramProtocol):
         mtu = self._path_mtu()
         if mtu is not None:
             ceiling = min(ceiling, mtu)
+        elif not self._peer_is_loopback():
+            # A server's shared socket has no route to ask: probe no further than
+            # an Ethernet MTU, so that each client does not cost a long search
+            # of large lost probes (configure max_datagram_size for jumbo frames).
+            ceiling = min(ceiling, _ETHERNET_DATAGRAM)
         if ceiling <= options.max_datagram_size:
             return
         self._prober = PathMtuProber(base_size=options.max_datagram_size, max_size=ceiling)
         self._loop.call_soon(self._probe)
+
+    def _peer_is_loopback(self) -> bool:
+        address = self.peer_address
+        try:
+            return address is not None and ipaddress.ip_address(address[0]).is_loopback
+        except ValueError:
+            return False
 
     def _path_mtu(self) -> int | None:
         """The largest datagram the kernel's route to a connected peer carries."""
