@@ -5,6 +5,7 @@ calls the server's services and the server's handlers call services the client
 exposes, all with ordinary grpclib-generated stubs and service bases.
 """
 
+from ._calls.front import FrontCaller
 from ._session.quic.options import QuicOptions
 from ._wire.control import ALPN, PROTOCOL_VERSION, HelloLimits
 from .auth import (
@@ -31,6 +32,7 @@ from .options import Options
 from .peer import ClientInfo
 from .presence import PresenceEvent, PresenceKind, Watch
 from .registry import Clients, DuplicateNames
+from .relay import Relay, RelayResult, relay_all
 from .server import Server
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "DeadlineExceededError",
     "DuplicateNames",
     "FanOut",
+    "FrontCaller",
     "HandshakeError",
     "HelloLimits",
     "Identity",
@@ -61,11 +64,14 @@ __all__ = [
     "QuicOptions",
     "ReconnectPolicy",
     "RefusedError",
+    "Relay",
+    "RelayResult",
     "Server",
     "Unauthenticated",
     "Watch",
     "current_connection",
     "dial",
+    "relay_all",
 ]
 
 __version__ = "0.1.0"

@@ -5,7 +5,7 @@ grpclib ``Channel``, so generated stubs take it directly (``GreeterStub(conn)``)
 and it serves ``services`` to the server over the same QUIC connection.
 
 Under it runs one QUIC connection at a time (a :class:`Link`, made by
-:func:`brpc._connector.connect_link`). When that connection is lost, or the
+:func:`brpc._core.connect.connect_link`). When that connection is lost, or the
 server says it is going away, the ClientConn reconnects with exponential backoff
 and full jitter (unless told not to), with a fresh hello each time, and serves
 its services again. Calls in flight on a lost connection fail with UNAVAILABLE;
@@ -33,7 +33,7 @@ from ._calls._grpclib import EventDispatch, opening_deadline
 from ._calls.base import CallConnection
 from ._calls.channel import CallChannel
 from ._calls.lanes.layer import LanesCallLayer
-from ._calls.serving import Serving, service_names
+from ._calls.serving import Serving, served_extras, service_names
 from ._core.connect import HelloSettings, connect_link
 from ._core.control_stream import ControlProtocol
 from ._core.link import Link, PeerInfo
@@ -160,7 +160,9 @@ class ClientConn(CallChannel):
         super().__init__(
             options.target,
             dispatch=dispatch,
-            caller=self._layer.caller(_ConnTarget(self), authority=options.target),
+            caller=self._layer.caller(
+                _ConnTarget(self), authority=options.target, dispatch=dispatch
+            ),
         )
         self._options = options
         self._conn_state = ConnState.CONNECTING
@@ -181,6 +183,11 @@ class ClientConn(CallChannel):
     @property
     def target(self) -> str:
         return self._options.target
+
+    @property
+    def name(self) -> str:
+        """The name this client says in its hello ("" when it gave none)."""
+        return self._options.hello.name
 
     @property
     def state(self) -> ConnState:
@@ -530,6 +537,8 @@ def dial(
     network_conditions: NetworkConditions | None = None,
     read_batch: int = _Q.read_batch,
     engine: str = _Q.engine,
+    reflection: bool = False,
+    health: bool = False,
 ) -> _Dial:
     """Connect to the brpc server at ``target`` (``host:port``).
 
@@ -565,6 +574,9 @@ def dial(
       at a time); see the README's "Performance" section.
     - ``engine``: the QUIC engine, ``"auto"`` (qh3 when ``brpc[fast]`` is
       installed, else aioquic), ``"aioquic"`` or ``"qh3"``.
+    - ``reflection``: also serve gRPC server reflection of ``services`` (a
+      server's relay fetches descriptors from it for its reflection front).
+    - ``health``: also serve ``grpc.health.v1.Health``.
 
     Raises :class:`HandshakeError` when TLS fails (saying which host name did
     not verify, for example), :class:`RefusedError` when the server refuses the
@@ -600,7 +612,7 @@ def dial(
         policy = None
     else:
         policy = reconnect
-    services = tuple(services)
+    services = tuple(served_extras(tuple(services), reflection=reflection, health=health))
     formatted = format_target(host, port)
     dial_options = _DialOptions(
         target=formatted,

@@ -1,7 +1,8 @@
 """Fan-out: one call to many clients, with a result per client as each completes.
 
 This module owns :class:`FanOut` (what ``server.call_all()`` returns) and
-:class:`CallResult`. How it keeps one client from holding up the others:
+:class:`CallResult` (a :class:`CallSucceeded` or a :class:`CallFailed`). How it
+keeps one client from holding up the others:
 
 - every selected client gets its own task, started at once (or, with
   ``concurrency``, as soon as a slot frees); there is no shared lock, and
@@ -29,7 +30,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeAlias, TypeVar, cast
 
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
@@ -41,7 +42,7 @@ from .errors import DeadlineExceededError
 if TYPE_CHECKING:
     from .peer import ClientInfo
 
-__all__ = ["CallResult", "FanOut"]
+__all__ = ["CallFailed", "CallResult", "CallSucceeded", "FanOut"]
 
 log = logging.getLogger(__name__)
 
@@ -49,41 +50,79 @@ C = TypeVar("C")
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, eq=False)
-class CallResult(Generic[C, T]):
-    """The outcome of a fan-out call on one client: a value or an exception."""
+@dataclass(frozen=True, eq=False, repr=False)
+class CallSucceeded(Generic[C, T]):
+    """A fan-out call on one client that returned: ``ok`` is true, ``value`` is set."""
 
     client: ClientInfo[C]
-    #: What the function returned (None when it failed).
-    value: T | None = None
-    #: What it raised: ``GRPCError`` for call failures (UNAVAILABLE when the client
-    #: left, DEADLINE_EXCEEDED past the timeout), anything else as raised.
-    error: Exception | None = None
+    #: What the function returned.
+    value: T
     #: Seconds from the start of this client's call to its result.
     elapsed: float = 0.0
 
     @property
-    def ok(self) -> bool:
-        return self.error is None
+    def ok(self) -> Literal[True]:
+        return True
+
+    @property
+    def error(self) -> None:
+        """Always None: the call succeeded."""
+        return None
 
     @property
     def status(self) -> Status:
-        """OK, the ``GRPCError``'s status, or UNKNOWN for other exceptions."""
-        if self.error is None:
-            return Status.OK
+        """Always OK."""
+        return Status.OK
+
+    def unwrap(self) -> T:
+        """The value."""
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"<CallResult {self.client!r} value={self.value!r}>"
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class CallFailed(Generic[C, T]):
+    """A fan-out call on one client that raised: ``ok`` is false, ``error`` is set."""
+
+    client: ClientInfo[C]
+    #: What it raised: ``GRPCError`` for call failures (UNAVAILABLE when the client
+    #: left, DEADLINE_EXCEEDED past the timeout), anything else as raised.
+    error: Exception
+    #: Seconds from the start of this client's call to its result.
+    elapsed: float = 0.0
+
+    @property
+    def ok(self) -> Literal[False]:
+        return False
+
+    @property
+    def value(self) -> None:
+        """Always None: the call failed."""
+        return None
+
+    @property
+    def status(self) -> Status:
+        """The ``GRPCError``'s status, or UNKNOWN for other exceptions."""
         if isinstance(self.error, GRPCError):
             return self.error.status
         return Status.UNKNOWN
 
-    def unwrap(self) -> T:
-        """The value, or raise the error."""
-        if self.error is not None:
-            raise self.error
-        return cast(T, self.value)
+    def unwrap(self) -> NoReturn:
+        """Raise the error."""
+        raise self.error
 
     def __repr__(self) -> str:
-        outcome = f"value={self.value!r}" if self.error is None else f"error={self.error!r}"
-        return f"<CallResult {self.client!r} {outcome}>"
+        return f"<CallResult {self.client!r} error={self.error!r}>"
+
+
+#: The outcome of a fan-out call on one client: a :class:`CallSucceeded` (``ok`` is
+#: true and ``value`` is what the function returned) or a :class:`CallFailed`
+#: (``ok`` is false and ``error`` is what it raised). Testing ``result.ok`` narrows
+#: the type, so a type checker knows ``result.value`` is the value type there.
+#: Both have ``client``, ``value``, ``error``, ``elapsed``, ``status`` and ``unwrap()``.
+CallResult: TypeAlias = CallSucceeded[C, T] | CallFailed[C, T]
 
 
 class FanOut(Generic[C, T]):
@@ -220,9 +259,9 @@ class _Run(Generic[C, T]):
 
     def _launch(self, client: ClientInfo[C]) -> None:
         if client.closed:
-            self._deliver(CallResult(client, error=_gone(client)))
+            self._deliver(CallFailed(client, _gone(client)))
         elif self.when is not None and self.loop.time() >= self.when:
-            self._deliver(CallResult(client, error=self._expired(client)))
+            self._deliver(CallFailed(client, self._expired(client)))
         else:
             task = self.loop.create_task(
                 self._call(client),
@@ -258,9 +297,11 @@ class _Run(Generic[C, T]):
             error = GRPCError(Status.CANCELLED, "the call was cancelled")
         except Exception as exc:
             error = exc
-        self._deliver(
-            CallResult(client, value=value, error=error, elapsed=self.loop.time() - started)
-        )
+        elapsed = self.loop.time() - started
+        if error is None:
+            self._deliver(CallSucceeded(client, cast(T, value), elapsed))
+        else:
+            self._deliver(CallFailed(client, error, elapsed))
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.running.discard(task)

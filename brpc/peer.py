@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from grpclib.health.v1.health_grpc import HealthStub
+from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from ._calls.channel import CallChannel
 from .errors import CloseCode
@@ -74,7 +76,7 @@ class ClientInfo(Generic[C]):
         self.channel: Channel = CallChannel(
             authority,
             dispatch=dispatch,
-            caller=layer.caller(_LinkTarget(link), authority=authority),
+            caller=layer.caller(_LinkTarget(link), authority=authority, dispatch=dispatch),
         )
         self._stub: C | None = None
         link.add_close_callback(lambda _: self.channel.close())
@@ -146,6 +148,19 @@ class ClientInfo(Generic[C]):
     async def ping(self) -> float:
         """Round-trip time to the client over the control stream, in seconds."""
         return await self._link.ping()
+
+    async def health(self, service: str = "", *, timeout: float | None = 5.0) -> str:
+        """The client's health, in one call: ``"SERVING"``, ``"NOT_SERVING"``, ...
+
+        Asks the standard ``grpc.health.v1.Health/Check`` the client serves
+        (``brpc.dial(..., health=True)``) for ``service`` ("" for the whole
+        client). Raises ``GRPCError`` as the call does: UNIMPLEMENTED when the
+        client serves no health service, NOT_FOUND for an unknown service.
+        """
+        reply = await HealthStub(self.channel).Check(
+            HealthCheckRequest(service=service), timeout=timeout
+        )
+        return HealthCheckResponse.ServingStatus.Name(reply.status)
 
     def transport_stats(self) -> list[dict[str, int]]:
         """Byte counters of this client's streams."""

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, cast
 
 from grpclib.client import Channel
 from grpclib.const import Status
@@ -31,8 +32,9 @@ from grpclib.exceptions import GRPCError
 
 from ._calls._grpclib import EventDispatch
 from ._calls.base import connection_of
+from ._calls.front import FrontSettings, TcpFront, server_ssl_context
 from ._calls.lanes.layer import LanesCallLayer
-from ._calls.serving import Serving
+from ._calls.serving import Fallback, Serving, served_extras
 from ._core.accept import Acceptor, AcceptSettings, Hello, Refused
 from ._core.link import Link, PeerInfo
 from ._security.tickets import TicketStore
@@ -55,13 +57,11 @@ from .registry import Clients, ClientTable, DuplicateNames, Selector
 from .v1 import control_pb2 as pb
 
 if TYPE_CHECKING:
-    import os
-
     from ._calls.base import Servable
     from ._session.quic.impair import NetworkConditions
 
 
-__all__ = ["ClientInfo", "Server"]
+__all__ = ["ClientInfo", "RelayHook", "Server"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,18 @@ T = TypeVar("T")
 _MAX_CLIENT_STREAMS = 64
 _D = DEFAULT_OPTIONS
 _Q = DEFAULT_QUIC_OPTIONS
+
+
+class RelayHook(Protocol):
+    """What a server needs of a relay (``brpc.Relay`` is one)."""
+
+    def attach(
+        self, server: Server[Any], handlers: Sequence[Servable], *, reflection: bool
+    ) -> tuple[Fallback, Sequence[Servable]]:
+        """Bind to ``server``: the fallback answering methods ``handlers`` do not
+        serve, and services to serve besides them (with ``reflection``, a
+        reflection service that also lists the clients' services)."""
+        ...
 
 
 class Server(Generic[C]):
@@ -97,6 +109,13 @@ class Server(Generic[C]):
     with ALREADY_EXISTS), so a name cannot be used to disconnect someone else.
     Use REJECT when a name must never be taken over, ALLOW when names are not
     unique.
+
+    ``relay`` (a :class:`brpc.Relay`) forwards calls to methods the server
+    does not serve to connected clients (see :mod:`brpc.relay`).
+    ``reflection`` serves gRPC server reflection (``grpc.reflection.v1`` and
+    ``v1alpha``) of the server's services, and with a relay those of its
+    clients too; ``health`` serves ``grpc.health.v1.Health``.
+    :meth:`listen_tcp` adds a standard gRPC/TCP front.
     """
 
     def __init__(
@@ -127,6 +146,9 @@ class Server(Generic[C]):
         duplicate_names: DuplicateNames = DuplicateNames.REPLACE,
         read_batch: int = _Q.read_batch,
         engine: str = _Q.engine,
+        relay: RelayHook | None = None,
+        reflection: bool = False,
+        health: bool = False,
     ) -> None:
         options = Options(
             lanes=lanes,
@@ -164,7 +186,27 @@ class Server(Generic[C]):
         self._duplicate_names = DuplicateNames(duplicate_names)
         #: grpclib's event dispatcher: ``grpclib.events.listen(server, RecvRequest, cb)`` works.
         self.__dispatch__ = EventDispatch()
-        serving = Serving(handlers, max_message_size=max_message_size, dispatch=self.__dispatch__)
+        served = served_extras(
+            tuple(handlers), reflection=reflection and relay is None, health=health
+        )
+        fallback: Fallback | None = None
+        if relay is not None:
+            fallback, extra = relay.attach(self, served, reflection=reflection)
+            served.extend(extra)
+        self.relay = relay
+        serving = Serving(
+            served,
+            max_message_size=max_message_size,
+            dispatch=self.__dispatch__,
+            fallback=fallback,
+        )
+        self._serving = serving
+        self._certfile = os.fspath(certfile)
+        self._keyfile = os.fspath(keyfile) if keyfile is not None else None
+        self._client_ca = os.fspath(client_ca) if client_ca is not None else None
+        self._authenticate = authenticate
+        self._front: TcpFront | None = None
+        self._tcp_port: int | None = None
         self._layer = LanesCallLayer(
             serving, lanes=lanes, max_concurrent_calls=max_concurrent_calls
         )
@@ -216,6 +258,52 @@ class Server(Generic[C]):
         await self._listener.start(host, port)
         log.info("brpc server listening on %s", self.address)
 
+    async def listen_tcp(self, host: str, port: int = 0, *, plaintext: bool = False) -> int:
+        """Also serve ordinary gRPC over HTTP/2 on TCP ``host:port``; returns the port.
+
+        grpcio, grpclib, grpcurl and other standard callers reach the server's
+        own services and, with a relay, the clients' (see :mod:`brpc.relay`).
+        TLS with the server's certificate; ``plaintext=True`` serves h2c
+        instead, for a trusted network or a TLS-terminating proxy only. Callers
+        are identified by their TLS client certificate (required and verified
+        when the server has ``client_ca``) or the ``authenticate`` hook (given
+        the ``authorization: Bearer`` token of each call), and every call is
+        admitted by ``authorize`` like a brpc client's, with a
+        :class:`brpc.FrontCaller` as the caller. Closed with the server.
+        Port 0 picks a free port (also :attr:`tcp_port`).
+        """
+        if self._front is not None:
+            raise RuntimeError("the server already listens on TCP")
+        if self._closing:
+            raise RuntimeError("the server is closed")
+        context = (
+            None
+            if plaintext
+            else server_ssl_context(self._certfile, self._keyfile, self._client_ca)
+        )
+        if plaintext:
+            log.warning("gRPC/TCP front on %s:%s is plaintext (h2c): no TLS", host, port)
+        front = TcpFront(
+            self._serving,
+            FrontSettings(
+                max_message_size=self.options.max_message_size,
+                max_concurrent_calls=self.options.max_concurrent_calls,
+                authorize=self._authorize,
+                authenticate=self._authenticate,
+                verifier=self._accept_settings.verifier,
+            ),
+            ssl_context=context,
+        )
+        self._front = front
+        self._tcp_port = await front.start(host, port)
+        log.info("gRPC/TCP front listening on %s", format_target(host, self._tcp_port))
+        return self._tcp_port
+
+    @property
+    def tcp_port(self) -> int | None:
+        """The TCP port of the gRPC front (after :meth:`listen_tcp`), else None."""
+        return self._tcp_port
+
     @property
     def port(self) -> int:
         """The UDP port the server listens on (after :meth:`start`)."""
@@ -265,6 +353,8 @@ class Server(Generic[C]):
             return
         self._closing = True
         self._listener.stop_accepting()
+        if self._front is not None:
+            self._front.closing = True  # new calls on the TCP front: UNAVAILABLE
         linked = {id(link.session) for link in self._links.values()}
         for session in list(self._listener.sessions):
             if id(session) not in linked:
@@ -289,6 +379,8 @@ class Server(Generic[C]):
             self._finish_close()
 
     def _finish_close(self) -> None:
+        if self._front is not None:
+            self._front.close()
         for session in list(self._listener.sessions):
             session.close(CloseCode.GOING_AWAY, "server is shutting down")
         self._listener.close()
@@ -298,6 +390,8 @@ class Server(Generic[C]):
         """Wait until :meth:`close` finished and the UDP port is free again."""
         await self._closed.wait()
         await self._listener.wait_closed()
+        if self._front is not None:
+            await self._front.wait_closed()
 
     async def __aenter__(self) -> Server[C]:
         return self
@@ -482,7 +576,7 @@ class Server(Generic[C]):
             link,
             server=self,
             layer=self._layer,
-            dispatch=self.__dispatch__,
+            dispatch=EventDispatch(),  # events of calls to this client: listen(info.channel, ...)
             client_stub=self.client_stub,
         )
 

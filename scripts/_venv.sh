@@ -1,6 +1,11 @@
 # Sourced by the scripts in this folder: finds Python >= 3.11 and makes sure the
 # project's virtual environment (.venv) exists and has the project installed
-# with its dev extra. Reinstalls when pyproject.toml changes.
+# with its dev extra. Reinstalls when pyproject.toml (or this file) changes.
+#
+# The editable install uses setuptools' "compat" mode (a path entry in a .pth
+# file) rather than its default import hook: type checkers such as mypy follow
+# path entries but not import hooks, so only this way does `mypy --strict` on
+# code that imports brpc see brpc's types (py.typed).
 
 VENV="${BRPC_VENV:-$PWD/.venv}"
 
@@ -19,7 +24,7 @@ _find_python() {
 ensure_venv() {
   local stamp="$VENV/.brpc-install-stamp"
   local want
-  want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+  want="$(cat pyproject.toml scripts/_venv.sh | sha256sum | cut -d' ' -f1)"
   if [ ! -x "$VENV/bin/python" ]; then
     local python
     python="$(_find_python)"
@@ -29,7 +34,8 @@ ensure_venv() {
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "installing brpc and its dev dependencies into $VENV" >&2
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >&2
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[dev]" >&2
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+      --config-settings editable_mode=compat -e ".[dev]" >&2
     echo "$want" >"$stamp"
   fi
 }

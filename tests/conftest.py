@@ -112,3 +112,107 @@ def cert_paths(certs: DevCertificates) -> dict[str, Path]:
         "client_cert": certs.client_cert,
         "client_key": certs.client_key,
     }
+
+
+# -- a private redis-server for the cluster directory tests ------------------------------
+
+
+class RedisServer:
+    """A ``redis-server`` process on 127.0.0.1 with nothing persisted, in its own folder.
+
+    ``stop()`` kills it (as a crash would); ``start()`` brings it back on the
+    same port, empty.
+    """
+
+    def __init__(self, executable: str, folder: Path) -> None:
+        import socket
+
+        self.executable = executable
+        self.folder = folder
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port: int = probe.getsockname()[1]
+        self.process: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, timeout: float = 10.0) -> None:
+        import subprocess
+        import time
+
+        if self.running:
+            return
+        options = {
+            "bind": "127.0.0.1",
+            "port": str(self.port),
+            "save": "",
+            "appendonly": "no",
+            "dir": str(self.folder),
+            "logfile": str(self.folder / "redis.log"),
+            "daemonize": "no",
+        }
+        argv = [self.executable]
+        for option, value in options.items():
+            argv += [f"--{option}", value]
+        self.process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while not self._answers_ping():
+            if self.process.poll() is not None:
+                log = (self.folder / "redis.log").read_text(errors="replace")[-2000:]
+                pytest.fail(f"redis-server exited with {self.process.returncode}:\n{log}")
+            if time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"redis-server did not answer PING within {timeout} s")
+            time.sleep(0.02)  # polling a process we started; nothing to wait on
+
+    def stop(self) -> None:
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def _answers_ping(self) -> bool:
+        import socket
+
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterable[RedisServer]:
+    """A private redis-server for the whole session (restarted by tests that need it up)."""
+    import shutil
+
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.fail(
+            "redis-server is not installed: ./scripts/test installs it, or run "
+            "`apt-get update && apt-get install -y redis-server` (Debian's package)"
+        )
+    server = RedisServer(executable, tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of the private redis-server, started again if a test stopped it."""
+    redis_server.start()
+    return redis_server.url

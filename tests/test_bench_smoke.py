@@ -38,7 +38,7 @@ def test_quick_bench_writes_table_and_json(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
 
-    for label in ("brpc c→s", "brpc s→c", "grpclib/TCP", "grpcio/TCP", "calls/s"):
+    for label in ("brpc c→s", "brpc s→c", "grpclib/TCP", "grpcio/TCP", "brpc relay", "calls/s"):
         assert label in done.stdout
 
     data = json.loads(report.read_text())
@@ -47,7 +47,7 @@ def test_quick_bench_writes_table_and_json(tmp_path: Path) -> None:
     assert data["machine"]["versions"]["grpcio"]
     assert data["baselines"] == ["grpclib", "grpcio"]
     targets = data["results"]["unary_c1"]
-    assert set(targets) == {"brpc-c2s", "brpc-s2c", "grpclib", "grpcio"}
+    assert set(targets) == {"brpc-c2s", "brpc-s2c", "grpclib", "grpcio", "relay"}
     for metrics in targets.values():
         assert {"calls_per_s", "p50_ms", "p99_ms"} <= metrics.keys()
         assert metrics["calls_per_s"]["median"] > 0
@@ -57,4 +57,6 @@ def test_quick_bench_writes_table_and_json(tmp_path: Path) -> None:
         "brpc-s2c/grpclib",
         "brpc-c2s/grpcio",
         "brpc-s2c/grpcio",
+        "relay/grpclib",
+        "relay/grpcio",
     }

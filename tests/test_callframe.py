@@ -597,7 +597,7 @@ _frames = st.lists(
         st.builds(
             lambda m, t: (
                 encode_request_headers("/p.S/M", m, t, "ua"),
-                RequestHeadersReceived("/p.S/M", m, None if t is None else t, "ua"),
+                RequestHeadersReceived("/p.S/M", m, timeout_from_us(timeout_to_us(t)), "ua"),
             ),
             _metadata,
             st.one_of(st.none(), st.integers(1, 10**6).map(lambda us: us / 1e6)),

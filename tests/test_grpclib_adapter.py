@@ -36,7 +36,7 @@ from brpc.testing import EchoService
 def _server() -> grpclib.server.Server:
     serving = Serving([EchoService()], max_message_size=1 << 20, dispatch=EventDispatch())
     return serving_server(
-        serving.mapping,
+        serving.lookup,
         codec=serving.codec,
         status_details_codec=serving.status_details_codec,
         dispatch=serving.dispatch,

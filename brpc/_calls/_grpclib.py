@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeAlias, TypeVar, cast
 
@@ -31,7 +32,7 @@ import h2.exceptions
 from grpclib.client import Channel, Stream
 from grpclib.client import Handler as ClientHandler
 from grpclib.config import Configuration
-from grpclib.const import Cardinality, Status
+from grpclib.const import Cardinality, Handler, Status
 from grpclib.events import _DispatchChannelEvents, _DispatchServerEvents
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.metadata import Deadline, _Metadata, _MetadataLike
@@ -123,7 +124,8 @@ class _LimitedConnection(Connection):
 class LaneProtocol(H2Protocol):
     """grpclib's HTTP/2 protocol for one lane, either side, with brpc's limits.
 
-    ``connection_made`` takes grpclib's own steps, with two differences: every
+    ``resume_writing`` sends what was queued while paused (grpclib would wait
+    for the next write). ``connection_made`` takes grpclib's own steps, with two differences: every
     stream refuses messages above ``max_message_size`` by their length prefix,
     and with ``max_concurrent_streams`` (the serving side) the first SETTINGS
     frame announces that limit while h2 enforces twice it. h2 starts every
@@ -176,10 +178,32 @@ class LaneProtocol(H2Protocol):
         self.connection.initialize()
         self.processor = EventsProcessor(self.handler, self.connection)
 
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        # grpclib leaves frames made while the transport was paused (a stream
+        # reset from a cancelled call, for one) in h2's buffer until the next
+        # write, which may never come: send them now.
+        if not self.connection.is_closing():
+            self.connection.flush()
 
-def serving_server(mapping: Any, *, codec: Any, status_details_codec: Any, dispatch: Any) -> Server:
-    """A grpclib server whose handlers are ``mapping`` and whose events go to ``dispatch``."""
-    server = Server([_Mapped(mapping)], codec=codec, status_details_codec=status_details_codec)
+
+def serving_server(
+    lookup: Callable[[str], Handler | None],
+    *,
+    codec: Any,
+    status_details_codec: Any,
+    dispatch: Any,
+) -> Server:
+    """A grpclib server whose handler of each path is ``lookup(path)`` and whose
+    events go to ``dispatch``.
+
+    grpclib copies its services' mappings into a dict and finds a call's
+    handler with ``mapping.get(path)``; the server gets an object whose
+    ``get`` asks ``lookup`` instead, so methods nobody listed (relayed ones)
+    are served too.
+    """
+    server = Server([], codec=codec, status_details_codec=status_details_codec)
+    server._mapping = cast(dict[str, Handler], _LookupMapping(lookup))
     server.__dispatch__ = dispatch
     return server
 
@@ -198,12 +222,13 @@ def server_lane_protocol(
     )
 
 
-class _Mapped:
-    def __init__(self, mapping: Any) -> None:
-        self._mapping = mapping
+class _LookupMapping:
+    """What grpclib's request handler needs of a mapping: ``get(path)``."""
 
-    def __mapping__(self) -> Any:
-        return self._mapping
+    __slots__ = ("get",)
+
+    def __init__(self, lookup: Callable[[str], Handler | None]) -> None:
+        self.get = lookup
 
 
 class CallStream(Stream[SendType, RecvType]):

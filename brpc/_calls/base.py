@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from grpclib.const import Cardinality, Handler
 from grpclib.metadata import Deadline
 
-from ._grpclib import CallStream, MetadataLike, RecvType, SendType
+from ._grpclib import CallStream, EventDispatch, MetadataLike, RecvType, SendType
 
 __all__ = [
     "CallConnection",
@@ -130,8 +130,9 @@ class CallLayer(Protocol):
     #: The name negotiated in the hello (``"lanes"``).
     name: str
 
-    def caller(self, target: CallTarget, *, authority: str) -> Caller:
-        """The outgoing half for a channel whose calls go to ``target``."""
+    def caller(self, target: CallTarget, *, authority: str, dispatch: EventDispatch) -> Caller:
+        """The outgoing half for a channel whose calls go to ``target`` and whose
+        grpclib events go to ``dispatch`` (the channel's own)."""
         ...
 
     def accept_stream(self, connection: CallConnection) -> asyncio.Protocol:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpclib.client
@@ -19,10 +19,14 @@ import grpclib.server
 import brpc
 from brpc.testing import EchoService
 from brpc.testing.v1.echo_grpc import EchoStub
+from brpc.testing.v1.echo_pb2 import EchoReply, EchoRequest
 
 from .callers import EchoCaller, StubCaller
 from .echo_grpcio import GrpcioCaller, grpcio_channel, start_grpcio_server
 from .spec import HOST, Transport, TransportSpec
+
+#: Name of the brpc client a relay server's callers reach (metadata brpc-target).
+RELAY_FAR_END = "far"
 
 __all__ = ["BenchConnection", "BenchServer", "connect", "start_server"]
 
@@ -33,6 +37,8 @@ class BenchServer(ABC):
     """A running Echo server on loopback."""
 
     port: int
+    #: The UDP port brpc clients dial (brpc and relay servers).
+    brpc_port: int = 0
 
     @abstractmethod
     async def close(self) -> None: ...
@@ -100,6 +106,39 @@ class _BrpcServer(BenchServer):
         info = self._info(name)
         if info is not None:
             info.close("benchmark is done with this client")
+
+
+class _RelayServer(BenchServer):
+    """A brpc server with a relay and a plaintext gRPC/TCP front (``port``), and the
+    brpc client behind it that serves Echo."""
+
+    def __init__(self, server: brpc.Server[EchoStub], far: brpc.ClientConn, port: int) -> None:
+        self._server = server
+        self._far = far
+        self.port = port
+        self.brpc_port = server.port
+
+    async def close(self) -> None:
+        await self._far.close()
+        self._server.close()
+        await self._server.wait_closed()
+
+
+class _RelayedStubCaller(StubCaller):
+    """Echo through the relay: every call names its target."""
+
+    def __init__(self, stub: EchoStub, target: str) -> None:
+        super().__init__(stub)
+        self._metadata = {"brpc-target": target}
+
+    async def unary(self, request: EchoRequest) -> EchoReply:
+        return await self._stub.Unary(request, metadata=self._metadata)
+
+    async def server_stream(self, request: EchoRequest) -> AsyncIterator[EchoReply]:
+        async with self._stub.ServerStream.open(metadata=self._metadata) as stream:
+            await stream.send_message(request, end=True)
+            async for reply in stream:
+                yield reply
 
 
 class _BrpcConnection(BenchConnection):
@@ -182,6 +221,25 @@ async def start_server(spec: TransportSpec) -> BenchServer:
         )
         await server.start(HOST, 0)
         return _BrpcServer(server)
+    if spec.transport is Transport.RELAY:
+        relay_server: brpc.Server[EchoStub] = brpc.Server(
+            [],
+            certfile=spec.certfile,
+            keyfile=spec.keyfile,
+            relay=brpc.Relay(),
+            **_brpc_options(spec),
+        )
+        await relay_server.start(HOST, 0)
+        port = await relay_server.listen_tcp(HOST, 0, plaintext=True)
+        far = await brpc.dial(
+            relay_server.address,
+            services=[EchoService()],
+            ca=spec.ca,
+            name=RELAY_FAR_END,
+            reconnect=False,
+            **_brpc_options(spec),
+        )
+        return _RelayServer(relay_server, far, port)
     if spec.transport is Transport.GRPCLIB:
         # IPPROTO_TCP explicitly: asyncio turns Nagle's algorithm off only on
         # sockets whose proto says TCP, and accepted sockets inherit it.
@@ -195,13 +253,20 @@ async def start_server(spec: TransportSpec) -> BenchServer:
 
 
 async def connect(
-    spec: TransportSpec, port: int, *, name: str, serve: bool = False
+    spec: TransportSpec,
+    port: int,
+    *,
+    name: str,
+    serve: bool = False,
+    labels: dict[str, str] | None = None,
 ) -> BenchConnection:
     """Open a client connection to the server on ``port``.
 
-    brpc connections are named (the server finds them by name) and serve the
-    Echo service themselves when ``serve`` is set. grpclib and grpcio connect
-    lazily: the connection exists after the first call.
+    brpc connections are named (the server finds them by name), carry
+    ``labels`` and serve the Echo service themselves when ``serve`` is set.
+    grpclib and grpcio connect lazily: the connection exists after the first
+    call. Relay connections are grpclib channels to the front whose calls go
+    to the relay's far-end client.
     """
     if spec.transport is Transport.BRPC:
         conn = await brpc.dial(
@@ -209,11 +274,17 @@ async def connect(
             services=[EchoService()] if serve else (),
             ca=spec.ca,
             name=name,
+            labels=labels,
             reconnect=False,
             **_brpc_options(spec),
         )
         return _BrpcConnection(conn)
     if spec.transport is Transport.GRPCLIB:
         return _GrpclibConnection(grpclib.client.Channel(HOST, port))
+    if spec.transport is Transport.RELAY:
+        channel = grpclib.client.Channel(HOST, port)
+        relayed = _GrpclibConnection(channel)
+        relayed.caller = _RelayedStubCaller(EchoStub(channel), RELAY_FAR_END)
+        return relayed
     channel = grpcio_channel(HOST, port)
     return _GrpcioConnection(channel, GrpcioCaller(channel))

@@ -19,11 +19,16 @@ import contextlib
 import gc
 import time
 
+import grpclib.client
 import psutil
 
+from brpc.relay import relay_all
+from brpc.testing.v1.echo_pb2 import EchoReply
+
 from .endpoints import BenchConnection, BenchServer, connect
-from .load import small_request
-from .spec import TransportSpec
+from .load import Window, small_request
+from .spec import HOST, TransportSpec
+from .stats import percentile
 
 __all__ = [
     "STOP_NAME",
@@ -114,7 +119,9 @@ async def connect_many(
 
     async def one(index: int) -> BenchConnection:
         async with gate:
-            conn = await connect(spec, port, name=f"{prefix}-{index}", serve=serve)
+            conn = await connect(
+                spec, port, name=f"{prefix}-{index}", serve=serve, labels={"group": prefix}
+            )
             if call:
                 await conn.caller.unary(small_request())
             return conn
@@ -142,3 +149,44 @@ def resident_set_size() -> int:
     """This process's RSS in bytes, after a full garbage collection."""
     gc.collect()
     return int(psutil.Process().memory_info().rss)
+
+
+async def measure_fanout(
+    port: int, *, group: str, clients: int, warmup: float, window: float
+) -> dict[str, float]:
+    """Broadcasts of one small unary call through the relay's front (a plaintext
+    grpclib channel to ``port``) to every client labelled ``group``, one after
+    another: time from sending to the last client's result."""
+    channel = grpclib.client.Channel(HOST, port)
+    span = Window.after(warmup, window)
+    clock = time.perf_counter
+    durations: list[float] = []
+    request = small_request()
+    try:
+        while (started := clock()) < span.end:
+            results = [
+                result
+                async for result in relay_all(
+                    channel,
+                    "/brpc.testing.v1.Echo/Unary",
+                    request,
+                    EchoReply,
+                    select=f"group={group}",
+                    timeout=30,
+                )
+            ]
+            finished = clock()
+            if len(results) != clients or not all(r.ok for r in results):
+                failed = [r for r in results if not r.ok]
+                raise RuntimeError(
+                    f"fan-out reached {len(results)} of {clients} clients; failures: {failed[:3]}"
+                )
+            if span.holds(finished):
+                durations.append(finished - started)
+    finally:
+        channel.close()
+    return {
+        "p50_ms": percentile(durations, 0.50) * 1e3,
+        "p99_ms": percentile(durations, 0.99) * 1e3,
+        "samples": float(len(durations)),
+    }

@@ -11,6 +11,7 @@ the machine spreads over all of them instead of favouring one.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -19,15 +20,26 @@ from dataclasses import dataclass, field
 
 from .noise import NoiseMeter
 from .procs import WorkerProcess, core_pair
-from .spec import TARGETS, WORKLOADS, BrpcTuning, Direction, Target, TransportSpec
+from .spec import (
+    FANOUT_CLIENTS,
+    TARGETS,
+    WORKLOADS,
+    BrpcTuning,
+    Direction,
+    Target,
+    Transport,
+    TransportSpec,
+)
 from .stats import Spread, percentile
 from .worker import (
     AnswerConnects,
+    BrpcPort,
     CallClients,
     CloseMany,
     Connect,
     ConnectMany,
     MeasureConnects,
+    MeasureFanout,
     ResidentSetSize,
     RunLoad,
     Sleep,
@@ -142,6 +154,26 @@ class _Session:
                 report(workload, self._quietest(workload, load))
         if "connect" in wanted:
             report("connect", self._quietest("connect", self.connect))
+        if "relay_fanout" in wanted and self.target.transport is Transport.RELAY:
+            report("relay_fanout", self._quietest("relay_fanout", self.relay_fanout))
+
+    def relay_fanout(self) -> Metrics:
+        """Time to the last of :data:`FANOUT_CLIENTS` results of one relayed broadcast."""
+        brpc_port = self.server.call(BrpcPort())
+        brpc_spec = dataclasses.replace(self.spec, transport=Transport.BRPC)
+        group = "fan"
+        self.client.call(
+            ConnectMany(brpc_spec, brpc_port, group, FANOUT_CLIENTS, call=False),
+            self.timeout,
+        )
+        try:
+            command = MeasureFanout(
+                self.port, group, FANOUT_CLIENTS, self.settings.warmup, self.settings.window
+            )
+            metrics: Metrics = self.client.call(command, self.timeout)
+        finally:
+            self.client.call(CloseMany(group), self.timeout)
+        return metrics
 
     def _quietest(
         self, workload: str, measure: Callable[[], Metrics], retry: bool = True

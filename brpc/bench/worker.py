@@ -24,7 +24,13 @@ from typing import Any
 
 from .endpoints import BenchConnection, BenchServer, connect, start_server
 from .load import run_server_stream, run_unary, run_uploads, small_request
-from .probes import answer_connects, call_clients, connect_many, measure_connects
+from .probes import (
+    answer_connects,
+    call_clients,
+    connect_many,
+    measure_connects,
+    measure_fanout,
+)
 from .probes import resident_set_size as rss
 from .spec import TransportSpec
 
@@ -87,6 +93,34 @@ class StartServer(Command):
     async def run(self, state: WorkerState) -> int:
         state.server = await start_server(self.spec)
         return state.server.port
+
+
+@dataclass(frozen=True)
+class BrpcPort(Command):
+    """The UDP port brpc clients dial on this worker's server."""
+
+    async def run(self, state: WorkerState) -> int:
+        return state.require_server().brpc_port
+
+
+@dataclass(frozen=True)
+class MeasureFanout(Command):
+    """Broadcasts through the relay front on ``port`` to the clients labelled ``group``."""
+
+    port: int
+    group: str
+    clients: int
+    warmup: float
+    window: float
+
+    async def run(self, state: WorkerState) -> dict[str, float]:
+        return await measure_fanout(
+            self.port,
+            group=self.group,
+            clients=self.clients,
+            warmup=self.warmup,
+            window=self.window,
+        )
 
 
 @dataclass(frozen=True)

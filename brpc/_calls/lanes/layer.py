@@ -12,7 +12,7 @@ import asyncio
 
 from grpclib.server import Server
 
-from .._grpclib import server_lane_protocol, serving_server
+from .._grpclib import EventDispatch, server_lane_protocol, serving_server
 from ..base import CallConnection, Caller, CallTarget
 from ..serving import Serving
 from .pool import LanePool
@@ -30,13 +30,13 @@ class LanesCallLayer:
         self._lanes = lanes
         self._max_concurrent_calls = max_concurrent_calls
         self._server: Server = serving_server(
-            serving.mapping,
+            serving.lookup,
             codec=serving.codec,
             status_details_codec=serving.status_details_codec,
             dispatch=serving.dispatch,
         )
 
-    def caller(self, target: CallTarget, *, authority: str) -> Caller:
+    def caller(self, target: CallTarget, *, authority: str, dispatch: EventDispatch) -> Caller:
         serving = self._serving
         return LanePool(
             target,
@@ -45,7 +45,7 @@ class LanesCallLayer:
             max_message_size=serving.max_message_size,
             codec=serving.codec,
             status_details_codec=serving.status_details_codec,
-            dispatch=serving.dispatch,
+            dispatch=dispatch,
         )
 
     def accept_stream(self, connection: CallConnection) -> asyncio.Protocol:

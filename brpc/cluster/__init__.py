@@ -1,0 +1,48 @@
+"""Several brpc servers serving one fleet: the cluster directory and its local replica.
+
+This package owns the directory of servers and clients shared by a cluster
+(:class:`Directory`, with :class:`MemoryDirectory` in one process and
+:class:`RedisDirectory` on a Redis server) and :class:`DirectoryReplica`, the
+local copy that answers lookups. Importing it does not need redis-py; only
+constructing a :class:`RedisDirectory` does (``pip install 'brpc[redis]'``).
+"""
+
+from .directory import (
+    DEFAULT_TTL,
+    Change,
+    ChangeFeed,
+    ChangeKind,
+    ClientRecord,
+    Directory,
+    DirectorySnapshot,
+    DirectoryUnavailable,
+    NameClaim,
+    NameHolder,
+    ServerNotRegistered,
+    ServerRecord,
+    keep_alive,
+)
+from .memory import MemoryDirectory
+from .redis import RedisDirectory
+from .replica import ClientPresence, DirectoryReplica, ReplicaWatch
+
+__all__ = [
+    "DEFAULT_TTL",
+    "Change",
+    "ChangeFeed",
+    "ChangeKind",
+    "ClientPresence",
+    "ClientRecord",
+    "Directory",
+    "DirectoryReplica",
+    "DirectorySnapshot",
+    "DirectoryUnavailable",
+    "MemoryDirectory",
+    "NameClaim",
+    "NameHolder",
+    "RedisDirectory",
+    "ReplicaWatch",
+    "ServerNotRegistered",
+    "ServerRecord",
+    "keep_alive",
+]

@@ -1,0 +1,1 @@
+"""The gateway example: an event processor behind brpc's HTTP gateway."""
