@@ -27,6 +27,7 @@ class Qh3Engine(Engine):
     probes_datagram_size = False
     derived_reset_tokens = False
     refuses_early_data = False
+    holds_unsent = True
 
     def __init__(self) -> None:
         self.events = qh3_events
@@ -82,6 +83,9 @@ class Qh3Engine(Engine):
         return _qh3.datagrams_to_send(quic, now)
 
     def send_buffer_size(self, quic: Connection, stream_id: int) -> int:
+        return _qh3.send_buffer_size(quic, stream_id)
+
+    def unsent_bytes(self, quic: Connection, stream_id: int) -> int:
         return _qh3.send_buffer_size(quic, stream_id)
 
     def is_stream_known(self, quic: Connection, stream_id: int) -> bool:

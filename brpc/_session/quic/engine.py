@@ -71,6 +71,9 @@ class Engine:
     #: Whether a server can tell 0-RTT stream data from data after the handshake
     #: (brpc refuses early data; without this, session tickets are refused).
     refuses_early_data: ClassVar[bool]
+    #: Whether written stream data can stay unsent after ``datagrams_to_send``
+    #: (qh3's pacing), so that a close must wait for it.
+    holds_unsent: ClassVar[bool] = False
     #: The engine's events module (``StreamDataReceived``, ``HandshakeCompleted``...).
     events: Any
 
@@ -107,6 +110,11 @@ class Engine:
 
     def send_buffer_size(self, quic: Connection, stream_id: int) -> int:
         raise NotImplementedError
+
+    def unsent_bytes(self, quic: Connection, stream_id: int) -> int:
+        """Stream bytes written but not yet sent once that a close would drop
+        (0 where the engine sends everything it can at once, as aioquic does)."""
+        return 0
 
     def is_stream_known(self, quic: Connection, stream_id: int) -> bool:
         raise NotImplementedError

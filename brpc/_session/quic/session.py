@@ -74,6 +74,8 @@ _RESET_MIN_SIZE = 21  # RFC 9000 section 10.3: 5 unpredictable bytes and the 16-
 #: whose ICMP error ends the connection (when nothing came from the peer meanwhile).
 _ICMP_CONFIRM_DELAY = 0.1
 _IP_MTU = 14  # linux/in.h: the path MTU of a connected socket
+#: How long :meth:`QuicSession.close` waits for held-back stream data before closing.
+_CLOSE_FLUSH_LIMIT = 1.0
 _ETHERNET_DATAGRAM = 1452  # 1,500 minus IPv6 and UDP headers (IPv4 could carry 1,472)
 
 
@@ -157,6 +159,9 @@ class QuicSession(asyncio.DatagramProtocol):
         self._timer_at: float | None = None
         self._last_now = 0.0
         self._proven: tuple[x509.Certificate, list[x509.Certificate]] | None = None
+        self._close_after: tuple[tuple[int, int | None, str], list[int], float] | None = None
+        # Streams with data the engine may still hold back (see close()).
+        self._unflushed: set[int] = set()
         self._timers: list[asyncio.TimerHandle] = []
         self._ping_ids = itertools.count(1)
         self._pings_in_flight: set[int] = set()
@@ -363,6 +368,16 @@ class QuicSession(asyncio.DatagramProtocol):
         datagrams = self.engine.datagrams_to_send(self.quic, now)
         if datagrams:
             self._send(datagrams)
+        if self._unflushed and self._close_after is None:
+            unsent = self.engine.unsent_bytes
+            self._unflushed = {sid for sid in self._unflushed if unsent(self.quic, sid)}
+        pending = self._close_after
+        if pending is not None and (
+            now >= pending[2]
+            or not any(self.engine.unsent_bytes(self.quic, sid) for sid in pending[1])
+        ):
+            self._close_now()
+            return
         self._arm_timer()
         if self._paused:
             for transport in list(self._paused):
@@ -406,6 +421,14 @@ class QuicSession(asyncio.DatagramProtocol):
             else:
                 self.amplification_dropped += 1
         return kept
+
+    def _close_now(self) -> None:
+        """Send the CONNECTION_CLOSE that :meth:`close` held back, if any."""
+        pending, self._close_after = self._close_after, None
+        if pending is not None:
+            error_code, frame_type, reason = pending[0]
+            self.quic.close(error_code=error_code, frame_type=frame_type, reason_phrase=reason)
+            self._transmit(self._clock())
 
     def _arm_timer(self) -> None:
         timer_at = self.quic.get_timer()
@@ -497,12 +520,19 @@ class QuicSession(asyncio.DatagramProtocol):
         """
         if self.closed is None:
             self.transmit()  # stream data already written leaves before the close
-            self.quic.close(
-                error_code=error_code,
-                frame_type=QuicFrameType.PADDING if transport_error else None,
-                reason_phrase=reason_phrase,
-            )
-            self.transmit()
+            frame_type = QuicFrameType.PADDING if transport_error else None
+            held = [sid for sid in self._unflushed if self.engine.unsent_bytes(self.quic, sid)]
+            udp = self._udp
+            if held and udp is not None and not udp.is_closing():
+                # The engine's pacing holds stream data back and its close would
+                # drop it: close once it is out (or after a bound).
+                deadline = self._clock() + _CLOSE_FLUSH_LIMIT
+                self._close_after = ((error_code, frame_type, reason_phrase), held, deadline)
+            else:
+                self.quic.close(
+                    error_code=error_code, frame_type=frame_type, reason_phrase=reason_phrase
+                )
+                self.transmit()
             self._report_closed(
                 _closed(error_code, reason_phrase, transport_error=transport_error, local=True)
             )
@@ -515,6 +545,8 @@ class QuicSession(asyncio.DatagramProtocol):
         """Open a local bidirectional stream running ``protocol``."""
         if self.closed is not None:
             raise ConnectionError(self.closed.describe())
+        if self.engine.close_event(self.quic) is not None:
+            raise ConnectionError("the connection is closing")
         credit = self.engine.stream_credit(self.quic)
         if credit is not None and credit <= 0 and self.handshake_done:
             raise ConnectionError(
@@ -527,6 +559,8 @@ class QuicSession(asyncio.DatagramProtocol):
 
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         self.quic.send_stream_data(stream_id, data, end_stream)
+        if self.engine.holds_unsent:
+            self._unflushed.add(stream_id)
         self._flush_soon()
 
     def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
@@ -567,6 +601,7 @@ class QuicSession(asyncio.DatagramProtocol):
         """Drop the connection without waiting for the closing period."""
         if self.closed is None:
             self.close(CloseCode.NO_ERROR, "")
+        self._close_now()
         if self._owns_transport and self._udp is not None:
             self._udp.close()
 
@@ -857,14 +892,18 @@ class QuicSession(asyncio.DatagramProtocol):
             ending = self.engine.close_event(self.quic)
             if ending is not None:
                 event, local = ending
-                self._report_closed(
-                    _closed(
-                        event.error_code,
-                        event.reason_phrase,
-                        transport_error=event.frame_type is not None,
-                        local=local,
-                    )
+                closed = _closed(
+                    event.error_code,
+                    event.reason_phrase,
+                    transport_error=event.frame_type is not None,
+                    local=local,
                 )
+                if local:
+                    self._report_closed(closed)
+                else:
+                    # Let the tasks woken by data that arrived with the peer's
+                    # close run before their streams are failed.
+                    self._loop.call_soon(self._report_closed, closed)
 
     def _report_closed(self, closed: SessionClosed) -> None:
         if self.closed is not None:
