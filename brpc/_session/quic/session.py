@@ -892,18 +892,14 @@ class QuicSession(asyncio.DatagramProtocol):
             ending = self.engine.close_event(self.quic)
             if ending is not None:
                 event, local = ending
-                closed = _closed(
-                    event.error_code,
-                    event.reason_phrase,
-                    transport_error=event.frame_type is not None,
-                    local=local,
+                self._report_closed(
+                    _closed(
+                        event.error_code,
+                        event.reason_phrase,
+                        transport_error=event.frame_type is not None,
+                        local=local,
+                    )
                 )
-                if local:
-                    self._report_closed(closed)
-                else:
-                    # Let the tasks woken by data that arrived with the peer's
-                    # close run before their streams are failed.
-                    self._loop.call_soon(self._report_closed, closed)
 
     def _report_closed(self, closed: SessionClosed) -> None:
         if self.closed is not None:
