@@ -39,9 +39,11 @@ from ._calls.streams.layer import StreamsCallLayer
 from ._core.connect import HelloSettings, connect_link
 from ._core.control_stream import ControlProtocol
 from ._core.link import Link, PeerInfo
+from ._security.keyproof import ClientKeyProof
 from ._security.tickets import TicketBox
 from ._session.base import Session, SessionHandler
 from ._session.quic.dial import dial_quic
+from ._session.quic.engine import resolve_engine
 from ._session.quic.options import DEFAULT_QUIC_OPTIONS, QuicOptions
 from ._session.quic.tls import client_configuration
 from ._wire.calllayer import LANES, CallLayerMismatch, accepted_call_layer, call_layer_list
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
 
     from ._calls._grpclib import RecvType, SendType
     from ._calls.base import Servable
+    from ._session.quic.engine import Engine
     from ._session.quic.impair import NetworkConditions
     from .auth import Authorizer
     from .v1 import control_pb2 as pb
@@ -120,6 +123,7 @@ class _DialOptions:
     hello: HelloSettings
     options: Options
     quic: QuicOptions
+    engine: Engine
     services: tuple[Any, ...]
     timeout: float
     reconnect: ReconnectPolicy | None
@@ -395,6 +399,7 @@ class ClientConn(CallChannel):
             target=o.target,
             server_name=o.server_name,
             configuration=client_configuration(
+                engine=o.engine,
                 server_name=o.server_name,
                 ca=o.ca,
                 certfile=o.certfile,
@@ -405,6 +410,7 @@ class ClientConn(CallChannel):
             ),
             handler=handler,
             options=o.options,
+            engine=o.engine,
             quic_options=o.quic,
             peer_stream_limit=peer_stream_limit(o.options),
             tickets=self._tickets,
@@ -574,6 +580,26 @@ class _Dial:
             await self._conn.close()
 
 
+def _key_proof(
+    certfile: str | os.PathLike[str] | None, keyfile: str | os.PathLike[str] | None
+) -> ClientKeyProof | None:
+    """The client certificate and key for servers that verify it above TLS (qh3 servers).
+    Missing files are reported when the TLS configuration is made."""
+    if certfile is None or not os.path.isfile(certfile):
+        return None
+    if keyfile is not None and not os.path.isfile(keyfile):
+        return None
+    try:
+        return ClientKeyProof.load(certfile, keyfile)
+    except ValueError as exc:
+        if keyfile is None:
+            raise ValueError(
+                f"no private key for the certificate in {os.fspath(certfile)!r}: pass "
+                "keyfile=... (the PEM file of the certificate's private key)"
+            ) from exc
+        raise
+
+
 def dial(
     target: str,
     *,
@@ -600,6 +626,7 @@ def dial(
     session_resumption: bool = False,
     network_conditions: NetworkConditions | None = None,
     read_batch: int = _Q.read_batch,
+    engine: str = _Q.engine,
     reflection: bool = False,
     health: bool = False,
 ) -> _Dial:
@@ -639,6 +666,8 @@ def dial(
     - ``network_conditions``: simulated loss/reordering, for tests.
     - ``read_batch``: datagrams read per wake-up before one transmit (1: one
       at a time); see the README's "Performance" section.
+    - ``engine``: the QUIC engine, ``"auto"`` (aioquic for now), ``"aioquic"``
+      or ``"qh3"`` (``pip install 'brpc[fast]'``; see the README's "Engines").
     - ``reflection``: also serve gRPC server reflection of ``services`` (a
       server's relay fetches descriptors from it for its reflection front).
     - ``health``: also serve ``grpc.health.v1.Health``.
@@ -662,7 +691,9 @@ def dial(
         max_datagram_size=max_datagram_size,
         read_batch=read_batch,
         network_conditions=network_conditions,
+        engine=engine,
     )
+    quic_engine = resolve_engine(engine, server=False)
     if insecure:
         log.warning(
             "dialing %s with insecure=True: the server's certificate is NOT verified; "
@@ -695,9 +726,11 @@ def dial(
             services=service_names(services),
             pending_stream_limit=max_message_size + (64 << 10),
             call_layers=options.call_layers,
+            key_proof=_key_proof(certfile, keyfile),
         ),
         options=options,
         quic=quic_options,
+        engine=quic_engine,
         services=services,
         timeout=timeout,
         reconnect=policy,

@@ -26,7 +26,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, cast
 
 from grpclib.client import Channel
 from grpclib.const import Status
@@ -42,9 +42,11 @@ from ._core.accept import Acceptor, AcceptSettings, Hello, Refused
 from ._core.link import Link, PeerInfo
 from ._security.tickets import TicketStore
 from ._security.verify import ClientCertificateVerifier
-from ._session.quic.listen import QuicListener
+from ._session.quic._limits import EngineLimitation
+from ._session.quic.engine import resolve_engine
+from ._session.quic.listen import DEFAULT_MAX_HALF_OPEN, DEFAULT_RETRY_THRESHOLD, QuicListener
 from ._session.quic.options import DEFAULT_QUIC_OPTIONS, QuicOptions
-from ._session.quic.tls import server_configuration
+from ._session.quic.tls import private_key_bytes, server_configuration
 from ._wire.calllayer import LANES, CallLayerMismatch, call_layer_list, choose_call_layer
 from ._wire.control import PROTOCOL_VERSION, RESUME_SECRET_LENGTH, HelloLimits
 from ._wire.refusal import RefusalCode
@@ -145,10 +147,13 @@ class Server(Generic[C]):
         authenticate: Authenticator | None = None,
         authorize: Authorizer | None = None,
         session_tickets: bool = False,
-        retry: bool = False,
+        retry: bool | Literal["auto"] = "auto",
+        retry_threshold: int = DEFAULT_RETRY_THRESHOLD,
+        max_half_open: int = DEFAULT_MAX_HALF_OPEN,
         network_conditions: NetworkConditions | None = None,
         duplicate_names: DuplicateNames = DuplicateNames.REPLACE,
         read_batch: int = _Q.read_batch,
+        engine: str = _Q.engine,
         relay: RelayHook | None = None,
         reflection: bool = False,
         health: bool = False,
@@ -167,7 +172,15 @@ class Server(Generic[C]):
             max_datagram_size=max_datagram_size,
             read_batch=read_batch,
             network_conditions=network_conditions,
+            engine=engine,
         )
+        quic_engine = resolve_engine(engine, server=True)
+        if session_tickets and not quic_engine.refuses_early_data:
+            raise EngineLimitation(
+                f"session_tickets cannot be used with engine={quic_engine.name!r}: its server "
+                "accepts 0-RTT data and delivers it as if it came after the handshake, so a "
+                "replayed hello could not be told apart; use engine='aioquic'"
+            )
         if max_connections < 1:
             raise ValueError(f"max_connections must be positive, not {max_connections!r}")
         if session_tickets and client_ca is not None:
@@ -217,10 +230,13 @@ class Server(Generic[C]):
             hello_limits=hello_limits or HelloLimits(),
             verifier=ClientCertificateVerifier(client_ca) if client_ca is not None else None,
             authenticate=authenticate,
+            certificate_proof=not quic_engine.tls_client_certificates,
         )
         tickets: TicketStore[Any] | None = TicketStore() if session_tickets else None
         self._listener = QuicListener(
+            engine=quic_engine,
             configuration=server_configuration(
+                engine=quic_engine,
                 certfile=certfile,
                 keyfile=keyfile,
                 idle_timeout=dead_peer_timeout,
@@ -231,8 +247,12 @@ class Server(Generic[C]):
             accept=lambda: Acceptor(self._accept_settings, self),
             max_connections=max_connections,
             peer_stream_limit=peer_stream_limit(options),
-            request_client_certificate=client_ca is not None,
+            private_key=private_key_bytes(certfile, keyfile),
+            request_client_certificate=client_ca is not None
+            and quic_engine.tls_client_certificates,
             retry=retry,
+            retry_threshold=retry_threshold,
+            max_half_open=max_half_open,
             tickets=tickets,
         )
         self._started = False
@@ -316,6 +336,11 @@ class Server(Generic[C]):
     def connection_count(self) -> int:
         """Connections being served, including those still in their handshake."""
         return len(self._listener.sessions)
+
+    @property
+    def half_open_count(self) -> int:
+        """Connections whose QUIC handshake has not completed yet."""
+        return len(self._listener.half_open)
 
     @property
     def address(self) -> str:

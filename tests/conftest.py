@@ -31,12 +31,28 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+#: Client and server engines the end-to-end modules below run on, by test ID.
+ENGINE_PAIRS: dict[str, tuple[str, str]] = {
+    "qh3-aioquic": ("qh3", "aioquic"),  # a qh3 client (engine="qh3") and the default server
+    "aioquic-aioquic": ("aioquic", "aioquic"),
+    "qh3-qh3": ("qh3", "qh3"),
+}
+_ENGINE_MODULES = {"test_semantics", "test_security", "test_identity"}
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run marked tests once per call layer, and the end-to-end modules once per engine pair."""
     if (
         metafunc.definition.get_closest_marker("both_call_layers") is not None
         and "call_layer" in metafunc.fixturenames
     ):
         metafunc.parametrize("call_layer", CALL_LAYERS)
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    uses_quic = {"make_server", "connect"} & set(metafunc.fixturenames)
+    if module in _ENGINE_MODULES and uses_quic:
+        metafunc.parametrize(
+            "engines", list(ENGINE_PAIRS.values()), ids=list(ENGINE_PAIRS), indirect=True
+        )
 
 
 @pytest.fixture
@@ -48,8 +64,15 @@ def call_layer() -> str | None:
 
 
 @pytest.fixture
+def engines(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(client engine, server engine) for :func:`connect` and :func:`make_server`."""
+    pair: tuple[str, str] = getattr(request, "param", ("auto", "auto"))
+    return pair
+
+
+@pytest.fixture
 async def make_server(
-    certs: DevCertificates, call_layer: str | None
+    certs: DevCertificates, call_layer: str | None, engines: tuple[str, str]
 ) -> AsyncIterator[ServerFactory]:
     """Start servers on 127.0.0.1 (port 0); close them after the test."""
     servers: list[brpc.Server[Any]] = []
@@ -59,6 +82,7 @@ async def make_server(
     ) -> brpc.Server[Any]:
         if call_layer is not None:
             options.setdefault("call_layer", call_layer)
+        options.setdefault("engine", engines[1])
         options.setdefault("certfile", certs.server_cert)
         options.setdefault("keyfile", certs.server_key)
         server: brpc.Server[Any] = brpc.Server(list(handlers), **options)
@@ -73,7 +97,9 @@ async def make_server(
 
 
 @pytest.fixture
-async def connect(certs: DevCertificates, call_layer: str | None) -> AsyncIterator[DialFactory]:
+async def connect(
+    certs: DevCertificates, call_layer: str | None, engines: tuple[str, str]
+) -> AsyncIterator[DialFactory]:
     """Dial a server with the test CA; close the connections after the test."""
     conns: list[brpc.ClientConn] = []
 
@@ -81,6 +107,7 @@ async def connect(certs: DevCertificates, call_layer: str | None) -> AsyncIterat
         if call_layer is not None:
             options.setdefault("call_layer", call_layer)
         options.setdefault("ca", certs.ca)
+        options.setdefault("engine", engines[0])
         address = target if isinstance(target, str) else target.address
         conn = await brpc.dial(address, **options)
         conns.append(conn)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from aioquic.buffer import Buffer
@@ -17,7 +18,15 @@ SERVER_ADDR = ("2.3.4.5", 4433)
 class QuicPair:
     """A client and a server QuicConnection exchanging datagrams in memory."""
 
-    def __init__(self, ca: Path, certfile: Path, keyfile: Path, *, peer_limit: int | None = None):
+    def __init__(
+        self,
+        ca: Path,
+        certfile: Path,
+        keyfile: Path,
+        *,
+        peer_limit: int | None = None,
+        server_hook: Callable[[QuicConnection], None] | None = None,
+    ):
         from brpc._session.quic import _aioquic
 
         self.now = 0.0
@@ -29,6 +38,7 @@ class QuicPair:
         self.client = QuicConnection(configuration=client_cfg)
         self.server: QuicConnection | None = None
         self.peer_limit = peer_limit
+        self.server_hook = server_hook
         self._limit = _aioquic.set_peer_bidi_stream_limit
         self.client_events: list[QuicEvent] = []
         self.server_events: list[QuicEvent] = []
@@ -49,6 +59,8 @@ class QuicPair:
                     )
                     if self.peer_limit is not None:
                         self._limit(self.server, self.peer_limit)
+                    if self.server_hook is not None:
+                        self.server_hook(self.server)
                 self.server.receive_datagram(data, CLIENT_ADDR, now=self.now)
             if self.server is not None:
                 for data, _ in self.server.datagrams_to_send(now=self.now):

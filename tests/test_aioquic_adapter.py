@@ -177,3 +177,24 @@ def test_without_breaking_them_aioquic_keeps_cycles(certs: Any) -> None:
         assert ref() is None
     finally:
         gc.enable()
+
+
+def test_derived_reset_tokens_are_the_ones_the_client_gets(certs: Any) -> None:
+    import hashlib
+
+    def token_for(cid: bytes) -> bytes:
+        return hashlib.sha256(b"key" + cid).digest()[:16]
+
+    p = pair(certs, server_hook=lambda quic: _aioquic.derive_reset_tokens(quic, token_for))
+    assert p.server is not None
+    p.pump()
+    issued = {token_for(c.cid) for c in p.server._host_cids}
+    received = _aioquic.peer_reset_tokens(p.client)
+    assert len(received) > 1  # the transport parameter and NEW_CONNECTION_ID frames
+    assert received <= issued
+
+
+def test_address_validated_after_the_handshake(certs: Any) -> None:
+    p = pair(certs)
+    assert p.server is not None
+    assert _aioquic.address_validated(p.server)

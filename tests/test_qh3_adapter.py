@@ -213,3 +213,10 @@ def test_close_event_of_a_tls_failure_names_this_side(certs: Any, tmp_path: Any)
     assert client_side is not None and server_side is not None
     assert client_side[1] is True and server_side[1] is False
     assert "certificate" in client_side[0].reason_phrase
+
+
+def test_datagrams_to_send_passes_ordinary_sends_through(certs: Any) -> None:
+    p = pair(certs)
+    sid = p.client.get_next_available_stream_id()
+    p.client.send_stream_data(sid, b"x" * 100)
+    assert _qh3.datagrams_to_send(p.client, p.now + 0.001)

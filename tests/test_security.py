@@ -305,7 +305,13 @@ async def test_no_session_tickets_by_default(make_server: Any, connect: Any) -> 
     assert conn._link is not None and not conn._link.session.session_resumed
 
 
-async def test_resumption_when_enabled_on_both_sides(make_server: Any, connect: Any) -> None:
+async def test_resumption_when_enabled_on_both_sides(
+    make_server: Any, connect: Any, engines: tuple[str, str]
+) -> None:
+    if engines[1] == "qh3":
+        with pytest.raises(NotImplementedError, match="session_tickets"):
+            await make_server([Probe()], session_tickets=True)
+        return
     server = await make_server([Probe()], session_tickets=True)
     conn = await connect(
         server, session_resumption=True, reconnect=brpc.ReconnectPolicy(initial_delay=0.01)
@@ -340,8 +346,15 @@ class _Recorder(QuicConnectionProtocol):
             self.ended.set_result(event)
 
 
-async def test_early_data_is_refused_even_with_tickets(make_server: Any, certs: Any) -> None:
-    """A replayable 0-RTT hello is refused: brpc only reads streams after the handshake."""
+async def test_early_data_is_refused_even_with_tickets(
+    make_server: Any, certs: Any, engines: tuple[str, str]
+) -> None:
+    """A replayable 0-RTT hello is refused: brpc only reads streams after the handshake.
+    qh3 servers deliver 0-RTT data as if it came later: tickets are refused there."""
+    if engines[1] == "qh3":
+        with pytest.raises(NotImplementedError, match="0-RTT"):
+            await make_server([Probe()], session_tickets=True)
+        return
     server = await make_server([Probe()], session_tickets=True)
     tickets: list[Any] = []
 

@@ -30,6 +30,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from .._security.keyproof import EXPORTER_LABEL, EXPORTER_LENGTH, verify_key_proof
 from .._security.verify import CertificateRejected, ClientCertificateVerifier
 from .._wire.control import CONTROL_MESSAGE_LIMIT, PROTOCOL_VERSION, HelloLimits, check_client_hello
 from .._wire.refusal import Refusal, RefusalCode
@@ -108,6 +109,10 @@ class AcceptSettings:
     hello_limits: HelloLimits
     verifier: ClientCertificateVerifier | None = None
     authenticate: Authenticator | None = None
+    #: Verify the client certificate from the hello's key proof (bound to the TLS
+    #: exporter secret) instead of the TLS handshake: for engines whose TLS server
+    #: cannot ask for a client certificate.
+    certificate_proof: bool = False
 
 
 class Acceptor:
@@ -137,7 +142,7 @@ class Acceptor:
     def handshake_completed(self, session: Session) -> None:
         self._session = session
         verifier = self._settings.verifier
-        if verifier is not None:
+        if verifier is not None and not self._settings.certificate_proof:
             try:
                 self._certificate_identity = verifier.verify(
                     session.peer_certificate(), session.peer_certificate_chain()
@@ -237,6 +242,7 @@ class Acceptor:
         assert session is not None and control is not None
         try:
             self._check(message)
+            self._verify_proof(session, message)
             identity = await self._authenticate(message)
             if session.closed is not None:
                 return
@@ -264,6 +270,22 @@ class Acceptor:
             raise Refused(RefusalCode.INVALID_HELLO, problem)
         if self._admitter.closing:
             raise Refused(RefusalCode.UNAVAILABLE, "the server is shutting down")
+
+    def _verify_proof(self, session: Session, hello: pb.ClientHello) -> None:
+        """Verify the client certificate the hello proves (see ``keyproof.py``)."""
+        verifier = self._settings.verifier
+        if verifier is None or not self._settings.certificate_proof:
+            return
+        try:
+            exporter = session.exporter_secret(EXPORTER_LABEL, EXPORTER_LENGTH)
+            certificate, chain = verify_key_proof(
+                hello.client_certificates, hello.client_proof, exporter
+            )
+            self._certificate_identity = verifier.verify(certificate, chain)
+            assert certificate is not None  # the verifier refuses a missing one
+            session.prove_peer_certificate(certificate, chain)
+        except CertificateRejected as exc:
+            raise Refused(RefusalCode.UNAUTHENTICATED, str(exc)) from None
 
     async def _authenticate(self, hello: pb.ClientHello) -> Identity | None:
         hook = self._settings.authenticate

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
+from .._security.keyproof import EXPORTER_LABEL, EXPORTER_LENGTH, ClientKeyProof
 from .._wire.control import CONTROL_MESSAGE_LIMIT, PROTOCOL_VERSION
 from .._wire.refusal import Refusal
 from ..errors import CloseCode, ConnectError, ProtocolViolation, RefusedError
@@ -65,9 +66,11 @@ class HelloSettings:
     call_layers: tuple[str, ...] = ()
     #: The resume secret of the connection this one replaces (b"" for none).
     replaces: bytes = b""
+    #: The client certificate and key, proven to servers that cannot ask for it in TLS.
+    key_proof: ClientKeyProof | None = None
 
-    def message(self) -> pb.ClientHello:
-        return pb.ClientHello(
+    def message(self, session: Session | None = None) -> pb.ClientHello:
+        hello = pb.ClientHello(
             protocol_version=PROTOCOL_VERSION,
             name=self.name,
             labels=dict(self.labels),
@@ -76,6 +79,12 @@ class HelloSettings:
             call_layers=list(self.call_layers),
             replaces=self.replaces,
         )
+        proof = self.key_proof
+        if proof is not None and session is not None:
+            exporter = session.exporter_secret(EXPORTER_LABEL, EXPORTER_LENGTH)
+            hello.client_certificates.extend(proof.chain)
+            hello.client_proof = proof.sign(exporter)
+        return hello
 
 
 class _PendingStream(asyncio.Protocol):
@@ -246,7 +255,7 @@ async def connect_link(
 async def _hello(session: Session, attempt: _Attempt, settings: HelloSettings) -> Link:
     control = attempt.control = ControlProtocol(attempt, max_message_size=CONTROL_MESSAGE_LIMIT)
     session.open_stream(control)
-    control.send(pb.Envelope(client_hello=settings.message()))
+    control.send(pb.Envelope(client_hello=settings.message(session)))
     target = settings.target
     try:
         reply = await attempt.reply

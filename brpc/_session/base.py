@@ -23,7 +23,7 @@ from .stream_transport import StreamHost, StreamTransport
 if TYPE_CHECKING:
     from cryptography import x509
 
-__all__ = ["Session", "SessionClosed", "SessionHandler", "describe_close_code"]
+__all__ = ["AddressWatcher", "Session", "SessionClosed", "SessionHandler", "describe_close_code"]
 
 
 def describe_close_code(error_code: int) -> str:
@@ -116,6 +116,18 @@ class Session(StreamHost, Protocol):
         """Byte counters of every live stream."""
         ...
 
+    def prove_peer_certificate(
+        self, certificate: x509.Certificate, chain: list[x509.Certificate]
+    ) -> None:
+        """Record the peer's certificate as proven above TLS (see ``keyproof.py``):
+        :meth:`peer_certificate` returns it from now on when TLS carried none."""
+        ...
+
+    def exporter_secret(self, label: bytes, length: int) -> bytes:
+        """TLS-Exporter(label, "", length) of this connection (RFC 8446 section 7.5):
+        the same at both ends, different for any other connection."""
+        ...
+
 
 class SessionHandler(Protocol):
     """What a session reports to the layer above it."""
@@ -135,3 +147,11 @@ class SessionHandler(Protocol):
         """The peer's packets now come from ``address`` (migration, NAT rebinding);
         the connection goes on. Reported once per change, after the handshake."""
         ...
+
+
+class AddressWatcher(Protocol):
+    """What a :class:`SessionHandler` may also have: sessions call
+    ``address_changed`` (when the handler has it) after the peer's address
+    changed under a live connection (NAT rebinding, migration)."""
+
+    def address_changed(self, session: Session, address: tuple[str, int]) -> None: ...

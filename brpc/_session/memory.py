@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
 import itertools
+import os
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CloseCode
@@ -49,6 +51,7 @@ class MemorySession:
         self._next_id = itertools.count(0 if is_client else 1, 4)
         self.closed: SessionClosed | None = None
         self.handshake_done = False
+        self._exporter_master = b""
         #: Bytes written per stream (the peer has them at once: nothing is unacknowledged).
         self.bytes_written = 0
 
@@ -145,6 +148,16 @@ class MemorySession:
         if self._streams.get(transport.stream_id) is transport:
             del self._streams[transport.stream_id]
 
+    def prove_peer_certificate(
+        self, certificate: x509.Certificate, chain: list[x509.Certificate]
+    ) -> None:
+        if self._peer is not None and self._peer._certificate is None:
+            self._peer._certificate = certificate
+
+    def exporter_secret(self, label: bytes, length: int) -> bytes:
+        """A secret both ends of this pair share (no TLS in memory)."""
+        return hashlib.shake_256(self._exporter_master + label).digest(length)
+
     def extra_info(self, name: str, default: Any = None) -> Any:
         if name == "peername":
             return self.peer_address or default
@@ -238,6 +251,7 @@ def session_pair(
     )
     client._connect(server)
     server._connect(client)
+    client._exporter_master = server._exporter_master = os.urandom(32)
     for session in (server, client):
         session.handshake_done = True
         session.handler.handshake_completed(session)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62rpc/v1/control.proto\x12\x07\x62rpc.v1\"\xde\x01\n\x0b\x43lientHello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x30\n\x06labels\x18\x03 \x03(\x0b\x32 .brpc.v1.ClientHello.LabelsEntry\x12\x10\n\x08services\x18\x04 \x03(\t\x12\r\n\x05token\x18\x05 \x01(\t\x12\x13\n\x0b\x63\x61ll_layers\x18\x06 \x03(\t\x12\x10\n\x08replaces\x18\x07 \x01(\x0c\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"}\n\x06Limits\x12\x18\n\x10max_message_size\x18\x01 \x01(\x04\x12\x1c\n\x14max_concurrent_calls\x18\x02 \x01(\r\x12\x1d\n\x15keepalive_interval_ms\x18\x03 \x01(\r\x12\x1c\n\x14\x64\x65\x61\x64_peer_timeout_ms\x18\x04 \x01(\r\"\x8a\x01\n\x0bServerHello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x15\n\rconnection_id\x18\x02 \x01(\t\x12\x1f\n\x06limits\x18\x03 \x01(\x0b\x32\x0f.brpc.v1.Limits\x12\x12\n\ncall_layer\x18\x04 \x01(\t\x12\x15\n\rresume_secret\x18\x05 \x01(\x0c\"\xf2\x01\n\x07Refusal\x12#\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x15.brpc.v1.Refusal.Code\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xb1\x01\n\x04\x43ode\x12\x14\n\x10\x43ODE_UNSPECIFIED\x10\x00\x12\x11\n\rINVALID_HELLO\x10\x01\x12\x17\n\x13UNSUPPORTED_VERSION\x10\x02\x12\x13\n\x0fUNAUTHENTICATED\x10\x03\x12\x15\n\x11PERMISSION_DENIED\x10\x04\x12\x16\n\x12RESOURCE_EXHAUSTED\x10\x05\x12\x12\n\x0e\x41LREADY_EXISTS\x10\x06\x12\x0f\n\x0bUNAVAILABLE\x10\x07\"\x15\n\x04Ping\x12\r\n\x05nonce\x18\x01 \x01(\x04\"\x15\n\x04Pong\x12\r\n\x05nonce\x18\x01 \x01(\x04\"*\n\x06GoAway\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x10\n\x08grace_ms\x18\x02 \x01(\r\"\xf8\x01\n\x08\x45nvelope\x12,\n\x0c\x63lient_hello\x18\x01 \x01(\x0b\x32\x14.brpc.v1.ClientHelloH\x00\x12,\n\x0cserver_hello\x18\x02 \x01(\x0b\x32\x14.brpc.v1.ServerHelloH\x00\x12#\n\x07refusal\x18\x03 \x01(\x0b\x32\x10.brpc.v1.RefusalH\x00\x12\x1d\n\x04ping\x18\x04 \x01(\x0b\x32\r.brpc.v1.PingH\x00\x12\x1d\n\x04pong\x18\x05 \x01(\x0b\x32\r.brpc.v1.PongH\x00\x12\"\n\x07go_away\x18\x06 \x01(\x0b\x32\x0f.brpc.v1.GoAwayH\x00\x42\t\n\x07messageb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62rpc/v1/control.proto\x12\x07\x62rpc.v1\"\x91\x02\n\x0b\x43lientHello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x30\n\x06labels\x18\x03 \x03(\x0b\x32 .brpc.v1.ClientHello.LabelsEntry\x12\x10\n\x08services\x18\x04 \x03(\t\x12\r\n\x05token\x18\x05 \x01(\t\x12\x13\n\x0b\x63\x61ll_layers\x18\x06 \x03(\t\x12\x10\n\x08replaces\x18\x07 \x01(\x0c\x12\x1b\n\x13\x63lient_certificates\x18\x08 \x03(\x0c\x12\x14\n\x0c\x63lient_proof\x18\t \x01(\x0c\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"}\n\x06Limits\x12\x18\n\x10max_message_size\x18\x01 \x01(\x04\x12\x1c\n\x14max_concurrent_calls\x18\x02 \x01(\r\x12\x1d\n\x15keepalive_interval_ms\x18\x03 \x01(\r\x12\x1c\n\x14\x64\x65\x61\x64_peer_timeout_ms\x18\x04 \x01(\r\"\x8a\x01\n\x0bServerHello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x15\n\rconnection_id\x18\x02 \x01(\t\x12\x1f\n\x06limits\x18\x03 \x01(\x0b\x32\x0f.brpc.v1.Limits\x12\x12\n\ncall_layer\x18\x04 \x01(\t\x12\x15\n\rresume_secret\x18\x05 \x01(\x0c\"\xf2\x01\n\x07Refusal\x12#\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x15.brpc.v1.Refusal.Code\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xb1\x01\n\x04\x43ode\x12\x14\n\x10\x43ODE_UNSPECIFIED\x10\x00\x12\x11\n\rINVALID_HELLO\x10\x01\x12\x17\n\x13UNSUPPORTED_VERSION\x10\x02\x12\x13\n\x0fUNAUTHENTICATED\x10\x03\x12\x15\n\x11PERMISSION_DENIED\x10\x04\x12\x16\n\x12RESOURCE_EXHAUSTED\x10\x05\x12\x12\n\x0e\x41LREADY_EXISTS\x10\x06\x12\x0f\n\x0bUNAVAILABLE\x10\x07\"\x15\n\x04Ping\x12\r\n\x05nonce\x18\x01 \x01(\x04\"\x15\n\x04Pong\x12\r\n\x05nonce\x18\x01 \x01(\x04\"*\n\x06GoAway\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x10\n\x08grace_ms\x18\x02 \x01(\r\"\xf8\x01\n\x08\x45nvelope\x12,\n\x0c\x63lient_hello\x18\x01 \x01(\x0b\x32\x14.brpc.v1.ClientHelloH\x00\x12,\n\x0cserver_hello\x18\x02 \x01(\x0b\x32\x14.brpc.v1.ServerHelloH\x00\x12#\n\x07refusal\x18\x03 \x01(\x0b\x32\x10.brpc.v1.RefusalH\x00\x12\x1d\n\x04ping\x18\x04 \x01(\x0b\x32\r.brpc.v1.PingH\x00\x12\x1d\n\x04pong\x18\x05 \x01(\x0b\x32\r.brpc.v1.PongH\x00\x12\"\n\x07go_away\x18\x06 \x01(\x0b\x32\x0f.brpc.v1.GoAwayH\x00\x42\t\n\x07messageb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,23 +34,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLIENTHELLO_LABELSENTRY']._loaded_options = None
   _globals['_CLIENTHELLO_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_CLIENTHELLO']._serialized_start=35
-  _globals['_CLIENTHELLO']._serialized_end=257
-  _globals['_CLIENTHELLO_LABELSENTRY']._serialized_start=212
-  _globals['_CLIENTHELLO_LABELSENTRY']._serialized_end=257
-  _globals['_LIMITS']._serialized_start=259
-  _globals['_LIMITS']._serialized_end=384
-  _globals['_SERVERHELLO']._serialized_start=387
-  _globals['_SERVERHELLO']._serialized_end=525
-  _globals['_REFUSAL']._serialized_start=528
-  _globals['_REFUSAL']._serialized_end=770
-  _globals['_REFUSAL_CODE']._serialized_start=593
-  _globals['_REFUSAL_CODE']._serialized_end=770
-  _globals['_PING']._serialized_start=772
-  _globals['_PING']._serialized_end=793
-  _globals['_PONG']._serialized_start=795
-  _globals['_PONG']._serialized_end=816
-  _globals['_GOAWAY']._serialized_start=818
-  _globals['_GOAWAY']._serialized_end=860
-  _globals['_ENVELOPE']._serialized_start=863
-  _globals['_ENVELOPE']._serialized_end=1111
+  _globals['_CLIENTHELLO']._serialized_end=308
+  _globals['_CLIENTHELLO_LABELSENTRY']._serialized_start=263
+  _globals['_CLIENTHELLO_LABELSENTRY']._serialized_end=308
+  _globals['_LIMITS']._serialized_start=310
+  _globals['_LIMITS']._serialized_end=435
+  _globals['_SERVERHELLO']._serialized_start=438
+  _globals['_SERVERHELLO']._serialized_end=576
+  _globals['_REFUSAL']._serialized_start=579
+  _globals['_REFUSAL']._serialized_end=821
+  _globals['_REFUSAL_CODE']._serialized_start=644
+  _globals['_REFUSAL_CODE']._serialized_end=821
+  _globals['_PING']._serialized_start=823
+  _globals['_PING']._serialized_end=844
+  _globals['_PONG']._serialized_start=846
+  _globals['_PONG']._serialized_end=867
+  _globals['_GOAWAY']._serialized_start=869
+  _globals['_GOAWAY']._serialized_end=911
+  _globals['_ENVELOPE']._serialized_start=914
+  _globals['_ENVELOPE']._serialized_end=1162
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ClientHello(_message.Message):
-    __slots__ = ("protocol_version", "name", "labels", "services", "token", "call_layers", "replaces")
+    __slots__ = ("protocol_version", "name", "labels", "services", "token", "call_layers", "replaces", "client_certificates", "client_proof")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,8 @@ class ClientHello(_message.Message):
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     CALL_LAYERS_FIELD_NUMBER: _ClassVar[int]
     REPLACES_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_PROOF_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     name: str
     labels: _containers.ScalarMap[str, str]
@@ -30,7 +32,9 @@ class ClientHello(_message.Message):
     token: str
     call_layers: _containers.RepeatedScalarFieldContainer[str]
     replaces: bytes
-    def __init__(self, protocol_version: _Optional[int] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., services: _Optional[_Iterable[str]] = ..., token: _Optional[str] = ..., call_layers: _Optional[_Iterable[str]] = ..., replaces: _Optional[bytes] = ...) -> None: ...
+    client_certificates: _containers.RepeatedScalarFieldContainer[bytes]
+    client_proof: bytes
+    def __init__(self, protocol_version: _Optional[int] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., services: _Optional[_Iterable[str]] = ..., token: _Optional[str] = ..., call_layers: _Optional[_Iterable[str]] = ..., replaces: _Optional[bytes] = ..., client_certificates: _Optional[_Iterable[bytes]] = ..., client_proof: _Optional[bytes] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_message_size", "max_concurrent_calls", "keepalive_interval_ms", "dead_peer_timeout_ms")

@@ -112,7 +112,13 @@ class CalleeProtocol(CallStreamProtocol):
         super().connection_lost(exc)
 
     def stream_error(self, exc: CallStreamError) -> None:
-        if isinstance(exc, MessageTooLarge) and not self.finished and not self.lost:
+        if self.finished:
+            # Trailers went out: the call is over here. What still arrives (the
+            # rest of a refused message, its truncated end) changes nothing.
+            return
+        if isinstance(exc, MessageTooLarge):
+            if self.lost:
+                return
             # Tell the caller why, with trailers, rather than with a bare code.
             error = exc.grpc_error()
             if self.error is None:

@@ -9,10 +9,9 @@ that moves them fails loudly there rather than subtly elsewhere.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.asyncio.server import QuicServer
 from aioquic.quic.connection import (
     MAX_STREAM_DATA_FRAME_CAPACITY,
     QuicConnection,
@@ -31,14 +30,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "add_unconsumed",
+    "address_validated",
     "break_cycles",
-    "break_protocol_cycles",
     "close_event",
+    "derive_reset_tokens",
     "enable_consumption_credit",
-    "endpoint_connection_count",
     "is_stream_known",
     "peer_certificate",
     "peer_certificate_chain",
+    "peer_reset_tokens",
     "request_client_certificate",
     "send_buffer_size",
     "set_peer_bidi_stream_limit",
@@ -134,13 +134,15 @@ def request_client_certificate(quic: QuicConnection) -> None:
     quic._initialize = _initialize  # type: ignore[method-assign]
 
 
-def endpoint_connection_count(endpoint: QuicServer) -> int:
-    """Connections a server endpoint still routes datagrams to, closing ones included.
+def address_validated(quic: QuicConnection) -> bool:
+    """Whether a server connection has validated the client's current address.
 
-    aioquic keeps each connection in ``QuicServer._protocols`` (one entry per
-    connection ID) until its closing period ends; this counts the distinct ones.
+    aioquic keeps this per path (private ``_network_paths[0].is_validated``, set
+    by a Handshake packet, a Retry token or a path challenge) and limits what it
+    sends before that to three times what it received, except its closes.
     """
-    return len({id(protocol) for protocol in endpoint._protocols.values()})
+    paths = quic._network_paths
+    return bool(paths) and paths[0].is_validated
 
 
 class _ConsumptionCreditConnection(QuicConnection):
@@ -267,9 +269,12 @@ def break_cycles(quic: QuicConnection) -> None:
     ``_teardown_cb``, partials of methods). Each makes the connection a
     reference cycle, freed only by a full garbage collection. Once the
     connection is terminated none of them is used again; without them the
-    connection goes with its last reference. Call only after
-    ``ConnectionTerminated``.
+    connection goes with its last reference. brpc's own per-connection wrappers
+    (of ``_initialize`` and ``_replenish_connection_ids``, closures over the
+    connection) go too. Call only after ``ConnectionTerminated``.
     """
+    for wrapped in ("_initialize", "_replenish_connection_ids"):
+        quic.__dict__.pop(wrapped, None)
     quic._QuicConnection__frame_handlers = {}  # type: ignore[attr-defined]
     loss = getattr(quic, "_loss", None)
     if loss is not None:
@@ -284,20 +289,39 @@ def break_cycles(quic: QuicConnection) -> None:
             context._teardown_cb = _no_traffic_key_update
 
 
-def _ignore(*args: object) -> None:
-    """Stands in for a terminated protocol's server callbacks."""
+def peer_reset_tokens(quic: QuicConnection) -> frozenset[bytes]:
+    """The stateless reset tokens the peer gave for its connection IDs.
 
-
-def break_protocol_cycles(protocol: QuicConnectionProtocol) -> None:
-    """Drop the server's callbacks from a terminated connection's protocol.
-
-    aioquic's ``QuicServer`` gives each protocol partials of its own methods
-    bound to the protocol (``_connection_id_issued_handler``,
-    ``_connection_id_retired_handler``, ``_connection_terminated_handler``,
-    each with ``protocol=protocol``): a cycle per connection. They are called
-    for the last time when ``ConnectionTerminated`` is processed, before the
-    protocol's own ``quic_event_received`` sees it; call this from there.
+    aioquic records them (private ``_peer_cid`` and ``_peer_cid_available``)
+    but never checks a received datagram against them: RFC 9000 section 10.3
+    detection is brpc's (see ``QuicSession``).
     """
-    protocol._connection_id_issued_handler = _ignore
-    protocol._connection_id_retired_handler = _ignore
-    protocol._connection_terminated_handler = _ignore
+    tokens = {quic._peer_cid.stateless_reset_token}
+    tokens.update(c.stateless_reset_token for c in quic._peer_cid_available)
+    return frozenset(t for t in tokens if t)
+
+
+def derive_reset_tokens(quic: QuicConnection, token_for: Callable[[bytes], bytes]) -> None:
+    """Make a server connection issue ``token_for(cid)`` as the stateless reset
+    token of each connection ID it issues, instead of random bytes.
+
+    aioquic draws them with ``os.urandom`` in ``__init__`` (the first host CID,
+    whose token goes in the transport parameters when the TLS context is made)
+    and in the private ``_replenish_connection_ids`` (NEW_CONNECTION_ID frames
+    written later from ``_host_cids``). This rewrites the first at once and wraps
+    the replenishing so new ones are rewritten before they are sent. Call right
+    after the connection object is made.
+    """
+    if quic.configuration.is_client:
+        raise ValueError("only a server connection issues stateless reset tokens")
+    for connection_id in quic._host_cids:
+        connection_id.stateless_reset_token = token_for(connection_id.cid)
+    replenish = quic._replenish_connection_ids
+
+    def _replenish_connection_ids() -> None:
+        replenish()
+        for connection_id in quic._host_cids:
+            if not connection_id.was_sent:
+                connection_id.stateless_reset_token = token_for(connection_id.cid)
+
+    quic._replenish_connection_ids = _replenish_connection_ids  # type: ignore[method-assign]

@@ -28,7 +28,7 @@ from cryptography import x509
 from qh3 import tls as qh3_tls
 from qh3._hazmat import Buffer
 from qh3.quic.configuration import QuicConfiguration
-from qh3.quic.connection import NetworkAddress, QuicConnection
+from qh3.quic.connection import NetworkAddress, QuicConnection, QuicConnectionError
 from qh3.quic.events import ConnectionTerminated
 from qh3.quic.packet import pull_quic_transport_parameters, push_quic_transport_parameters
 
@@ -39,6 +39,7 @@ __all__ = [
     "QH3_DEFAULT_PEER_BIDI_STREAMS",
     "close_event",
     "configure",
+    "datagrams_to_send",
     "exporter_secret",
     "install_exporter",
     "is_stream_known",
@@ -68,6 +69,27 @@ _connection_module: Any = __import__("qh3.quic.connection", fromlist=["QuicConne
 _TRANSPORT_PARAMETERS = qh3_tls.ExtensionType.QUIC_TRANSPORT_PARAMETERS
 
 _masters: WeakKeyDictionary[QuicConnection, bytes] = WeakKeyDictionary()
+
+
+_BUDGET_EXHAUSTED = "packet builder capacity exhausted"
+
+
+def datagrams_to_send(quic: QuicConnection, now: float) -> list[tuple[bytes, NetworkAddress]]:
+    """``quic.datagrams_to_send(now)``, with qh3's anti-amplification failure as "nothing now".
+
+    A qh3 server whose anti-amplification allowance cannot fit a packet raises
+    ``QuicConnectionError("packet builder capacity exhausted")`` from its Rust
+    packet builder instead of waiting for more bytes from the client (this is
+    what an aioquic client's padded Initial runs into). The connection is fine:
+    the client's next datagram (its retransmission after a probe timeout) raises
+    the allowance and the handshake goes on, about one probe timeout later.
+    """
+    try:
+        return quic.datagrams_to_send(now=now)
+    except QuicConnectionError as exc:
+        if _BUDGET_EXHAUSTED not in str(exc.reason_phrase):
+            raise
+        return []
 
 
 def send_buffer_size(quic: QuicConnection, stream_id: int) -> int:

@@ -2,7 +2,7 @@
 
 With ``read_batch`` > 1 a socket is drained of up to that many datagrams
 before the sessions that received them transmit, once each: fewer, fuller
-packets and fewer wake-ups. :class:`BatchingQuicServer` does it for a server's
+packets and fewer wake-ups. the listener's endpoint does it for a server's
 shared socket; a dialing session drains its own socket with
 :func:`drain_socket`.
 """
@@ -16,12 +16,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from aioquic.asyncio.server import QuicServer
-
 if TYPE_CHECKING:
     from .session import QuicSession
 
-__all__ = ["BatchingQuicServer", "DatagramBatch", "drain_socket", "dup_socket"]
+__all__ = ["DatagramBatch", "drain_socket", "dup_socket"]
 
 log = logging.getLogger(__name__)
 
@@ -43,61 +41,6 @@ class DatagramBatch:
                 session.flush_batch()
             except Exception:
                 log.exception("failed to transmit after a batch of datagrams")
-
-
-class BatchingQuicServer(QuicServer):
-    """A :class:`QuicServer` that, with ``read_batch`` > 1, reads up to that many
-    waiting datagrams per wake-up and lets each session transmit once for all
-    of them, at the end. ``create_protocol`` gets the batch (or None) as ``batch=``."""
-
-    def __init__(self, *, read_batch: int = 1, create_protocol: Any, **kwargs: Any) -> None:
-        self._read_batch = read_batch
-        self._batch = DatagramBatch()
-        self._drain: socket.socket | None = None
-
-        batch = self._batch if read_batch > 1 else None
-
-        def create(*args: Any, **kw: Any) -> Any:
-            return create_protocol(*args, batch=batch, **kw)
-
-        super().__init__(create_protocol=create, **kwargs)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        if self._read_batch > 1:
-            self._drain = dup_socket(cast(asyncio.DatagramTransport, transport))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._drain is not None:
-            self._drain.close()
-            self._drain = None
-        super().connection_lost(exc)
-
-    def datagram_received(self, data: bytes | str, addr: Any) -> None:
-        batch, drain = self._batch, self._drain
-        if drain is None:
-            super().datagram_received(data, addr)
-            return
-        batch.active = True
-        try:
-            drain_socket(
-                drain,
-                data,
-                addr,
-                self._read_batch,
-                receive=self._receive_one,
-                on_error=self._udp_error,
-            )
-        finally:
-            batch.active = False
-            batch.flush()
-
-    def _receive_one(self, data: bytes | str, addr: Any) -> bool:
-        super().datagram_received(data, addr)
-        return True
-
-    def _udp_error(self, exc: OSError) -> None:
-        log.debug("UDP error on the server socket: %r", exc)
 
 
 _MAX_DATAGRAM = 65535

@@ -10,27 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ipaddress
 import socket
-from typing import TYPE_CHECKING
-
-from aioquic.quic.connection import QuicConnection
+from typing import TYPE_CHECKING, Any
 
 from ..._wire.control import ALPN
 from ...errors import ConnectError, HandshakeError
 from ..base import Session, SessionClosed, SessionHandler
-from . import _aioquic
+from .engine import Engine
+from .pmtu import max_datagram_for_mtu
 from .session import QuicSession
 from .tls import describe_handshake_failure, is_tls_failure
+from .udp import forbid_fragmentation
 
 if TYPE_CHECKING:
-    from aioquic.quic.configuration import QuicConfiguration
-    from aioquic.tls import SessionTicket
-
     from ..._security.tickets import TicketBox
     from ...options import Options
     from .options import QuicOptions
 
 __all__ = ["dial_quic"]
+
+_IP_MTU = 14  # linux/in.h: the route MTU of a connected socket
 
 
 class _Dialing:
@@ -56,7 +56,23 @@ class _Dialing:
         self._handler.session_closed(session, closed)
 
     def address_changed(self, session: Session, address: tuple[str, int]) -> None:
-        self._handler.address_changed(session, address)
+        changed = getattr(self._handler, "address_changed", None)
+        if changed is not None:
+            changed(session, address)
+
+
+def _loopback_datagram_size(sock: socket.socket, address: Any, size: int, ceiling: int) -> int:
+    """The datagram size for an engine brpc cannot probe with: bigger than ``size``
+    only towards a loopback address, where the path is this host and the route's
+    MTU is the whole story."""
+    try:
+        loopback = ipaddress.ip_address(address[0]).is_loopback
+        mtu = int(sock.getsockopt(socket.IPPROTO_IP, _IP_MTU))
+    except (OSError, ValueError):
+        return size
+    if not loopback:
+        return size
+    return max(size, min(ceiling, max_datagram_for_mtu(mtu, ipv6=sock.family == socket.AF_INET6)))
 
 
 async def dial_quic(
@@ -65,12 +81,13 @@ async def dial_quic(
     port: int,
     target: str,
     server_name: str,
-    configuration: QuicConfiguration,
+    configuration: Any,
+    engine: Engine,
     handler: SessionHandler,
     options: Options,
     quic_options: QuicOptions,
     peer_stream_limit: int,
-    tickets: TicketBox[SessionTicket] | None = None,
+    tickets: TicketBox[Any] | None = None,
 ) -> QuicSession:
     """A handshaken QUIC session to ``host:port`` whose streams ``handler`` serves."""
     loop = asyncio.get_running_loop()
@@ -84,22 +101,28 @@ async def dial_quic(
         sock.setblocking(False)
         # A connected socket receives ICMP errors: a missing server fails fast.
         sock.connect(address)
+        forbid_fragmentation(sock)
     except OSError as exc:
         sock.close()
         raise ConnectError(f"could not reach {target}: {exc}") from exc
 
+    if not engine.probes_datagram_size:
+        configuration.max_datagram_size = _loopback_datagram_size(
+            sock, address, configuration.max_datagram_size, quic_options.max_probed_datagram_size
+        )
     if tickets is not None:
         configuration.session_ticket = tickets.ticket
-    quic = QuicConnection(
-        configuration=configuration,
+    quic = engine.client_connection(
+        configuration,
+        peer_stream_limit=peer_stream_limit,
         session_ticket_handler=tickets.store if tickets is not None else None,
     )
-    _aioquic.set_peer_bidi_stream_limit(quic, peer_stream_limit)
     dialing = _Dialing(handler)
 
     def make_session() -> QuicSession:
         return QuicSession(
             quic,
+            engine=engine,
             handler=dialing,
             options=options,
             quic_options=quic_options,
@@ -108,6 +131,7 @@ async def dial_quic(
         )
 
     _, session = await loop.create_datagram_endpoint(make_session, sock=sock)
+    session.datagram_size = configuration.max_datagram_size
     try:
         session.connect(address)
         closed = await dialing.done

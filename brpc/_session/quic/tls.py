@@ -1,6 +1,6 @@
 """TLS settings of brpc's QUIC connections and the words for their failures.
 
-Builds the aioquic :class:`QuicConfiguration` for each side (ALPN, certificates,
+Builds the engine's QUIC configuration for each side (ALPN, certificates,
 verification, timeouts, datagram size) and turns a failed handshake into a
 sentence that says what went wrong and for which host name.
 """
@@ -10,19 +10,29 @@ from __future__ import annotations
 import os
 import re
 import ssl
+from pathlib import Path
+from typing import Any
 
-from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.packet import QuicErrorCode
-from aioquic.tls import AlertDescription, SessionTicket
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from aioquic.tls import AlertDescription
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_pem_private_key,
+)
 
 from ..._wire.control import ALPN
 from ..base import SessionClosed
+from .engine import Engine
 
 __all__ = [
     "client_configuration",
     "describe_handshake_failure",
     "is_tls_failure",
+    "private_key_bytes",
     "server_configuration",
 ]
 
@@ -41,6 +51,7 @@ def _check_file(path: PathLike, what: str) -> str:
 
 def client_configuration(
     *,
+    engine: Engine,
     server_name: str,
     ca: PathLike | None,
     certfile: PathLike | None,
@@ -48,10 +59,10 @@ def client_configuration(
     idle_timeout: float,
     max_datagram_size: int,
     insecure: bool = False,
-    session_ticket: SessionTicket | None = None,
-) -> QuicConfiguration:
+    session_ticket: Any = None,
+) -> Any:
     """The client's configuration; it verifies the server unless ``insecure``."""
-    configuration = QuicConfiguration(
+    configuration = engine.configuration(
         is_client=True,
         alpn_protocols=[ALPN],
         server_name=server_name,
@@ -63,11 +74,14 @@ def client_configuration(
     if ca is not None:
         configuration.load_verify_locations(cafile=_check_file(ca, "CA file"))
     if certfile is not None:
+        _check_file(certfile, "certificate file")
+        if keyfile is not None:
+            _check_file(keyfile, "key file")
+        _check_key_pair(certfile, keyfile)
         configuration.load_cert_chain(
             _check_file(certfile, "certificate file"),
             _check_file(keyfile, "key file") if keyfile is not None else None,
         )
-        _check_key_pair(configuration, certfile)
     elif keyfile is not None:
         raise ValueError("keyfile was given without certfile")
     return configuration
@@ -75,33 +89,41 @@ def client_configuration(
 
 def server_configuration(
     *,
+    engine: Engine,
     certfile: PathLike,
     keyfile: PathLike | None,
     idle_timeout: float,
     max_datagram_size: int,
-) -> QuicConfiguration:
-    configuration = QuicConfiguration(
+) -> Any:
+    configuration = engine.configuration(
         is_client=False,
         alpn_protocols=[ALPN],
         idle_timeout=idle_timeout,
         max_datagram_size=max_datagram_size,
     )
-    configuration.load_cert_chain(
-        _check_file(certfile, "certificate file"),
-        _check_file(keyfile, "key file") if keyfile is not None else None,
-    )
-    _check_key_pair(configuration, certfile)
+    _check_file(certfile, "certificate file")
+    if keyfile is not None:
+        _check_file(keyfile, "key file")
+    _check_key_pair(certfile, keyfile)
+    configuration.load_cert_chain(os.fspath(certfile), os.fspath(keyfile) if keyfile else None)
     return configuration
 
 
-def _check_key_pair(configuration: QuicConfiguration, certfile: PathLike) -> None:
+def _check_key_pair(certfile: PathLike, keyfile: PathLike | None) -> None:
     """Refuse a certificate without its private key, or with a key that is not its own."""
-    certificate, key = configuration.certificate, configuration.private_key
-    if certificate is None or key is None:
+    cert_pem = Path(certfile).read_bytes()
+    key_pem = Path(keyfile).read_bytes() if keyfile is not None else cert_pem
+    try:
+        certificate = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        raise ValueError(f"no PEM certificate in {os.fspath(certfile)!r}: {exc}") from exc
+    try:
+        key = load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
         raise ValueError(
             f"no private key for the certificate in {os.fspath(certfile)!r}: pass keyfile=... "
             "(the PEM file of the certificate's private key)"
-        )
+        ) from None
     mine = certificate.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     theirs = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     if mine != theirs:
@@ -109,6 +131,12 @@ def _check_key_pair(configuration: QuicConfiguration, certfile: PathLike) -> Non
             f"the private key does not belong to the certificate in {os.fspath(certfile)!r}: "
             "pass the keyfile made together with that certificate"
         )
+
+
+def private_key_bytes(certfile: PathLike, keyfile: PathLike | None) -> bytes:
+    """The DER (PKCS#8) bytes of the private key in ``keyfile`` (or ``certfile``)."""
+    key = load_pem_private_key(Path(keyfile or certfile).read_bytes(), password=None)
+    return key.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption())
 
 
 def _alert_name(error_code: int) -> str | None:

@@ -36,6 +36,7 @@ __all__ = [
     "UDP_SEGMENT",
     "UdpBatching",
     "connected_sendto",
+    "forbid_fragmentation",
     "gro_segment_size",
     "gso_runs",
     "split_gro_buffer",
@@ -243,3 +244,24 @@ def connected_sendto(transport: asyncio.DatagramTransport) -> asyncio.DatagramTr
         return transport
     wrapper: asyncio.DatagramTransport = _ConnectedSendto(transport)  # type: ignore[assignment]
     return wrapper
+
+
+# -- path MTU ------------------------------------------------------------------------
+
+_IP_MTU_DISCOVER = 10  # linux/in.h
+_IPV6_MTU_DISCOVER = 23  # linux/in6.h
+_PMTUDISC_PROBE = 3  # set DF, never fragment, ignore the cached path MTU
+
+
+def forbid_fragmentation(sock: Any) -> None:
+    """Make the kernel send datagrams unfragmented with DF set (Linux), so that a
+    path MTU probe bigger than the path is lost instead of fragmented.
+    Elsewhere, or if refused, nothing changes."""
+    if not _IS_LINUX:
+        return
+    try:
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER, _PMTUDISC_PROBE)
+        sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _PMTUDISC_PROBE)
+    except (OSError, AttributeError):
+        logger.debug("could not set DF on the UDP socket", exc_info=True)
