@@ -17,6 +17,7 @@ from .auth import (
     Unauthenticated,
 )
 from .client import ClientConn, ConnState, ReconnectPolicy, dial
+from .cluster import Cluster, ClusterClient, MemoryDirectory, RedisDirectory
 from .context import current_connection
 from .errors import (
     BrpcError,
@@ -48,6 +49,8 @@ __all__ = [
     "Clients",
     "CloseCode",
     "Closing",
+    "Cluster",
+    "ClusterClient",
     "ConnState",
     "ConnectError",
     "DeadlineExceededError",
@@ -57,6 +60,7 @@ __all__ = [
     "HandshakeError",
     "HelloLimits",
     "Identity",
+    "MemoryDirectory",
     "Options",
     "PermissionDenied",
     "PresenceEvent",
@@ -64,6 +68,7 @@ __all__ = [
     "ProtocolViolation",
     "QuicOptions",
     "ReconnectPolicy",
+    "RedisDirectory",
     "RefusedError",
     "Relay",
     "RelayResult",

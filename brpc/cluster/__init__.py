@@ -22,17 +22,22 @@ from .directory import (
     ServerRecord,
     keep_alive,
 )
+from .member import PEER_IDENTITY_SOURCE, Cluster, ClusterClient, ClusterClients
 from .memory import MemoryDirectory
 from .redis import RedisDirectory
 from .replica import ClientPresence, DirectoryReplica, ReplicaWatch
 
 __all__ = [
     "DEFAULT_TTL",
+    "PEER_IDENTITY_SOURCE",
     "Change",
     "ChangeFeed",
     "ChangeKind",
     "ClientPresence",
     "ClientRecord",
+    "Cluster",
+    "ClusterClient",
+    "ClusterClients",
     "Directory",
     "DirectoryReplica",
     "DirectorySnapshot",

@@ -1,0 +1,160 @@
+"""Three cluster servers in one process on a MemoryDirectory: lookups, forwarding, names."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+import brpc
+from brpc.certs import DevCertificates
+from brpc.testing.v1.echo_grpc import EchoStub
+from brpc.testing.v1.echo_pb2 import EchoReply, EchoRequest
+from tests.cluster_kit import start_fleet
+from tests.conftest import DialFactory, ServerFactory, wait_for
+
+
+async def test_clients_of_every_server_are_listed_by_each(
+    make_server: ServerFactory, connect: DialFactory, certs: DevCertificates
+) -> None:
+    fleet = await start_fleet(make_server, connect, certs, brpc.MemoryDirectory())
+    one = fleet.clusters[0]
+    assert len(one.clients) == 3
+    assert sorted(entry.name for entry in one.clients) == ["far-1", "far-2", "far-3"]
+    far2 = one.clients.named("far-2")
+    assert far2 is not None and far2.server_id == "s2" and not far2.local
+    local = one.clients.named("far-1")
+    assert local is not None and local.local and local.server_id == "s1"
+    assert [e.name for e in one.clients.find(labels={"n": "3"})] == ["far-3"]
+    assert [e.name for e in one.clients.find(server_id="s2")] == ["far-2"]
+    assert one.clients.get(far2.connection_id) is not None
+    # Peer connections are not clients of the fleet.
+    assert all(not e.name.startswith("brpc-peer.") for e in one.clients)
+
+
+async def test_caller_on_one_server_reaches_clients_on_the_others(
+    make_server: ServerFactory, connect: DialFactory, certs: DevCertificates
+) -> None:
+    fleet = await start_fleet(make_server, connect, certs, brpc.MemoryDirectory())
+    one = fleet.clusters[0]
+    for name in ("far-2", "far-3"):
+        entry = one.clients.named(name)
+        assert entry is not None
+        stub = entry.stub
+        # Unary, with metadata both ways.
+        async with stub.Unary.open(metadata={"x-mine": "yes"}) as call:
+            await call.send_message(EchoRequest(text="hi"), end=True)
+            reply = await call.recv_message()
+            await call.recv_trailing_metadata()
+        assert reply == EchoReply(text=f"{name}:hi")
+        assert call.initial_metadata is not None
+        assert call.initial_metadata["x-init"] == f"{name}-Unary"
+        assert call.trailing_metadata is not None
+        assert call.trailing_metadata["x-trail"] == "ok"
+        seen = fleet.fars[name].seen[-1]
+        assert seen.metadata["x-mine"] == "yes"
+        assert "brpc-target-id" not in seen.metadata
+        # Server stream.
+        async with stub.ServerStream.open() as call:
+            await call.send_message(EchoRequest(text="s", count=3), end=True)
+            replies = [r async for r in call]
+        assert [r.index for r in replies] == [0, 1, 2]
+        # Client stream.
+        async with stub.ClientStream.open() as call:
+            for text in ("a", "b", "c"):
+                await call.send_message(EchoRequest(text=text))
+            await call.end()
+            reply = await call.recv_message()
+        assert reply is not None and reply.text == "a+b+c" and reply.received == 3
+        # Bidi, one message at a time both ways.
+        async with stub.Bidi.open() as call:
+            for index in range(3):
+                await call.send_message(EchoRequest(text=str(index)))
+                got = await call.recv_message()
+                assert got is not None and got.text == f"{name}:{index}"
+            await call.end()
+        # A failure comes back with its status, message and details.
+        with pytest.raises(GRPCError) as caught:
+            await stub.Unary(EchoRequest(text="fail"))
+        assert caught.value.status is Status.FAILED_PRECONDITION
+        assert caught.value.message == "no good"
+        assert caught.value.details is not None
+
+
+async def test_cluster_call_all_and_watch(
+    make_server: ServerFactory, connect: DialFactory, certs: DevCertificates
+) -> None:
+    fleet = await start_fleet(make_server, connect, certs, brpc.MemoryDirectory())
+    server1, one = fleet.servers[0], fleet.clusters[0]
+    async with server1.call_all(
+        lambda stub, _: stub.Unary(EchoRequest(text="all")), scope="cluster", timeout=5
+    ) as results:
+        texts = sorted([result.unwrap().text async for result in results])
+    assert texts == ["far-1:all", "far-2:all", "far-3:all"]
+    # Selected by labels across servers.
+    async with server1.call_all(
+        lambda stub, _: stub.Unary(EchoRequest(text="x")), select={"n": "2"}, scope="cluster"
+    ) as results:
+        assert [r.unwrap().text async for r in results] == ["far-2:x"]
+
+    watch = one.watch()
+    present = [await asyncio.wait_for(anext(watch), 5) for _ in range(3)]
+    assert sorted(e.client.name for e in present) == ["far-1", "far-2", "far-3"]
+    assert all(e.replayed and e.connected for e in present)
+    newcomer = await connect(fleet.servers[2], services=[], name="late")
+    event = await asyncio.wait_for(anext(watch), 5)
+    assert event.connected and event.client.name == "late" and event.client.server_id == "s3"
+    await newcomer.close()
+    event = await asyncio.wait_for(anext(watch), 5)
+    assert event.disconnected and event.client.name == "late"
+    await watch.aclose()
+
+
+async def test_duplicate_name_on_another_server_replaces_the_older(
+    make_server: ServerFactory, connect: DialFactory, certs: DevCertificates
+) -> None:
+    fleet = await start_fleet(make_server, connect, certs, brpc.MemoryDirectory())
+    server1, server2 = fleet.servers[0], fleet.servers[1]
+    old = await connect(server1, name="dup", reconnect=False)
+    await wait_for(lambda: fleet.clusters[1].replica.named("dup") is not None)
+    await connect(server2, name="dup")
+    await wait_for(lambda: old.state is brpc.ConnState.CLOSED, timeout=5)
+    assert server1.clients.named("dup") is None
+    await fleet.clusters[0].replica.wait_until(
+        lambda: len(fleet.clusters[0].replica.find(name="dup")) == 1, timeout=5
+    )
+    holder = fleet.clusters[0].clients.named("dup")
+    assert holder is not None and holder.server_id == "s2"
+
+
+async def test_stale_record_is_unavailable_and_lost_peer_fails_fast(
+    make_server: ServerFactory, connect: DialFactory, certs: DevCertificates
+) -> None:
+    fleet = await start_fleet(
+        make_server, connect, certs, brpc.MemoryDirectory(ttl=3.0), dead_peer_timeout=1.0
+    )
+    one = fleet.clusters[0]
+    entry = one.clients.named("far-3")
+    assert entry is not None
+    stub: EchoStub = entry.stub
+    # The server holding far-3 goes away abruptly (its record stays until the TTL).
+    fleet.fars["far-3"].mode = "hang"
+    call = asyncio.create_task(stub.Unary(EchoRequest(text="pending")))
+    await asyncio.wait_for(fleet.fars["far-3"].hanging.wait(), 5)
+    fleet.networks[2].drop = 1.0  # server 3 falls silent, as if its process died
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(GRPCError) as caught:
+        await asyncio.wait_for(call, 5)
+    assert caught.value.status is Status.UNAVAILABLE
+    assert loop.time() - started < 3.0
+    # A later call fails at once with UNAVAILABLE, never hangs.
+    started = loop.time()
+    with pytest.raises(GRPCError) as caught:
+        await asyncio.wait_for(stub.Unary(EchoRequest(text="after")), 5)
+    assert caught.value.status is Status.UNAVAILABLE
+    assert loop.time() - started < 1.5
+    fleet.fars["far-3"].release.set()
+    fleet.networks[2].drop = 0.0
