@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,16 +55,20 @@ async def start_fleet(
     make_server: ServerFactory,
     connect: DialFactory,
     certs: DevCertificates,
-    directory: Directory,
+    directory: Directory | Sequence[Directory],
     count: int = 3,
     **cluster_options: Any,
 ) -> Fleet:
-    """``count`` servers ``s1..`` with one Far client ``far-N`` each (tag ``far-N``)."""
+    """``count`` servers ``s1..`` with one Far client ``far-N`` each (tag ``far-N``).
+
+    ``directory``: one shared by all, or one per server (as separate processes have).
+    """
     fleet = Fleet()
     for index in range(1, count + 1):
+        own = directory if isinstance(directory, Directory) else directory[index - 1]
         network = NetworkConditions()
         server, cluster = await start_member(
-            make_server, certs, directory, f"s{index}", network, **cluster_options
+            make_server, certs, own, f"s{index}", network, **cluster_options
         )
         fleet.networks.append(network)
         fleet.servers.append(server)
