@@ -275,12 +275,17 @@ class Server(Generic[C]):
 
     # -- lifecycle -------------------------------------------------------------------
 
-    async def start(self, host: str, port: int = 0) -> None:
-        """Listen on UDP ``host:port``; port 0 picks a free one (see :attr:`port`)."""
+    async def start(self, host: str, port: int = 0, *, reuse_port: bool = False) -> None:
+        """Listen on UDP ``host:port``; port 0 picks a free one (see :attr:`port`).
+
+        ``reuse_port=True`` (SO_REUSEPORT) lets several worker processes listen
+        on the same port; the kernel sends each client's packets to one of them
+        by the client's address (see the README's "Many servers").
+        """
         if self._started:
             raise RuntimeError("the server is already started")
         self._started = True
-        await self._listener.start(host, port)
+        await self._listener.start(host, port, reuse_port=reuse_port)
         log.info("brpc server listening on %s", self.address)
         if self.cluster is not None:
             await self.cluster.start()

@@ -12,8 +12,9 @@ import brpc
 from brpc.certs import DevCertificates
 from brpc.testing.v1.echo_grpc import EchoStub
 from brpc.testing.v1.echo_pb2 import EchoReply, EchoRequest
-from tests.cluster_kit import start_fleet
+from tests.cluster_kit import PEER_TOKEN, start_fleet
 from tests.conftest import DialFactory, ServerFactory, wait_for
+from tests.relay_kit import Far
 
 
 async def test_clients_of_every_server_are_listed_by_each(
@@ -158,3 +159,51 @@ async def test_stale_record_is_unavailable_and_lost_peer_fails_fast(
     assert loop.time() - started < 1.5
     fleet.fars["far-3"].release.set()
     fleet.networks[2].drop = 0.0
+
+
+async def test_two_members_share_one_port_and_serve_peers_on_their_own(
+    make_server: ServerFactory, connect: DialFactory, certs: DevCertificates
+) -> None:
+    directory = brpc.MemoryDirectory()
+    members: list[tuple[brpc.Server[EchoStub], brpc.Cluster[EchoStub]]] = []
+    port = 0
+    for index in (1, 2):
+        cluster: brpc.Cluster[EchoStub] = brpc.Cluster(
+            directory, server_id=f"w{index}", peer_token=PEER_TOKEN, peer_ca=str(certs.ca)
+        )
+        server: brpc.Server[EchoStub] = brpc.Server(
+            [],
+            certfile=certs.server_cert,
+            keyfile=certs.server_key,
+            client_stub=EchoStub,
+            cluster=cluster,
+            relay=brpc.Relay(authorize=cluster.relay_authorizer()),
+        )
+        peer_address = await cluster.serve_peers(
+            "127.0.0.1", certfile=str(certs.server_cert), keyfile=str(certs.server_key)
+        )
+        assert peer_address != f"127.0.0.1:{port}"
+        await server.start("127.0.0.1", port, reuse_port=True)
+        port = server.port
+        members.append((server, cluster))
+    try:
+        assert members[0][0].port == members[1][0].port
+        fars = [Far(tag=f"far-{index}") for index in range(6)]
+        for index, far in enumerate(fars):
+            await connect(f"127.0.0.1:{port}", services=[far], name=f"far-{index}")
+        one = members[0][1]
+        for _, cluster in members:
+            await cluster.wait_ready(5)
+            await cluster.replica.wait_until(lambda c=cluster: len(c.replica) == 6, timeout=5)  # type: ignore[misc]
+            await cluster.wait_peers(5)
+        held = sum(len(server.clients) for server, _ in members)
+        assert held == 6  # peer connections arrive on the peer ports, not here
+        for index in range(6):
+            entry = one.clients.named(f"far-{index}")
+            assert entry is not None
+            reply = await entry.stub.Unary(EchoRequest(text="shared"))
+            assert reply.text == f"far-{index}:shared"
+    finally:
+        for server, _ in members:
+            server.close()
+            await server.wait_closed()

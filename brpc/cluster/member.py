@@ -46,6 +46,8 @@ from ..client import ClientConn, dial
 from ..fanout import FanOut
 from ..peer import ClientInfo
 from ..registry import DuplicateNames
+from ..relay import Relay, default_director
+from ..server import Server
 from .directory import (
     ChangeKind,
     ClientRecord,
@@ -59,8 +61,6 @@ from .replica import DirectoryReplica, ReplicaWatch
 
 if TYPE_CHECKING:
     from grpclib.client import Channel
-
-    from ..server import Server
 
 __all__ = ["PEER_IDENTITY_SOURCE", "Cluster", "ClusterClient", "ClusterClients"]
 
@@ -333,6 +333,7 @@ class Cluster(Generic[C]):
         self._claims: dict[str, tuple[str, int]] = {}
         self._started_at = time.time()
         self._peers_changed = asyncio.Event()
+        self._peer_server: Server[Any] | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -357,6 +358,41 @@ class Cluster(Generic[C]):
     @property
     def peer_address(self) -> str:
         return self._peer_address or self.server.address
+
+    async def serve_peers(
+        self,
+        host: str,
+        port: int = 0,
+        *,
+        certfile: str,
+        keyfile: str | None = None,
+        client_ca: str | None = None,
+    ) -> str:
+        """Serve the other servers on a port of their own; returns its ``host:port``.
+
+        For servers whose brpc port is shared (worker processes on one port with
+        SO_REUSEPORT): peers must reach this very process. Starts a brpc server
+        whose relay forwards to this server's clients, accepting peers by
+        ``peer_token`` (and by certificate with ``client_ca``), and makes its
+        address this member's ``peer_address``. Call it before ``server.start()``.
+        """
+        if self._peer_server is not None:
+            raise RuntimeError("this cluster member already serves its peers")
+        clients = self.server.clients
+        peer_server: Server[Any] = Server(
+            [],
+            certfile=certfile,
+            keyfile=keyfile,
+            client_ca=client_ca,
+            authenticate=self.authenticator(),
+            relay=Relay(director=default_director(clients), authorize=self.relay_authorizer()),
+            dead_peer_timeout=self.dead_peer_timeout,
+            keepalive_interval=self.dead_peer_timeout / 4,
+        )
+        await peer_server.start(host, port)
+        self._peer_server = peer_server
+        self._peer_address = peer_server.address
+        return peer_server.address
 
     async def start(self) -> None:
         """Register the server, start renewing it and following the directory."""
@@ -395,6 +431,9 @@ class Cluster(Generic[C]):
         for _, conn in peers.values():
             with contextlib.suppress(Exception):
                 await conn.close()
+        if self._peer_server is not None:
+            self._peer_server.close()
+            await self._peer_server.wait_closed()
 
     # -- peers: authentication ------------------------------------------------------------
 

@@ -106,8 +106,12 @@ class QuicListener:
         self.host = ""
         self.port = 0
 
-    async def start(self, host: str, port: int) -> None:
-        """Bind UDP ``host:port`` (port 0 picks one) and start accepting."""
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+        """Bind UDP ``host:port`` (port 0 picks one) and start accepting.
+
+        ``reuse_port`` sets SO_REUSEPORT: several processes bind the same port
+        and the kernel spreads UDP flows over them by their addresses.
+        """
         loop = asyncio.get_running_loop()
         tickets = self._tickets
         transport, endpoint = await loop.create_datagram_endpoint(
@@ -121,6 +125,7 @@ class QuicListener:
                 session_ticket_handler=tickets.add if tickets is not None else None,
             ),
             local_addr=(host, port),
+            reuse_port=reuse_port or None,
         )
         self._udp = transport
         self._endpoint = endpoint
