@@ -207,3 +207,22 @@ async def test_two_members_share_one_port_and_serve_peers_on_their_own(
         for server, _ in members:
             server.close()
             await server.wait_closed()
+
+
+async def test_a_peer_needs_the_token_to_relay_and_is_never_listed(
+    make_server: ServerFactory, connect: DialFactory, certs: DevCertificates
+) -> None:
+    fleet = await start_fleet(make_server, connect, certs, brpc.MemoryDirectory(), count=2)
+    two = fleet.clusters[1]
+    far1 = fleet.clusters[0].clients.named("far-1")
+    assert far1 is not None
+    impostor = await connect(
+        fleet.clusters[0].server.address, name="brpc-peer.s9", token="not-the-token"
+    )
+    with pytest.raises(GRPCError) as caught:
+        await EchoStub(impostor).Unary(
+            EchoRequest(text="x"), metadata={"brpc-target-id": far1.connection_id}
+        )
+    assert caught.value.status is Status.PERMISSION_DENIED
+    assert sorted(entry.name for entry in two.clients) == ["far-1", "far-2"]
+    assert not fleet.fars["far-1"].seen

@@ -22,7 +22,8 @@ Peers authenticate with a shared ``peer_token`` (sent as the hello token; a
 server accepts it through :meth:`Cluster.authenticator` and lets such callers
 relay through :meth:`Cluster.relay_authorizer`) and verify each other's
 certificates with ``peer_ca`` (and present ``peer_certfile`` for mutual TLS).
-Peer connections are not clients of the fleet: they are never registered.
+Peer connections are not clients of the fleet: they are never registered (nor is
+any client whose name starts with ``brpc-peer.``, the prefix reserved for peers).
 """
 
 from __future__ import annotations
@@ -80,8 +81,15 @@ def _unavailable(detail: str) -> GRPCError:
 
 
 def _is_peer(info: ClientInfo[Any]) -> bool:
+    """A peer server's connection, authenticated as such."""
     identity = info.identity
     return identity is not None and identity.source == PEER_IDENTITY_SOURCE
+
+
+def _not_listed(info: ClientInfo[Any]) -> bool:
+    """Connections the cluster does not list: peers, and any client using the peers'
+    reserved name prefix (a peer whose token this server does not check)."""
+    return _is_peer(info) or info.name.startswith(_PEER_NAME_PREFIX)
 
 
 def _address_text(address: tuple[str, int] | None) -> str:
@@ -253,7 +261,7 @@ class ClusterClients(Generic[C]):
         if not replica.available:
             server = self._cluster.server
             info = server.clients.named(name)
-            if info is not None and not _is_peer(info):
+            if info is not None and not _not_listed(info):
                 return self._cluster._local(info.connection_id)
             self._require()
         record = replica.named(name)
@@ -496,7 +504,7 @@ class Cluster(Generic[C]):
     async def _register_again(self) -> None:
         await self._register_server()
         for info in list(self.server.clients):
-            if not _is_peer(info) and not info.closed:
+            if not _not_listed(info) and not info.closed:
                 await self._register_client(info)
 
     def _record_of(self, info: ClientInfo[Any]) -> ClientRecord:
@@ -537,7 +545,7 @@ class Cluster(Generic[C]):
         info.close(f"a client named {info.name!r} is already connected to the cluster")
 
     async def _client_connected(self, info: ClientInfo[Any]) -> None:
-        if _is_peer(info) or self._closed:
+        if _not_listed(info) or self._closed:
             return
         try:
             await self._register_client(info)
@@ -546,7 +554,7 @@ class Cluster(Generic[C]):
             log.warning("registering client %s: %s", info.connection_id, exc)
 
     async def _client_left(self, info: ClientInfo[Any]) -> None:
-        if _is_peer(info) or self._closed:
+        if _not_listed(info) or self._closed:
             return
         self._claims.pop(info.connection_id, None)
         try:
@@ -684,7 +692,7 @@ class Cluster(Generic[C]):
 
     def _local(self, connection_id: str) -> ClusterClient[C] | None:
         info = self.server.clients.get(connection_id)
-        if info is None or _is_peer(info):
+        if info is None or _not_listed(info):
             return None
         record = self.replica.get(connection_id) or self._record_of(info)
         return ClusterClient(self, record, info)
