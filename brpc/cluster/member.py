@@ -342,6 +342,8 @@ class Cluster(Generic[C]):
         self._started_at = time.time()
         self._peers_changed = asyncio.Event()
         self._peer_server: Server[Any] | None = None
+        #: Server ID -> when (time.monotonic()) to dial it again after a failed dial.
+        self._dial_after: dict[str, float] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -604,14 +606,27 @@ class Cluster(Generic[C]):
                 if server_id not in self.replica.servers and self.replica.available:
                     _, conn = self._peers.pop(server_id)
                     conn.close()
+            # Wake up for a new or departed server, else retry failed dials each second.
             with contextlib.suppress(TimeoutError):
-                await self.replica.wait_until(lambda: False, timeout=1.0)
+                await self.replica.wait_until(self._peers_to_change, timeout=1.0)
+
+    def _peers_to_change(self) -> bool:
+        servers = self.replica.servers
+        now = time.monotonic()
+        for server_id in servers:
+            if server_id == self.server_id or server_id in self._dialing:
+                continue
+            if server_id not in self._peers and now >= self._dial_after.get(server_id, 0.0):
+                return True
+        return self.replica.available and any(sid not in servers for sid in self._peers)
 
     def _ensure_peer(self, record: ServerRecord) -> None:
         known = self._peers.get(record.server_id)
         if known is not None and known[0] == record.peer_address:
             return
         if record.server_id in self._dialing:
+            return
+        if time.monotonic() < self._dial_after.get(record.server_id, 0.0):
             return
         task = asyncio.get_running_loop().create_task(
             self._dial_peer(record), name=f"brpc-cluster-dial {record.server_id}"
