@@ -10,6 +10,7 @@ from grpclib.exceptions import GRPCError
 
 import brpc
 from brpc.certs import DevCertificates
+from brpc.cluster import ClientRecord
 from brpc.testing.v1.echo_grpc import EchoStub
 from brpc.testing.v1.echo_pb2 import EchoReply, EchoRequest
 from tests.cluster_kit import PEER_TOKEN, start_fleet
@@ -226,3 +227,47 @@ async def test_a_peer_needs_the_token_to_relay_and_is_never_listed(
     assert caught.value.status is Status.PERMISSION_DENIED
     assert sorted(entry.name for entry in two.clients) == ["far-1", "far-2"]
     assert not fleet.fars["far-1"].seen
+
+
+async def test_deadline_and_cancel_cross_servers_and_stale_records_fail(
+    make_server: ServerFactory, connect: DialFactory, certs: DevCertificates
+) -> None:
+    directory = brpc.MemoryDirectory()
+    fleet = await start_fleet(make_server, connect, certs, directory, count=2)
+    one = fleet.clusters[0]
+    entry = one.clients.named("far-2")
+    assert entry is not None
+    far = fleet.fars["far-2"]
+    far.mode = "hang"
+    with pytest.raises(GRPCError) as caught:
+        await entry.stub.Unary(EchoRequest(text="slow"), timeout=0.5)
+    assert caught.value.status is Status.DEADLINE_EXCEEDED
+    assert far.seen[-1].deadline is not None
+    await asyncio.wait_for(far.cancelled.wait(), 5)
+    far.mode = ""
+
+    # A record whose client is not on its server (a stale record): UNAVAILABLE, not a hang.
+    ghost = ClientRecord(
+        connection_id="ghost",
+        server_id="s2",
+        name="ghost",
+        labels={},
+        services=("brpc.testing.v1.Echo",),
+        address="",
+        connected_at=0.0,
+    )
+    await directory.register_client(ghost)
+    await one.replica.wait_until(lambda: one.replica.get("ghost") is not None, timeout=5)
+    stale = one.clients.get("ghost")
+    assert stale is not None
+    with pytest.raises(GRPCError) as caught:
+        await asyncio.wait_for(stale.stub.Unary(EchoRequest(text="boo")), 5)
+    assert caught.value.status is Status.UNAVAILABLE
+    # Once the directory says it is gone, calls fail before anything is sent.
+    await directory.unregister_client("s2", "ghost")
+    await one.replica.wait_until(lambda: one.replica.get("ghost") is None, timeout=5)
+    assert stale.closed
+    with pytest.raises(GRPCError) as caught:
+        await stale.stub.Unary(EchoRequest(text="boo"))
+    assert caught.value.status is Status.UNAVAILABLE
+    assert "no longer connected" in str(caught.value.message)

@@ -651,6 +651,7 @@ class Cluster(Generic[C]):
             log.warning(
                 "dialing peer server %s at %s: %s", record.server_id, record.peer_address, exc
             )
+            self._dial_after[record.server_id] = time.monotonic() + 1.0
             return
         finally:
             self._dialing.pop(record.server_id, None)
