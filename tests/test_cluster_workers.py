@@ -57,7 +57,11 @@ async def test_worker_processes_share_a_port_and_serve_one_fleet(
         await replica.wait_until(lambda: names <= set(replica.servers), timeout=30)
         for index in range(CLIENTS):
             await connect(
-                f"127.0.0.1:{config.port}", services=[Far(tag=f"c{index}")], name=f"c{index}"
+                f"127.0.0.1:{config.port}",
+                services=[Far(tag=f"c{index}")],
+                name=f"c{index}",
+                dead_peer_timeout=1.5,
+                keepalive_interval=0.3,
             )
         await replica.wait_until(lambda: len(replica) == CLIENTS, timeout=10)
         await cluster.wait_peers(10)
@@ -73,6 +77,24 @@ async def test_worker_processes_share_a_port_and_serve_one_fleet(
             lambda stub, _: stub.Unary(EchoRequest(text="all")), scope="cluster", timeout=10
         ) as results:
             assert len([r.unwrap() async for r in results]) == CLIENTS
+
+        # A worker is SIGKILLed: its records lapse within the TTL, and its clients,
+        # reconnecting through the shared port, reappear on the survivors.
+        victim = next(iter(holders))
+        workers.processes[int(victim.rsplit("-", 1)[1])].kill()
+        await replica.wait_until(
+            lambda: (
+                victim not in replica.servers
+                and len(replica) == CLIENTS
+                and all(entry.server_id != victim for entry in replica)
+            ),
+            timeout=20,
+        )
+        for index in range(CLIENTS):
+            entry = cluster.clients.named(f"c{index}")
+            assert entry is not None and entry.server_id != victim
+            reply = await entry.stub.Unary(EchoRequest(text="moved"))
+            assert reply.text == f"c{index}:moved"
     finally:
         workers.stop()
         caller.close()
