@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 from grpclib.const import Status
@@ -271,3 +272,46 @@ async def test_deadline_and_cancel_cross_servers_and_stale_records_fail(
         await stale.stub.Unary(EchoRequest(text="boo"))
     assert caught.value.status is Status.UNAVAILABLE
     assert "no longer connected" in str(caught.value.message)
+
+
+async def test_peers_authenticated_by_mutual_tls(
+    make_server: ServerFactory, connect: DialFactory, certs: DevCertificates
+) -> None:
+    directory = brpc.MemoryDirectory()
+
+    def any_name(request: brpc.AuthRequest) -> brpc.Identity | None:
+        assert request.certificate is not None
+        return dataclasses.replace(request.certificate, names=("*",))
+
+    clusters: list[brpc.Cluster[EchoStub]] = []
+    for index in (1, 2):
+        cluster: brpc.Cluster[EchoStub] = brpc.Cluster(
+            directory,
+            server_id=f"m{index}",
+            peer_identities=("client",),
+            peer_ca=str(certs.ca),
+            peer_certfile=str(certs.client_cert),
+            peer_keyfile=str(certs.client_key),
+        )
+        server = await make_server(
+            client_stub=EchoStub,
+            cluster=cluster,
+            client_ca=certs.ca,
+            authenticate=cluster.authenticator(any_name),
+            relay=brpc.Relay(authorize=cluster.relay_authorizer()),
+        )
+        far = Far(tag=f"far-{index}")
+        await connect(
+            server,
+            services=[far],
+            name=f"far-{index}",
+            certfile=certs.client_cert,
+            keyfile=certs.client_key,
+        )
+        clusters.append(cluster)
+    for cluster in clusters:
+        await cluster.replica.wait_until(lambda c=cluster: len(c.replica) == 2, timeout=5)  # type: ignore[misc]
+        await cluster.wait_peers(5)
+    entry = clusters[0].clients.named("far-2")
+    assert entry is not None and not entry.local
+    assert (await entry.stub.Unary(EchoRequest(text="tls"))).text == "far-2:tls"

@@ -35,7 +35,7 @@ import inspect
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from grpclib.const import Status
@@ -294,6 +294,9 @@ class Cluster(Generic[C]):
     - ``peer_token``: shared secret peers send as their hello token; accept it
       with ``Server(authenticate=cluster.authenticator(), relay=brpc.Relay(
       authorize=cluster.relay_authorizer()))``.
+    - ``peer_identities``: for mutual TLS instead of (or besides) the token, the
+      certificate identity names of the other servers (each presents
+      ``peer_certfile``/``peer_keyfile``; servers need ``client_ca``).
     - ``peer_ca``, ``peer_server_name``, ``peer_certfile``/``peer_keyfile``:
       how this server verifies the other servers' certificates and, for mutual
       TLS, its own client certificate.
@@ -309,6 +312,7 @@ class Cluster(Generic[C]):
         server_id: str | None = None,
         peer_address: str | None = None,
         peer_token: str | None = None,
+        peer_identities: Collection[str] = (),
         peer_ca: str | None = None,
         peer_server_name: str | None = None,
         peer_certfile: str | None = None,
@@ -324,6 +328,7 @@ class Cluster(Generic[C]):
         self.server_id = server_id or secrets.token_hex(8)
         self._peer_address = peer_address
         self._peer_token = peer_token
+        self._peer_identities = frozenset(peer_identities)
         self._peer_ca = peer_ca
         self._peer_server_name = peer_server_name
         self._peer_certfile = peer_certfile
@@ -337,8 +342,6 @@ class Cluster(Generic[C]):
         self._tasks: list[asyncio.Task[None]] = []
         self._peers: dict[str, tuple[str, ClientConn]] = {}
         self._dialing: dict[str, asyncio.Task[None]] = {}
-        #: Name claims of this server's clients: connection ID -> (name, epoch).
-        self._claims: dict[str, tuple[str, int]] = {}
         self._started_at = time.time()
         self._peers_changed = asyncio.Event()
         self._peer_server: Server[Any] | None = None
@@ -427,10 +430,10 @@ class Cluster(Generic[C]):
         if self._closed:
             return
         self._closed = True
-        tasks, self._tasks = self._tasks, [*self._dialing.values()]
-        for task in [*tasks, *self._dialing.values()]:
+        tasks = [*self._tasks, *self._dialing.values()]
+        for task in tasks:
             task.cancel()
-        for task in [*tasks, *self._dialing.values()]:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
@@ -448,19 +451,29 @@ class Cluster(Generic[C]):
     # -- peers: authentication ------------------------------------------------------------
 
     def authenticator(self, inner: Authenticator | None = None) -> Authenticator:
-        """An authentication hook accepting peer servers by ``peer_token``.
+        """An authentication hook accepting peer servers by ``peer_token``, or by a client
+        certificate whose identity name is one of ``peer_identities`` (mutual TLS:
+        give the server ``client_ca``).
 
         Other clients go to ``inner`` (without it they connect unauthenticated).
         """
         token = self._peer_token
+        certified = self._peer_identities
 
         async def authenticate(request: AuthRequest) -> Identity | None:
-            if (
-                token
-                and request.name.startswith(_PEER_NAME_PREFIX)
-                and hmac.compare_digest(request.token.encode(), token.encode())
-            ):
-                return Identity(name=request.name, source=PEER_IDENTITY_SOURCE)
+            if request.name.startswith(_PEER_NAME_PREFIX):
+                if token and hmac.compare_digest(request.token.encode(), token.encode()):
+                    return Identity(name=request.name, source=PEER_IDENTITY_SOURCE)
+                certificate = request.certificate
+                if certificate is not None and certificate.name in certified:
+                    return Identity(
+                        name=request.name,
+                        source=PEER_IDENTITY_SOURCE,
+                        subject=certificate.subject,
+                        sans=certificate.sans,
+                        attributes={"certificate": certificate.name},
+                        certificate=certificate.certificate,
+                    )
             if inner is None:
                 return None
             found = inner(request)
@@ -535,7 +548,6 @@ class Cluster(Generic[C]):
             identity=f"{identity.source}:{identity.name}" if identity is not None else None,
         )
         if claim.claimed:
-            self._claims[info.connection_id] = (info.name, claim.epoch)
             return
         log.info(
             "client %r (%s) refused: the name is held on server %s",
@@ -558,7 +570,6 @@ class Cluster(Generic[C]):
     async def _client_left(self, info: ClientInfo[Any]) -> None:
         if _not_listed(info) or self._closed:
             return
-        self._claims.pop(info.connection_id, None)
         try:
             await self.directory.unregister_client(self.server_id, info.connection_id)
         except DirectoryUnavailable as exc:
@@ -591,7 +602,6 @@ class Cluster(Generic[C]):
         if info is None:
             return
         log.info("client %r (%s) replaced on another server", name, connection_id)
-        self._claims.pop(connection_id, None)
         info.close(f"replaced by a newer connection with the same name {name!r} on another server")
 
     # -- peers: connections ---------------------------------------------------------------
