@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import brpc
 from brpc.testing.v1.echo_grpc import EchoStub
@@ -42,3 +44,9 @@ async def worker_main(config: WorkerConfig, index: int) -> None:
         server.close()
         await asyncio.shield(server.wait_closed())
         await directory.close()
+
+
+async def touch_main(index: int) -> None:
+    """A worker that only says it ran: writes its index into $BRPC_TEST_WORKER_DIR."""
+    path = Path(os.environ["BRPC_TEST_WORKER_DIR"]) / f"worker-{index}"
+    await asyncio.to_thread(path.write_text, str(os.getpid()))

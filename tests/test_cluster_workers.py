@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import functools
+import os
 import socket
 import uuid
+from pathlib import Path
 
+import pytest
 from conftest import RedisServer
 
 import brpc
 from brpc.certs import DevCertificates
+from brpc.cli import main as cli_main
 from brpc.cluster.workers import start_workers
 from brpc.testing.v1.echo_grpc import EchoStub
 from brpc.testing.v1.echo_pb2 import EchoRequest
@@ -101,3 +105,13 @@ async def test_worker_processes_share_a_port_and_serve_one_fleet(
         await caller.wait_closed()
         await directory.close()
     assert workers.alive == 0
+
+
+def test_brpc_workers_command_runs_n_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BRPC_TEST_WORKER_DIR", str(tmp_path))
+    assert cli_main(["workers", "-n", "2", "tests.cluster_worker:touch_main"]) == 0
+    pids = {(tmp_path / f"worker-{index}").read_text() for index in range(2)}
+    assert len(pids) == 2 and str(os.getpid()) not in pids
+    assert cli_main(["workers", "no-colon"]) == 2
