@@ -82,3 +82,20 @@ async def start_fleet(
         await cluster.replica.wait_until(lambda c=cluster: len(c.replica) == count, timeout=5)  # type: ignore[misc]
         await cluster.wait_peers(5)
     return fleet
+
+
+async def start_fleet_unready(
+    make_server: ServerFactory,
+    connect: DialFactory,
+    certs: DevCertificates,
+    directory: Directory,
+) -> Fleet:
+    """One server ``s1`` with its Far client ``far-1``, not waiting for the directory."""
+    fleet = Fleet()
+    server, cluster = await start_member(make_server, certs, directory, "s1")
+    fleet.servers.append(server)
+    fleet.clusters.append(cluster)
+    far = Far(tag="far-1")
+    fleet.fars["far-1"] = far
+    await connect(server, services=[far], name="far-1")
+    return fleet

@@ -18,7 +18,7 @@ import brpc
 from brpc.certs import DevCertificates
 from brpc.cluster import DirectorySnapshot, DirectoryUnavailable
 from brpc.testing.v1.echo_pb2 import EchoRequest
-from tests.cluster_kit import start_fleet
+from tests.cluster_kit import start_fleet, start_fleet_unready
 from tests.conftest import DialFactory, ServerFactory
 
 
@@ -100,3 +100,31 @@ async def _snapshot(directory: brpc.RedisDirectory) -> DirectorySnapshot:
         return await directory.snapshot()
     except DirectoryUnavailable:
         return DirectorySnapshot(sequence=0, servers={}, clients={}, names={})
+
+
+async def test_server_starts_while_redis_is_down_and_joins_when_it_returns(
+    make_server: ServerFactory,
+    connect: DialFactory,
+    certs: DevCertificates,
+    redis_server: RedisServer,
+) -> None:
+    redis_server.stop()
+    directory = brpc.RedisDirectory(
+        redis_server.url, ttl=1.5, key_prefix=f"brpc-late-{uuid.uuid4().hex[:8]}:", timeout=0.5
+    )
+    try:
+        fleet = await start_fleet_unready(make_server, connect, certs, directory)
+        cluster = fleet.clusters[0]
+        entry = cluster.clients.named("far-1")  # local, answered while the directory is down
+        assert entry is not None and entry.local
+        assert (await entry.stub.Unary(EchoRequest(text="alone"))).text == "far-1:alone"
+        redis_server.start()
+        await cluster.replica.wait_until(
+            lambda: cluster.replica.available and len(cluster.replica) == 1, timeout=15
+        )
+        for server in fleet.servers:
+            server.close()
+            await server.wait_closed()
+    finally:
+        redis_server.start()
+        await directory.close()

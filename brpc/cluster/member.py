@@ -408,8 +408,15 @@ class Cluster(Generic[C]):
         return peer_server.address
 
     async def start(self) -> None:
-        """Register the server, start renewing it and following the directory."""
-        await self._register_server()
+        """Register the server, start renewing it and following the directory.
+
+        An unavailable directory does not stop the server: it serves its own
+        clients and registers (with them) once the directory answers.
+        """
+        try:
+            await self._register_server()
+        except DirectoryUnavailable as exc:
+            log.warning("server %s starts outside its cluster for now: %s", self.server_id, exc)
         await self.replica.start()
         loop = asyncio.get_running_loop()
         self._tasks = [
