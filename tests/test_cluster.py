@@ -315,3 +315,23 @@ async def test_peers_authenticated_by_mutual_tls(
     entry = clusters[0].clients.named("far-2")
     assert entry is not None and not entry.local
     assert (await entry.stub.Unary(EchoRequest(text="tls"))).text == "far-2:tls"
+
+
+async def test_three_hundred_clients_across_three_servers_are_listed_by_each(
+    make_server: ServerFactory, connect: DialFactory, certs: DevCertificates
+) -> None:
+    fleet = await start_fleet(make_server, connect, certs, brpc.MemoryDirectory())
+    total = 300
+    for first in range(0, total, 30):
+        await asyncio.gather(
+            *(
+                connect(fleet.servers[index % 3], name=f"agent-{index}", reconnect=False)
+                for index in range(first, first + 30)
+            )
+        )
+    for cluster in fleet.clusters:
+        await cluster.replica.wait_until(lambda c=cluster: len(c.replica) == total + 3, timeout=10)  # type: ignore[misc]
+        names = {entry.name for entry in cluster.clients}
+        assert {f"agent-{index}" for index in range(total)} <= names
+        held = cluster.clients.find(server_id="s2")
+        assert len(held) == total // 3 + 1
