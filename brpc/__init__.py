@@ -5,6 +5,9 @@ calls the server's services and the server's handlers call services the client
 exposes, all with ordinary grpclib-generated stubs and service bases.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._calls.front import FrontCaller
 from ._session.quic.options import QuicOptions
 from ._wire.control import ALPN, PROTOCOL_VERSION, HelloLimits
@@ -48,6 +51,8 @@ __all__ = [
     "Clients",
     "CloseCode",
     "Closing",
+    "Cluster",
+    "ClusterClient",
     "ConnState",
     "ConnectError",
     "DeadlineExceededError",
@@ -57,6 +62,7 @@ __all__ = [
     "HandshakeError",
     "HelloLimits",
     "Identity",
+    "MemoryDirectory",
     "Options",
     "PermissionDenied",
     "PresenceEvent",
@@ -64,6 +70,7 @@ __all__ = [
     "ProtocolViolation",
     "QuicOptions",
     "ReconnectPolicy",
+    "RedisDirectory",
     "RefusedError",
     "Relay",
     "RelayResult",
@@ -76,3 +83,17 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .cluster import Cluster, ClusterClient, MemoryDirectory, RedisDirectory
+
+#: Imported on first use: the cluster package loads redis-py (and what it loads).
+_CLUSTER_NAMES = frozenset({"Cluster", "ClusterClient", "MemoryDirectory", "RedisDirectory"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CLUSTER_NAMES:
+        value = getattr(importlib.import_module(".cluster", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'brpc' has no attribute {name!r}")

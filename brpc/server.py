@@ -65,7 +65,7 @@ if TYPE_CHECKING:
     from ._session.quic.impair import NetworkConditions
 
 
-__all__ = ["ClientInfo", "RelayHook", "Server"]
+__all__ = ["ClientInfo", "ClusterHook", "RelayHook", "Server"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,22 @@ class RelayHook(Protocol):
         """Bind to ``server``: the fallback answering methods ``handlers`` do not
         serve, and services to serve besides them (with ``reflection``, a
         reflection service that also lists the clients' services)."""
+        ...
+
+
+class ClusterHook(Protocol):
+    """What a server needs of a cluster membership (``brpc.Cluster`` is one)."""
+
+    def attach(self, server: Server[Any]) -> None:
+        """Bind to ``server`` (it follows the clients through ``on_connect``/``on_disconnect``)."""
+        ...
+
+    async def start(self) -> None:
+        """The server listens: join the cluster."""
+        ...
+
+    async def close(self) -> None:
+        """The server closes: leave the cluster."""
         ...
 
 
@@ -123,6 +139,11 @@ class Server(Generic[C]):
     ``v1alpha``) of the server's services, and with a relay those of its
     clients too; ``health`` serves ``grpc.health.v1.Health``.
     :meth:`listen_tcp` adds a standard gRPC/TCP front.
+
+    ``cluster`` (a :class:`brpc.Cluster`) makes the server a member of a
+    cluster of servers (see :mod:`brpc.cluster.member`): ``server.cluster.clients``
+    lists the clients of every server and ``call_all(..., scope="cluster")``
+    calls them wherever they are.
     """
 
     def __init__(
@@ -157,6 +178,7 @@ class Server(Generic[C]):
         relay: RelayHook | None = None,
         reflection: bool = False,
         health: bool = False,
+        cluster: ClusterHook | None = None,
     ) -> None:
         options = Options(
             lanes=lanes,
@@ -266,16 +288,27 @@ class Server(Generic[C]):
         self._clients: ClientTable[C] = ClientTable()
         self._presence: Presence[C] = Presence(self._clients, self._closed)
         self._drain_task: asyncio.Task[None] | None = None
+        self.cluster = cluster
+        self._cluster_closing: asyncio.Task[None] | None = None
+        if cluster is not None:
+            cluster.attach(self)
 
     # -- lifecycle -------------------------------------------------------------------
 
-    async def start(self, host: str, port: int = 0) -> None:
-        """Listen on UDP ``host:port``; port 0 picks a free one (see :attr:`port`)."""
+    async def start(self, host: str, port: int = 0, *, reuse_port: bool = False) -> None:
+        """Listen on UDP ``host:port``; port 0 picks a free one (see :attr:`port`).
+
+        ``reuse_port=True`` (SO_REUSEPORT) lets several worker processes listen
+        on the same port; the kernel sends each client's packets to one of them
+        by the client's address (see the README's "Many servers").
+        """
         if self._started:
             raise RuntimeError("the server is already started")
         self._started = True
-        await self._listener.start(host, port)
+        await self._listener.start(host, port, reuse_port=reuse_port)
         log.info("brpc server listening on %s", self.address)
+        if self.cluster is not None:
+            await self.cluster.start()
 
     async def listen_tcp(self, host: str, port: int = 0, *, plaintext: bool = False) -> int:
         """Also serve ordinary gRPC over HTTP/2 on TCP ``host:port``; returns the port.
@@ -375,6 +408,10 @@ class Server(Generic[C]):
         if self._closing:
             return closing
         self._closing = True
+        if self.cluster is not None and self._started:
+            self._cluster_closing = asyncio.get_running_loop().create_task(
+                self.cluster.close(), name="brpc server leaves its cluster"
+            )
         self._listener.stop_accepting()
         if self._front is not None:
             self._front.closing = True  # new calls on the TCP front: UNAVAILABLE
@@ -413,6 +450,8 @@ class Server(Generic[C]):
     async def wait_closed(self) -> None:
         """Wait until :meth:`close` finished and the UDP port is free again."""
         await self._closed.wait()
+        if self._cluster_closing is not None:
+            await self._cluster_closing
         await self._listener.wait_closed()
         if self._front is not None:
             await self._front.wait_closed()
@@ -519,6 +558,7 @@ class Server(Generic[C]):
         select: Selector[C] | None = None,
         timeout: float | None = None,
         concurrency: int | None = None,
+        scope: str = "server",
     ) -> FanOut[C, T]:
         """Call ``fn(stub, client)`` for every selected client; results as they complete.
 
@@ -532,7 +572,21 @@ class Server(Generic[C]):
         value or the exception (``GRPCError``: UNAVAILABLE if the client left,
         DEADLINE_EXCEEDED past ``timeout``). A slow client delays nobody else's
         result. Stopping early cancels the calls still running.
+
+        ``scope="cluster"`` calls the selected clients of every server of the
+        cluster (``Server(cluster=...)``); ``select`` then applies to
+        :class:`brpc.ClusterClient` entries (see ``Cluster.call_all``).
         """
+        if scope == "cluster":
+            call_all = getattr(self.cluster, "call_all", None)
+            if call_all is None:
+                raise RuntimeError('call_all(scope="cluster") needs Server(cluster=...)')
+            return cast(
+                "FanOut[C, T]",
+                call_all(fn, select=select, timeout=timeout, concurrency=concurrency),
+            )
+        if scope != "server":
+            raise ValueError(f'scope must be "server" or "cluster", not {scope!r}')
         if self.client_stub is None:
             raise RuntimeError(
                 "call_all() needs the clients' stub class: make the Server with "

@@ -1,8 +1,9 @@
-"""The ``brpc`` console command: certificates, calls with JSON, reflection, clients, ping.
+"""The ``brpc`` console command: certificates, calls with JSON, reflection, clients, ping,
+worker processes.
 
 ``brpc SUBCOMMAND --help`` describes each subcommand; each lives in a module of
 this package (``certs``, ``call``, ``listing`` for ``list``, ``describe``,
-``clients``, ``ping``), and ``_common`` holds the dialing options, output and
+``clients``, ``ping``, ``workers``), and ``_common`` holds the dialing options, output and
 exit codes they share. Also runs as ``python -m brpc.cli``.
 """
 
@@ -13,7 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from . import call, certs, clients, describe, listing, ping
+from . import call, certs, clients, describe, listing, ping, workers
 from ._common import run_command
 
 __all__ = ["build_parser", "main"]
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the connection does")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (call, listing, describe, clients, ping, certs):
+    for module in (call, listing, describe, clients, ping, certs, workers):
         module.register(subparsers)
     return parser
 
@@ -46,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rest = arguments[len(leading) :]
     if rest[:1] == ["certs"]:
         return certs.run(rest[1:])
+    if rest[:1] == ["workers"]:
+        return workers.run(rest[1:])
     args = build_parser().parse_args(arguments)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

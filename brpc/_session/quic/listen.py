@@ -217,11 +217,17 @@ class QuicListener:
         self.host = ""
         self.port = 0
 
-    async def start(self, host: str, port: int) -> None:
-        """Bind UDP ``host:port`` (port 0 picks one) and start accepting."""
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+        """Bind UDP ``host:port`` (port 0 picks one) and start accepting.
+
+        ``reuse_port`` sets SO_REUSEPORT: several processes bind the same port
+        and the kernel spreads UDP flows over them by their addresses.
+        """
         loop = asyncio.get_running_loop()
         transport, endpoint = await loop.create_datagram_endpoint(
-            lambda: _Endpoint(self, self._quic_options.read_batch), local_addr=(host, port)
+            lambda: _Endpoint(self, self._quic_options.read_batch),
+            local_addr=(host, port),
+            reuse_port=reuse_port or None,
         )
         self._udp = transport
         self._endpoint = endpoint
