@@ -49,6 +49,8 @@ class MemorySession:
         self._peer: MemorySession | None = None
         self._streams: dict[int, StreamTransport] = {}
         self._next_id = itertools.count(0 if is_client else 1, 4)
+        #: Lowest ID a new peer-opened stream can have (memory delivers in order).
+        self._next_peer_stream = 1 if is_client else 0
         self.closed: SessionClosed | None = None
         self.handshake_done = False
         self._exporter_master = b""
@@ -198,7 +200,8 @@ class MemorySession:
             return
         transport = self._streams.get(stream_id)
         if transport is None:
-            if (stream_id % 2 == 0) != self._is_client:
+            if (stream_id % 2 == 0) != self._is_client and stream_id >= self._next_peer_stream:
+                self._next_peer_stream = stream_id + 4
                 accepted = self.handler.stream_opened(self, stream_id)
                 if accepted is None:
                     self._to_peer("_stream_reset", stream_id, 0)

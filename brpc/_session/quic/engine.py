@@ -277,9 +277,9 @@ def resolve_engine(name: str, *, server: bool) -> Engine:
     """The engine for ``engine=name`` on a server or a dialing client.
 
     ``"auto"`` is aioquic for now, on both sides: qh3 is opt-in
-    (``engine="qh3"``) until a qh3 client refusing an oversized call on the
-    streams layer answers as aioquic does (tests/test_semantics.py), and an
-    aioquic client's first handshake with a qh3 server stalls one probe timeout.
+    (``engine="qh3"``) while a qh3 client's last reply and its close can leave
+    in one flight and fail that call on the server, and an aioquic client's
+    first handshake with a qh3 server stalls one probe timeout.
     Asking for qh3 when it is not installed raises ``ImportError``
     saying which extra to install.
     """

@@ -154,6 +154,10 @@ class QuicSession(asyncio.DatagramProtocol):
         # them must not look like new streams.
         self._retired: set[int] = set()
         self._retired_prune_at = 64
+        #: Lowest ID a new peer-opened bidirectional stream can have, and the
+        #: lower ones implicitly opened whose data has not arrived yet.
+        self._next_peer_stream = 0 if not self._is_client else 1
+        self._unseen_peer_streams: set[int] = set()
         self._paused: set[StreamTransport] = set()
         self._flush_handle: asyncio.Handle | None = None
         self._timer: asyncio.Handle | None = None
@@ -729,11 +733,22 @@ class QuicSession(asyncio.DatagramProtocol):
             stream_id in self._retired
             or (stream_id & 1 == 0) == self._is_client
             or self.closed is not None
+            or (stream_id < self._next_peer_stream and stream_id not in self._unseen_peer_streams)
         ):
-            return None  # late data for a stream we are done with
+            # Late data for a stream we are done with. A peer opens its streams
+            # in order (a stream implicitly opens the lower ones, which may
+            # arrive later), so an ID below the next one that was already seen
+            # is never new, whatever the engine still remembers of it (qh3
+            # forgets a peer's finished stream early).
+            return None
         if stream_id & 2:
             self.close(CloseCode.PROTOCOL_VIOLATION, "brpc does not use unidirectional streams")
             return None
+        if stream_id >= self._next_peer_stream:
+            self._unseen_peer_streams.update(range(self._next_peer_stream, stream_id, 4))
+            self._next_peer_stream = stream_id + 4
+        else:
+            self._unseen_peer_streams.discard(stream_id)
         accepted = self.handler.stream_opened(self, stream_id)
         if accepted is None:
             self._finish_unknown(stream_id)
