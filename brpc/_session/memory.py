@@ -189,10 +189,7 @@ class MemorySession:
             low_water=self._options.write_low_water,
         )
         self._streams[stream_id] = transport
-        if context is None:
-            protocol.connection_made(transport)
-        else:
-            context.run(protocol.connection_made, transport)
+        transport.start()
         return transport
 
     def _stream_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:

@@ -149,6 +149,11 @@ class StreamTransport(asyncio.Transport):
 
     # -- asyncio.Transport -------------------------------------------------
 
+    def start(self) -> None:
+        """Introduce the protocol to this transport (``connection_made``, in the
+        stream's context); the session calls it once the stream is registered."""
+        self._call(self._protocol.connection_made, self)
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "stream_id":
             return self.stream_id

@@ -769,10 +769,7 @@ class QuicSession(asyncio.DatagramProtocol):
             low_water=self.options.write_low_water,
         )
         self._streams[stream_id] = transport
-        if context is None:
-            protocol.connection_made(transport)
-        else:
-            context.run(protocol.connection_made, transport)
+        transport.start()
         return transport
 
     def _finish_unknown(self, stream_id: int) -> None:
