@@ -81,7 +81,9 @@ async def test_results_in_completion_order_with_their_sources(fleet: Any) -> Non
 async def test_a_target_that_falls_behind_ends_alone_with_resource_exhausted(
     make_server: ServerFactory, connect: DialFactory
 ) -> None:
-    allow_all = brpc.Relay(broadcast_queue=2, authorize=lambda caller, method, targets: True)
+    # A queue of 8 messages: enough slack that the quick target never falls
+    # behind a burst of uploads, far too little for one that never reads.
+    allow_all = brpc.Relay(broadcast_queue=8, authorize=lambda caller, method, targets: True)
     server = await make_server(relay=allow_all)
     stalled = Far("stalled", mode="stall")
     await connect(server, services=[Far("quick")], name="quick", labels={"group": "s"})
@@ -90,7 +92,7 @@ async def test_a_target_that_falls_behind_ends_alone_with_resource_exhausted(
     # than an aioquic server relays to "quick", which then falls behind too.
     caller = await connect(server, name="caller", engine="aioquic")
     await wait_for(lambda: len(server.clients) == 3)
-    size, count = 256 << 10, 24  # more than the target's 4 MiB window plus its queue
+    size, count = 256 << 10, 40  # more than the target's window (4 MiB at most) plus its queue
     requests = [EchoRequest(text=str(i), payload=b"x" * size) for i in range(count)]
     results = [
         r
