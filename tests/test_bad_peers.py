@@ -237,7 +237,7 @@ async def test_a_peer_that_never_reads_its_pongs_is_closed(
             if raw.ended.done():
                 break
             raw.send(control, batch)
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0.002)  # the hostile peer's sending rate
         ended = await raw.wait_ended(timeout=10)
     assert ended.error_code == brpc.CloseCode.PROTOCOL_VIOLATION
     assert "control messages unread" in ended.reason_phrase

@@ -85,7 +85,7 @@ async def _run(
     redis_server.start()
     async with asyncio.timeout(15):
         while len((await _snapshot(directories[0])).clients) < 3:  # noqa: ASYNC110 - Redis
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # polling the external Redis server's state
     await one.replica.wait_until(
         lambda: one.replica.available and len(one.replica) == 3, timeout=15
     )

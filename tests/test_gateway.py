@@ -396,7 +396,7 @@ async def test_close_ends_presence_streams_and_a_gone_http_client_cancels_its_ca
         async def Unary(self, stream: Stream[EchoRequest, EchoReply]) -> None:
             await stream.recv_message()
             try:
-                await asyncio.sleep(60)
+                await asyncio.Event().wait()  # hangs until the call is cancelled
             except asyncio.CancelledError:
                 cancelled.set()
                 raise

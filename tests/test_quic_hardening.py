@@ -102,7 +102,7 @@ async def test_a_flood_of_initials_turns_on_retry_and_honest_calls_go_on(
             for burst in range(100):  # 2,000 Initials from 20 ports, about 2,000/s
                 for sock in socks:
                     sock.sendto(fake_initial(os.urandom(8)), ("127.0.0.1", server.port))
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # the flood's rate (load, not synchronisation)
                 del burst
         finally:
             for sock in socks:
@@ -121,7 +121,7 @@ async def test_a_flood_of_initials_turns_on_retry_and_honest_calls_go_on(
         nonlocal peak
         while flooding:
             peak = max(peak, server.half_open_count)
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # sampling interval of the half-open count
 
     async with asyncio.timeout(10):
         calls = asyncio.create_task(honest())
