@@ -46,6 +46,8 @@ class Far(echo_grpc.EchoBase):
         self.hanging = asyncio.Event()
         self.cancelled = asyncio.Event()
         self.release = asyncio.Event()
+        #: ClientStream request messages read so far.
+        self.read = 0
 
     async def _begin(self, stream: Stream[Any, Any], method: str) -> None:
         self.seen.append(Seen(method, dict(stream.metadata or {}), stream.deadline))
@@ -105,7 +107,10 @@ class Far(echo_grpc.EchoBase):
             except asyncio.CancelledError:
                 self.cancelled.set()
                 raise
-        texts = [request.text async for request in stream]
+        texts = []
+        async for request in stream:
+            texts.append(request.text)
+            self.read += 1
         if texts and await self._finish(stream, texts[-1]):
             return
         await stream.send_message(EchoReply(text="+".join(texts), received=len(texts)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -81,22 +82,30 @@ async def test_results_in_completion_order_with_their_sources(fleet: Any) -> Non
 async def test_a_target_that_falls_behind_ends_alone_with_resource_exhausted(
     make_server: ServerFactory, connect: DialFactory
 ) -> None:
-    # A queue of 8 messages: enough slack that the quick target never falls
-    # behind a burst of uploads, far too little for one that never reads.
+    # A queue of 8 messages; the caller never runs more than 4 ahead of the
+    # quick target, so only the one that never reads can fall behind.
     allow_all = brpc.Relay(broadcast_queue=8, authorize=lambda caller, method, targets: True)
     server = await make_server(relay=allow_all)
     stalled = Far("stalled", mode="stall")
-    await connect(server, services=[Far("quick")], name="quick", labels={"group": "s"})
+    quick = Far("quick")
+    await connect(server, services=[quick], name="quick", labels={"group": "s"})
     await connect(server, services=[stalled], name="stalled", labels={"group": "s"})
     # The caller on the same engine as the server: a qh3 caller uploads faster
     # than an aioquic server relays to "quick", which then falls behind too.
     caller = await connect(server, name="caller", engine="aioquic")
     await wait_for(lambda: len(server.clients) == 3)
     size, count = 256 << 10, 40  # more than the target's window (4 MiB at most) plus its queue
-    requests = [EchoRequest(text=str(i), payload=b"x" * size) for i in range(count)]
+
+    async def requests() -> AsyncIterator[EchoRequest]:
+        for i in range(count):
+            await wait_for(lambda: quick.read >= i - 4)  # noqa: B023 - awaited at once
+            yield EchoRequest(text=str(i), payload=b"x" * size)
+
     results = [
         r
-        async for r in brpc.relay_all(caller, CLIENT_STREAM, requests, EchoReply, select="group=s")
+        async for r in brpc.relay_all(
+            caller, CLIENT_STREAM, requests(), EchoReply, select="group=s"
+        )
     ]
     by_name = {r.source.name: r for r in results}
     assert by_name["quick"].unwrap().received == count

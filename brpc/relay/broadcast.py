@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from google.protobuf.message import Message
 from grpclib.client import Channel
+from grpclib.client import Stream as ClientStream
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
@@ -263,7 +264,7 @@ def _metadata(entries: Iterable[pb.MetadataEntry]) -> MultiDict[Any]:
 async def relay_all(
     channel: Channel,
     method: str,
-    request: Message | Iterable[Message],
+    request: Message | Iterable[Message] | AsyncIterable[Message],
     reply_type: type[M],
     *,
     target: str | None = None,
@@ -275,7 +276,8 @@ async def relay_all(
     """Call ``method`` on every client the relay behind ``channel`` picks.
 
     ``channel``: a ``ClientConn`` or a grpclib ``Channel`` to a server's TCP
-    front. ``request``: one request message, or several (client streaming).
+    front. ``request``: one request message, or several (client streaming), from
+    a list or an async iterator (sent as it yields them).
     ``target``/``target_id``/``select`` set the ``brpc-target``,
     ``brpc-target-id`` and ``brpc-select`` metadata. Yields one
     :class:`RelayResult` per target, in completion order; the broadcast call's
@@ -285,19 +287,15 @@ async def relay_all(
     for key, value in ((TARGET_KEY, target), (TARGET_ID_KEY, target_id), (SELECT_KEY, select)):
         if value is not None:
             sent.append((key, value))
-    requests = [request] if isinstance(request, Message) else list(request)
     codec = status_details_codec()
     headers: dict[str, MultiDict[Any]] = {}
     messages: dict[str, list[M]] = {}
     async with RelayStub(channel).Broadcast.open(metadata=sent, timeout=timeout) as call:
-        first = pb.BroadcastRequest(method=method)
-        if requests:
-            first.message = requests[0].SerializeToString()
-        await call.send_message(first, end=len(requests) <= 1)
-        for index, message in enumerate(requests[1:], start=2):
-            await call.send_message(
-                pb.BroadcastRequest(message=message.SerializeToString()),
-                end=index == len(requests),
+        if isinstance(request, AsyncIterable):
+            await _send_streamed(call, method, request)
+        else:
+            await _send_listed(
+                call, method, [request] if isinstance(request, Message) else list(request)
             )
         async for item in call:
             key = item.source.connection_id
@@ -326,3 +324,37 @@ async def relay_all(
                     initial_metadata=headers.pop(key, MultiDict()),
                     trailing_metadata=_metadata(result.trailers),
                 )
+
+
+_BroadcastCall = ClientStream[pb.BroadcastRequest, pb.BroadcastItem]
+
+
+async def _send_listed(call: _BroadcastCall, method: str, requests: Sequence[Message]) -> None:
+    """Send known requests, the last with END_STREAM (a unary call is one write)."""
+    first = pb.BroadcastRequest(method=method)
+    if requests:
+        first.message = requests[0].SerializeToString()
+    await call.send_message(first, end=len(requests) <= 1)
+    for index, message in enumerate(requests[1:], start=2):
+        await call.send_message(
+            pb.BroadcastRequest(message=message.SerializeToString()),
+            end=index == len(requests),
+        )
+
+
+async def _send_streamed(
+    call: _BroadcastCall, method: str, requests: AsyncIterable[Message]
+) -> None:
+    """Send requests as the iterator yields them, then end the stream."""
+    first: pb.BroadcastRequest | None = pb.BroadcastRequest(method=method)
+    async for message in requests:
+        if first is not None:
+            first.message = message.SerializeToString()
+            await call.send_message(first)
+            first = None
+        else:
+            await call.send_message(pb.BroadcastRequest(message=message.SerializeToString()))
+    if first is not None:
+        await call.send_message(first, end=True)
+    else:
+        await call.end()
