@@ -143,8 +143,10 @@ class MemorySession:
     def credit_paused(self, stream_id: int, paused: bool) -> None:
         """No flow-control credit in memory: a paused transport only holds data."""
 
-    def credit_held(self, delta: int) -> None:
-        """See :meth:`credit_paused`."""
+    def credit_held(self, delta: int) -> bool:
+        """See :meth:`credit_paused` (an in-memory peer's writes are bounded by its
+        transport's high-water mark, so nothing here grows without bound)."""
+        return False
 
     def forget_stream(self, transport: StreamTransport) -> None:
         if self._streams.get(transport.stream_id) is transport:

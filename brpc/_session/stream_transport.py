@@ -70,8 +70,13 @@ class StreamHost(Protocol):
         """Withhold (``paused``) or grant again the stream's receive credit."""
         ...
 
-    def credit_held(self, delta: int) -> None:
-        """Bytes received but held unconsumed by paused transports changed by ``delta``."""
+    def credit_held(self, delta: int) -> bool:
+        """Bytes received but held unconsumed by paused transports changed by ``delta``.
+
+        True when the session cannot hold that much: it could not withhold the
+        peer's credit, and the transport must end its stream (see
+        :meth:`StreamTransport._hold`).
+        """
         ...
 
 
@@ -376,7 +381,8 @@ class StreamTransport(asyncio.Transport):
         if data:
             self._held_bytes += len(data)
             self.counters.peak_held = max(self.counters.peak_held, self._held_bytes)
-            self._session.credit_held(len(data))
+            if self._session.credit_held(len(data)):
+                self._receive_overflowed()
 
     def _flush_held(self) -> None:
         self._flush_handle = None
@@ -388,6 +394,26 @@ class StreamTransport(asyncio.Transport):
                 self._call(self._protocol.data_received, data)
             if end_stream and not self._lost:
                 self._end_received()
+
+    def _receive_overflowed(self) -> None:
+        """The session holds more unread data than it can (its engine granted the
+        peer credit regardless): end this stream rather than grow without bound.
+
+        The protocol's ``receive_overflowed()`` hook, if it has one, fails its
+        side and aborts the stream with its own code; otherwise code 0.
+        """
+        log.warning(
+            "stream %d: unread data over the session's limit; ending the stream", self.stream_id
+        )
+        self._drop_held()
+        hook = getattr(self._protocol, "receive_overflowed", None)
+        if hook is not None:
+            try:
+                self._run_in_context(hook)
+            except Exception:
+                log.exception("protocol on stream %d failed; resetting it", self.stream_id)
+        if not self._lost:
+            self.abort()
 
     def _drop_held(self) -> None:
         if self._held_bytes:

@@ -98,6 +98,9 @@ class StreamError(enum.IntEnum):
     #: The callee refused the call because its connection is draining; the
     #: handler never started, a retry on another connection is safe.
     CONNECTION_CLOSING = 0x16
+    #: The receiver had more of the call's data unread than it can hold (its
+    #: QUIC engine could not withhold flow-control credit) and ended the call.
+    RECEIVE_OVERFLOW = 0x17
 
 
 # Plain ints for the hot path (enum member lookups cost more than the comparison).
@@ -131,6 +134,10 @@ _PEER_ERROR_STATUS: dict[int, tuple[Status, str]] = {
         Status.UNAVAILABLE,
         "the peer is closing the connection and refused the call before starting it; "
         "it is safe to retry on a new connection",
+    ),
+    StreamError.RECEIVE_OVERFLOW: (
+        Status.RESOURCE_EXHAUSTED,
+        "the peer ended the call: more of its data waited unread there than it can hold",
     ),
 }
 

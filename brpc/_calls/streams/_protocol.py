@@ -16,7 +16,16 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ..._wire.callframe import CallStreamError, FrameDecoder, FrameEvent, MessageReceived
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from ..._wire.callframe import (
+    CallStreamError,
+    FrameDecoder,
+    FrameEvent,
+    MessageReceived,
+    StreamError,
+)
 from ..._wire.callstate import CalleeReceiveState, CallerReceiveState
 
 if TYPE_CHECKING:
@@ -95,6 +104,19 @@ class CallStreamProtocol(asyncio.Protocol):
         self._wake_writer()
 
     # -- for subclasses and the stream objects ------------------------------------------
+
+    def receive_overflowed(self) -> None:
+        """The session could hold no more unread data for this call (see
+        ``StreamTransport._receive_overflowed``): fail it, tell the peer why."""
+        self.fail(
+            GRPCError(
+                Status.RESOURCE_EXHAUSTED,
+                "more of the call's messages waited unread than the connection can hold: "
+                "its QUIC engine grants the sender credit as data arrives, so it cannot "
+                "hold the sender back; read sooner, or use engine='aioquic'",
+            ),
+            StreamError.RECEIVE_OVERFLOW,
+        )
 
     def _event_received(self, event: FrameEvent) -> None:
         if type(event) is MessageReceived:

@@ -15,7 +15,10 @@ each engine's private details stay in its adapter module (``_aioquic.py``,
   SECURITY.md); it cannot change its datagram size once running (no probing by
   brpc; qh3 probes one step to 1,472 bytes on a client by itself); its server
   cannot issue stateless reset tokens derived from a key (restarts of a qh3
-  server are noticed through ICMP or the dead-peer timeout). An aioquic client
+  server are noticed through ICMP or the dead-peer timeout); it grants a sender
+  flow-control credit as data arrives rather than as the application reads it,
+  so a qh3 receiver ends a call that leaves more than 8 MiB unread
+  (RESOURCE_EXHAUSTED) instead of holding its sender back. An aioquic client
   cannot complete a handshake with a qh3 server (qh3's anti-amplification limit
   stalls on aioquic's padded Initial), so ``engine="auto"`` never puts qh3 on a
   server.
@@ -74,6 +77,11 @@ class Engine:
     #: Whether written stream data can stay unsent after ``datagrams_to_send``
     #: (qh3's pacing), so that a close must wait for it.
     holds_unsent: ClassVar[bool] = False
+    #: Whether receive credit can be withheld while the application reads nothing
+    #: (aioquic, through brpc's adapter). Where it cannot (qh3 grants credit as it
+    #: delivers data), the session bounds what it holds by failing the stream
+    #: that goes over :data:`~brpc._session.quic.session.UNCREDITED_HOLD_LIMIT`.
+    withholds_credit: ClassVar[bool] = False
     #: The engine's events module (``StreamDataReceived``, ``HandshakeCompleted``...).
     events: Any
 
@@ -228,6 +236,8 @@ class AioquicEngine(Engine):
     def set_stream_credit_paused(self, quic: Connection, stream_id: int, paused: bool) -> None:
         _aioquic.set_stream_credit_paused(cast(QuicConnection, quic), stream_id, paused)
 
+    withholds_credit = True
+
     def add_unconsumed(self, quic: Connection, delta: int) -> None:
         _aioquic.add_unconsumed(cast(QuicConnection, quic), delta)
 
@@ -276,10 +286,15 @@ _ENGINES: dict[str, Engine] = {}
 def resolve_engine(name: str, *, server: bool) -> Engine:
     """The engine for ``engine=name`` on a server or a dialing client.
 
-    ``"auto"`` is aioquic for now, on both sides: qh3 is opt-in
-    (``engine="qh3"``) while a qh3 client's last reply and its close can leave
-    in one flight and fail that call on the server, and an aioquic client's
-    first handshake with a qh3 server stalls one probe timeout.
+    ``"auto"`` is aioquic, on both sides: qh3 is opt-in (``engine="qh3"``).
+    aioquic's flow control follows what the application reads (through brpc's
+    adapter), so a slow reader holds its sender back; qh3 grants credit as data
+    arrives, so a qh3 receiver can only bound what it holds by ending the call
+    that leaves more than ``UNCREDITED_HOLD_LIMIT`` unread (RESOURCE_EXHAUSTED)
+    — a different behaviour that "auto" must not pick silently. Also, a qh3
+    client's last reply and its close can leave in one flight and fail that
+    call on the server, and an aioquic client's first handshake with a qh3
+    server stalls one probe timeout.
     Asking for qh3 when it is not installed raises ``ImportError``
     saying which extra to install.
     """

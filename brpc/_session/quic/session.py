@@ -60,7 +60,7 @@ from .udp import UdpBatching, connected_sendto
 if TYPE_CHECKING:
     from cryptography import x509
 
-__all__ = ["QuicSession", "SessionRoutes", "transport_code_name"]
+__all__ = ["UNCREDITED_HOLD_LIMIT", "QuicSession", "SessionRoutes", "transport_code_name"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,10 @@ _IP_MTU = 14  # linux/in.h: the path MTU of a connected socket
 #: How long :meth:`QuicSession.close` waits for held-back stream data before closing.
 _CLOSE_FLUSH_LIMIT = 1.0
 _ETHERNET_DATAGRAM = 1452  # 1,500 minus IPv6 and UDP headers (IPv4 could carry 1,472)
+#: Unread bytes a connection holds on engines that grant the peer credit as they
+#: deliver data (qh3): the stream whose data goes over this is ended instead
+#: (the call fails with RESOURCE_EXHAUSTED). aioquic withholds credit instead.
+UNCREDITED_HOLD_LIMIT = 8 << 20
 
 
 def transport_code_name(error_code: int) -> str:
@@ -159,6 +163,8 @@ class QuicSession(asyncio.DatagramProtocol):
         self._next_peer_stream = 0 if not self._is_client else 1
         self._unseen_peer_streams: set[int] = set()
         self._paused: set[StreamTransport] = set()
+        #: Bytes paused transports hold unread (see credit_held).
+        self._held_bytes = 0
         self._flush_handle: asyncio.Handle | None = None
         self._timer: asyncio.Handle | None = None
         self._timer_at: float | None = None
@@ -595,10 +601,12 @@ class QuicSession(asyncio.DatagramProtocol):
         if not paused and self.closed is None:
             self._flush_soon()
 
-    def credit_held(self, delta: int) -> None:
+    def credit_held(self, delta: int) -> bool:
+        self._held_bytes += delta
         self.engine.add_unconsumed(self.quic, delta)
         if delta < 0 and self.closed is None:
             self._flush_soon()
+        return self._held_bytes > UNCREDITED_HOLD_LIMIT and not self.engine.withholds_credit
 
     def forget_stream(self, transport: StreamTransport) -> None:
         sid = transport.stream_id
