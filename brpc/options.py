@@ -10,9 +10,34 @@ the QUIC engine (datagram size, read batching) are in
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import os
+from dataclasses import dataclass, field, fields
 
-__all__ = ["DEFAULT_OPTIONS", "Options", "peer_stream_limit"]
+__all__ = ["CALL_LAYER_ENV", "DEFAULT_OPTIONS", "Options", "peer_stream_limit"]
+
+#: Environment variable that sets the default ``call_layer`` of a process
+#: (names separated by commas, most preferred first), read when brpc is
+#: imported; ``call_layer=`` given in code wins. For running a whole program or
+#: test suite on one call layer without editing it.
+CALL_LAYER_ENV = "BRPC_CALL_LAYER"
+_CALL_LAYERS = ("streams", "lanes")
+
+
+def _default_call_layers() -> tuple[str, ...]:
+    setting = os.environ.get(CALL_LAYER_ENV, "").strip()
+    if not setting:
+        return _CALL_LAYERS
+    names = tuple(name.strip() for name in setting.split(","))
+    if (
+        not names
+        or any(name not in _CALL_LAYERS for name in names)
+        or len(set(names)) != len(names)
+    ):
+        raise ValueError(
+            f"{CALL_LAYER_ENV}={setting!r}: give 'streams', 'lanes' or both separated by "
+            "a comma (most preferred first), or unset it"
+        )
+    return names
 
 
 @dataclass(frozen=True)
@@ -27,7 +52,8 @@ class Options:
     lanes: int = 1
     #: Call layers this side accepts, most preferred first (``"streams"``: one
     #: QUIC stream per call; ``"lanes"``: HTTP/2 inside QUIC streams).
-    call_layers: tuple[str, ...] = ("streams", "lanes")
+    #: Default: ``("streams", "lanes")``, or what ``BRPC_CALL_LAYER`` says.
+    call_layers: tuple[str, ...] = field(default_factory=_default_call_layers)
     #: Seconds between keepalive pings; ``None`` sends none.
     keepalive_interval: float | None = 5.0
     #: Seconds without any packet from the peer after which it is declared dead.

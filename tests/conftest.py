@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "both_call_layers: run each test using call_layer once per call layer"
     )
+    config.addinivalue_line(
+        "markers",
+        "defaults_only: a test of brpc's defaults, left out of the second pass "
+        "(BRPC_CALL_LAYER/BRPC_ENGINE set)",
+    )
 
 
 #: Client and server engines the end-to-end modules below run on, by test ID.
@@ -53,6 +59,34 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize(
             "engines", list(ENGINE_PAIRS.values()), ids=list(ENGINE_PAIRS), indirect=True
         )
+
+
+#: Whether this run sets brpc's defaults through the environment: ./scripts/test
+#: runs the suite a second time with ``BRPC_CALL_LAYER=lanes BRPC_ENGINE=qh3``
+#: so that every test also runs on the other call layer and engine.
+SECOND_PASS = bool(os.environ.get("BRPC_CALL_LAYER") or os.environ.get("BRPC_ENGINE"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In the second pass, leave out what the first one already ran on every
+    layer and engine: tests parametrized over them, and tests of the defaults."""
+    if not SECOND_PASS:
+        return
+    kept: list[pytest.Item] = []
+    left_out: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params if callspec is not None else {}
+        if (
+            "call_layer" in params
+            or "engines" in params
+            or item.get_closest_marker("defaults_only") is not None
+        ):
+            left_out.append(item)
+        else:
+            kept.append(item)
+    config.hook.pytest_deselected(items=left_out)
+    items[:] = kept
 
 
 @pytest.fixture

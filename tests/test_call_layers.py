@@ -12,6 +12,7 @@ from brpc.testing.v1.echo_grpc import EchoStub
 from brpc.testing.v1.echo_pb2 import EchoRequest
 
 
+@pytest.mark.defaults_only  # None: the default (BRPC_CALL_LAYER changes it)
 @pytest.mark.parametrize(
     ("server_layers", "client_layers", "chosen"),
     [
@@ -54,7 +55,11 @@ async def test_bad_settings_are_refused_at_once(certs: Any, value: Any) -> None:
 async def test_reconnect_follows_the_new_servers_layer(make_server: Any, connect: Any) -> None:
     first = await make_server([Probe()], call_layer="streams")
     port = first.port
-    conn = await connect(first, reconnect=brpc.ReconnectPolicy(initial_delay=0.01, max_delay=0.05))
+    conn = await connect(
+        first,
+        call_layer=("streams", "lanes"),
+        reconnect=brpc.ReconnectPolicy(initial_delay=0.01, max_delay=0.05),
+    )
     assert conn.call_layer == "streams"
     first.close()
     await first.wait_closed()

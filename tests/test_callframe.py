@@ -442,6 +442,7 @@ def test_stream_error_codes_are_the_documented_values() -> None:
         "PROTOCOL_ERROR": 0x14,
         "INTERNAL": 0x15,
         "CONNECTION_CLOSING": 0x16,
+        "RECEIVE_OVERFLOW": 0x17,
     }
 
 
@@ -456,6 +457,7 @@ def test_stream_error_codes_are_the_documented_values() -> None:
         (StreamError.PROTOCOL_ERROR, Status.INTERNAL, False),
         (StreamError.INTERNAL, Status.INTERNAL, False),
         (StreamError.CONNECTION_CLOSING, Status.UNAVAILABLE, True),
+        (StreamError.RECEIVE_OVERFLOW, Status.RESOURCE_EXHAUSTED, False),
         (0x99, Status.INTERNAL, False),
         (0x0, Status.INTERNAL, False),
     ],

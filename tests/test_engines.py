@@ -14,14 +14,25 @@ from brpc.testing.v1.echo_grpc import EchoStub
 from brpc.testing.v1.echo_pb2 import EchoRequest
 
 
-def test_auto_is_aioquic_and_qh3_is_opt_in() -> None:
+def test_auto_is_aioquic_and_qh3_is_opt_in(monkeypatch: Any) -> None:
+    monkeypatch.delenv(engines.ENGINE_ENV, raising=False)
     assert resolve_engine("auto", server=False).name == "aioquic"
     assert resolve_engine("auto", server=True).name == "aioquic"
     assert resolve_engine("qh3", server=False).name == "qh3"
     assert resolve_engine("qh3", server=True).name == "qh3"
 
 
+def test_brpc_engine_says_what_auto_means(monkeypatch: Any) -> None:
+    monkeypatch.setenv("BRPC_ENGINE", "qh3")
+    assert resolve_engine("auto", server=True).name == "qh3"
+    assert resolve_engine("aioquic", server=True).name == "aioquic"  # a choice in code wins
+    monkeypatch.setenv("BRPC_ENGINE", "quiche")
+    with pytest.raises(ValueError, match="BRPC_ENGINE='quiche': give 'aioquic' or 'qh3'"):
+        resolve_engine("auto", server=False)
+
+
 def test_auto_falls_back_to_aioquic_and_qh3_names_its_extra(monkeypatch: Any) -> None:
+    monkeypatch.delenv(engines.ENGINE_ENV, raising=False)
     monkeypatch.setattr(engines, "qh3_installed", lambda: False)
     assert resolve_engine("auto", server=False).name == "aioquic"
     with pytest.raises(ImportError, match=r"pip install 'brpc\[fast\]'"):

@@ -61,8 +61,10 @@ async def test_a_closed_connection_is_freed_by_reference_counting(
     QUIC session and connection) goes as soon as nothing refers to it, without
     a garbage collection. (With the lanes call layer, grpclib's HTTP/2 objects
     of each lane still form cycles that hold the session until one.)"""
-    server = await make_server([Probe()], client_stub=EchoStub, call_layer="streams")
-    conn = await connect(server, services=[Probe()], reconnect=False, call_layer="streams")
+    # On aioquic, whose cycles brpc's adapter breaks (qh3's remain until a collection).
+    options = {"call_layer": "streams", "engine": "aioquic"}
+    server = await make_server([Probe()], client_stub=EchoStub, **options)
+    conn = await connect(server, services=[Probe()], reconnect=False, **options)
     gc.collect()
     gc.disable()
     try:

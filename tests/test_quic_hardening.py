@@ -162,6 +162,8 @@ async def _start_server_process(port: int, certs: Any) -> tuple[asyncio.subproce
         *[sys.executable, "-m", "examples.greeter.server", "--certs", str(certs.directory)],
         *["--port", str(port)],
         cwd=HERE.parent,
+        # Reset tokens derived from the server's key need an aioquic server.
+        env={**os.environ, "BRPC_ENGINE": "aioquic"},
         stdout=asyncio.subprocess.PIPE,
     )
     assert process.stdout is not None

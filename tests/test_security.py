@@ -331,6 +331,7 @@ async def test_session_tickets_and_client_ca_do_not_mix(certs: Any) -> None:
             keyfile=certs.server_key,
             client_ca=certs.ca,
             session_tickets=True,
+            engine="aioquic",  # qh3 refuses session tickets for another reason
         )
 
 

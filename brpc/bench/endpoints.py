@@ -157,6 +157,7 @@ def _brpc_options(spec: TransportSpec) -> dict[str, Any]:
     tuning = spec.tuning
     return {
         "call_layer": spec.call_layer,
+        "engine": spec.engine,
         "lanes": tuning.lanes,
         "max_datagram_size": tuning.max_datagram_size,
         "read_batch": tuning.read_batch,

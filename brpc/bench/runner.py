@@ -128,6 +128,7 @@ class _Session:
             keyfile=certs.keyfile,
             tuning=settings.tuning,
             call_layer=target.call_layer or "streams",
+            engine=target.engine,
         )
         self.port = 0
         self.timeout = settings.warmup + settings.window + _COMMAND_SLACK

@@ -56,6 +56,8 @@ class Target:
     direction: Direction
     #: brpc's call layer (``call_layer=`` on both sides); None for the baselines.
     call_layer: str | None = None
+    #: brpc's QUIC engine (``engine=`` on both sides).
+    engine: str = "aioquic"
 
     @property
     def is_brpc(self) -> bool:
@@ -68,6 +70,28 @@ BRPC_TARGETS = (
     Target("brpc-s2c", "brpc s→c", Transport.BRPC, Direction.SERVER_TO_CLIENT, "streams"),
     Target("brpc-lanes-c2s", "brpc lanes c→s", Transport.BRPC, Direction.CLIENT_TO_SERVER, "lanes"),
     Target("brpc-lanes-s2c", "brpc lanes s→c", Transport.BRPC, Direction.SERVER_TO_CLIENT, "lanes"),
+    Target(
+        "brpc-qh3-c2s", "brpc qh3 c→s", Transport.BRPC, Direction.CLIENT_TO_SERVER, "streams", "qh3"
+    ),
+    Target(
+        "brpc-qh3-s2c", "brpc qh3 s→c", Transport.BRPC, Direction.SERVER_TO_CLIENT, "streams", "qh3"
+    ),
+    Target(
+        "brpc-qh3-lanes-c2s",
+        "brpc qh3 lanes c→s",
+        Transport.BRPC,
+        Direction.CLIENT_TO_SERVER,
+        "lanes",
+        "qh3",
+    ),
+    Target(
+        "brpc-qh3-lanes-s2c",
+        "brpc qh3 lanes s→c",
+        Transport.BRPC,
+        Direction.SERVER_TO_CLIENT,
+        "lanes",
+        "qh3",
+    ),
 )
 BASELINES = (
     Target("grpclib", "grpclib/TCP", Transport.GRPCLIB, Direction.CLIENT_TO_SERVER),
@@ -109,6 +133,8 @@ class TransportSpec:
     tuning: BrpcTuning = field(default_factory=BrpcTuning)
     #: brpc's call layer, on both sides.
     call_layer: str = "streams"
+    #: brpc's QUIC engine, on both sides.
+    engine: str = "aioquic"
 
 
 @dataclass(frozen=True)

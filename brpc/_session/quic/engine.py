@@ -29,6 +29,7 @@ each engine's private details stay in its adapter module (``_aioquic.py``,
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal, cast
 
@@ -41,6 +42,7 @@ from . import _aioquic, _aioquic_exporter, _aioquic_probe
 from ._limits import EngineLimitation
 
 __all__ = [
+    "ENGINE_ENV",
     "ENGINE_NAMES",
     "AioquicEngine",
     "Engine",
@@ -283,10 +285,26 @@ class AioquicEngine(Engine):
 _ENGINES: dict[str, Engine] = {}
 
 
+#: Environment variable that says what ``engine="auto"`` means in a process
+#: ("aioquic" or "qh3"; unset: aioquic). For running a whole program or test
+#: suite on one engine without editing it; ``engine=`` given in code wins.
+ENGINE_ENV = "BRPC_ENGINE"
+
+
+def _auto_engine() -> str:
+    setting = os.environ.get(ENGINE_ENV, "").strip()
+    if not setting:
+        return "aioquic"
+    if setting not in ("aioquic", "qh3"):
+        raise ValueError(f"{ENGINE_ENV}={setting!r}: give 'aioquic' or 'qh3', or unset it")
+    return setting
+
+
 def resolve_engine(name: str, *, server: bool) -> Engine:
     """The engine for ``engine=name`` on a server or a dialing client.
 
-    ``"auto"`` is aioquic, on both sides: qh3 is opt-in (``engine="qh3"``).
+    ``"auto"`` is aioquic, on both sides (or what ``BRPC_ENGINE`` says): qh3 is
+    opt-in (``engine="qh3"``).
     aioquic's flow control follows what the application reads (through brpc's
     adapter), so a slow reader holds its sender back; qh3 grants credit as data
     arrives, so a qh3 receiver can only bound what it holds by ending the call
@@ -303,7 +321,7 @@ def resolve_engine(name: str, *, server: bool) -> Engine:
             f"engine must be one of {', '.join(map(repr, ENGINE_NAMES))}, not {name!r}"
         )
     if name == "auto":
-        name = "aioquic"
+        name = _auto_engine()
     if name == "qh3" and not qh3_installed():
         raise ImportError(
             "engine='qh3' needs the qh3 package: pip install 'brpc[fast]' (or use engine='aioquic')"

@@ -436,7 +436,7 @@ class QuicSession(asyncio.DatagramProtocol):
     def _close_now(self) -> None:
         """Send the CONNECTION_CLOSE that :meth:`close` held back, if any."""
         pending, self._close_after = self._close_after, None
-        if pending is not None:
+        if pending is not None and not self.terminated.is_set():
             error_code, frame_type, reason = pending[0]
             self.quic.close(error_code=error_code, frame_type=frame_type, reason_phrase=reason)
             self._transmit(self._clock())
@@ -539,6 +539,9 @@ class QuicSession(asyncio.DatagramProtocol):
                 # drop it: close once it is out (or after a bound).
                 deadline = self._clock() + _CLOSE_FLUSH_LIMIT
                 self._close_after = ((error_code, frame_type, reason_phrase), held, deadline)
+                # Data the peer grants no credit for never leaves, and then
+                # nothing else may run _transmit: close at the bound regardless.
+                self._loop.call_later(_CLOSE_FLUSH_LIMIT, self._close_now)
             else:
                 self.quic.close(
                     error_code=error_code, frame_type=frame_type, reason_phrase=reason_phrase
