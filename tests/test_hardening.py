@@ -377,12 +377,16 @@ async def test_an_unnamed_client_that_reconnects_replaces_its_stale_entry(
     # The client's network dies and the client gives its connection up (as
     # when it was suspended past its dead-peer timeout); its goodbye is lost.
     network.drop = 1.0
+    session = conn._link.session
     conn._link.close(brpc.CloseCode.NO_ERROR, "gave up on a dead network")
     assert conn.state is brpc.ConnState.RECONNECTING
     assert {info.connection_id for info in server.clients} == {
         bystander.connection_id,
         first_id,
     }
+    # The old connection is over on the client (an engine may hold its close
+    # back while stream data waits) before the network comes back.
+    await asyncio.wait_for(session.terminated.wait(), 10)
     network.drop = 0.0
     await conn.wait_ready(timeout=10)
     # long before the server's 30 s dead-peer timeout: one entry for this client
