@@ -8,6 +8,7 @@ import os
 import weakref
 from typing import Any
 
+import pytest
 from conftest import wait_for
 from probes import Probe
 
@@ -54,15 +55,16 @@ async def test_connect_call_disconnect_cycles(make_server: Any, certs: Any) -> N
     await wait_for(lambda: server._listener.engine_connections == 0, timeout=30)
 
 
+@pytest.mark.parametrize("engine", ["aioquic", "qh3"])
 async def test_a_closed_connection_is_freed_by_reference_counting(
-    make_server: Any, connect: Any
+    make_server: Any, connect: Any, engine: str
 ) -> None:
     """The server's side of a connection that ended (its link, client info,
     QUIC session and connection) goes as soon as nothing refers to it, without
     a garbage collection. (With the lanes call layer, grpclib's HTTP/2 objects
     of each lane still form cycles that hold the session until one.)"""
-    # On aioquic, whose cycles brpc's adapter breaks (qh3's remain until a collection).
-    options = {"call_layer": "streams", "engine": "aioquic"}
+    # Each engine's adapter breaks the cycles its connection objects make.
+    options = {"call_layer": "streams", "engine": engine}
     server = await make_server([Probe()], client_stub=EchoStub, **options)
     conn = await connect(server, services=[Probe()], reconnect=False, **options)
     gc.collect()

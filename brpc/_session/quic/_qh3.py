@@ -37,6 +37,7 @@ from brpc._session.quic._limits import EngineLimitation
 
 __all__ = [
     "QH3_DEFAULT_PEER_BIDI_STREAMS",
+    "break_cycles",
     "close_event",
     "configure",
     "datagrams_to_send",
@@ -398,3 +399,28 @@ def send_probe(quic: QuicConnection, size: int, uid: int) -> None:
         f"qh3 cannot send a {size}-byte path MTU probe; its own probing "
         "(QuicConfiguration.probe_datagram_size) is the only one it supports"
     )
+
+
+def break_cycles(quic: QuicConnection) -> None:
+    """Drop the references from a terminated connection's parts back to it.
+
+    brpc's per-connection overrides (``_create_tls`` and ``_create_core``
+    instance attributes, closures over the connection), the TLS bridge's
+    ``_version_change_handler`` (a bound method of the connection) and its
+    ``serialize_transport_parameters`` (brpc's closure over the connection) and
+    the TLS context's callbacks each make the connection a reference cycle,
+    freed only by a full garbage collection. None is used once the connection
+    is terminated. Call only after ``ConnectionTerminated``.
+    """
+    for override in ("_create_tls", "_create_core"):
+        quic.__dict__.pop(override, None)
+    bridge = getattr(quic, "_tls", None)
+    if bridge is None:
+        return
+    bridge._version_change_handler = None
+    bridge.__dict__.pop("serialize_transport_parameters", None)
+    context = getattr(bridge, "tls", None)
+    if context is not None:
+        for callback in ("alpn_cb", "update_traffic_key_cb"):
+            if hasattr(context, callback):
+                setattr(context, callback, None)

@@ -111,5 +111,8 @@ class Qh3Engine(Engine):
         # validated only once the handshake is confirmed (stricter).
         return False
 
+    def break_cycles(self, quic: Connection) -> None:
+        _qh3.break_cycles(quic)
+
     def stream_credit(self, quic: Connection) -> int | None:
         return _qh3.peer_bidi_stream_credit(quic)
