@@ -28,7 +28,7 @@ def test_quick_bench_writes_table_and_json(tmp_path: Path) -> None:
             "--only",
             "unary_c1",
             "--targets",
-            "brpc-c2s,brpc-lanes-s2c,grpclib,grpcio,relay",
+            "brpc-c2s,brpc-lanes-s2c,brpc-qh3-c2s,grpclib,grpcio,relay",
             "--json",
             str(report),
         ],
@@ -40,7 +40,15 @@ def test_quick_bench_writes_table_and_json(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
 
-    for label in ("brpc c→s", "brpc lanes s→c", "grpclib/TCP", "grpcio/TCP", "relay", "calls/s"):
+    for label in (
+        "brpc c→s",
+        "brpc lanes s→c",
+        "brpc qh3 c→s",
+        "grpclib/TCP",
+        "grpcio/TCP",
+        "relay",
+        "calls/s",
+    ):
         assert label in done.stdout
 
     data = json.loads(report.read_text())
@@ -49,7 +57,14 @@ def test_quick_bench_writes_table_and_json(tmp_path: Path) -> None:
     assert data["machine"]["versions"]["grpcio"]
     assert data["baselines"] == ["grpclib", "grpcio"]
     targets = data["results"]["unary_c1"]
-    assert set(targets) == {"brpc-c2s", "brpc-lanes-s2c", "grpclib", "grpcio", "relay"}
+    assert set(targets) == {
+        "brpc-c2s",
+        "brpc-lanes-s2c",
+        "brpc-qh3-c2s",
+        "grpclib",
+        "grpcio",
+        "relay",
+    }
     for metrics in targets.values():
         assert {"calls_per_s", "p50_ms", "p99_ms"} <= metrics.keys()
         assert metrics["calls_per_s"]["median"] > 0
@@ -57,8 +72,10 @@ def test_quick_bench_writes_table_and_json(tmp_path: Path) -> None:
     assert set(ratios) == {
         "brpc-c2s/grpclib",
         "brpc-lanes-s2c/grpclib",
+        "brpc-qh3-c2s/grpclib",
         "brpc-c2s/grpcio",
         "brpc-lanes-s2c/grpcio",
+        "brpc-qh3-c2s/grpcio",
         "relay/grpclib",
         "relay/grpcio",
     }

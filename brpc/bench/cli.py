@@ -121,6 +121,13 @@ def _parser() -> argparse.ArgumentParser:
         "--markdown", action="store_true", help="print the table as Markdown (for the README)"
     )
     parser.add_argument(
+        "--ratios-to",
+        metavar="BASELINES",
+        type=lambda text: tuple(key.strip() for key in text.split(",") if key.strip()),
+        help="comma-separated baselines that get ratio columns in the table "
+        "(default: every baseline run)",
+    )
+    parser.add_argument(
         "--render",
         type=Path,
         metavar="PATH",
@@ -190,7 +197,7 @@ def _settings(args: argparse.Namespace) -> runner.Settings:
     )
 
 
-def _render(path: Path, markdown: bool) -> int:
+def _render(path: Path, markdown: bool, ratios_to: Sequence[str] | None) -> int:
     data = json.loads(path.read_text())
     if "results" not in data:
         raise SystemExit(f"{path} holds no comparison results (a --tuning report?)")
@@ -202,14 +209,14 @@ def _render(path: Path, markdown: bool) -> int:
         f"{machine.get('cpu_count', '?')} cores, Python {machine.get('python', '?')}"
     )
     print()
-    print(format_table(results, settings, markdown=markdown))
+    print(format_table(results, settings, markdown=markdown, ratio_baselines=ratios_to))
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.render is not None:
-        return _render(args.render, args.markdown)
+        return _render(args.render, args.markdown, args.ratios_to)
     logging.basicConfig(
         level=logging.INFO,
         format="%(message)s",
@@ -240,7 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["tuning"] = tuning.sweep_json(sweep, settings)
         else:
             results = runner.run(settings, certs, worker_log_level=worker_log_level)
-            text = format_table(results, settings, markdown=args.markdown)
+            text = format_table(
+                results, settings, markdown=args.markdown, ratio_baselines=args.ratios_to
+            )
             report.update(results_json(results, settings))
     report["duration_s"] = round(time.monotonic() - started, 1)
     print()

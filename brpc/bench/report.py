@@ -87,11 +87,24 @@ def _render_markdown(rows: Sequence[Sequence[str]], right_from: int) -> list[str
     return [line(rows[0]), line(align), *(line(row) for row in rows[1:])]
 
 
-def format_table(results: Results, settings: Settings, *, markdown: bool = False) -> str:
-    """The results as a fixed-width text table, or as a Markdown table."""
+def format_table(
+    results: Results,
+    settings: Settings,
+    *,
+    markdown: bool = False,
+    ratio_baselines: Sequence[str] | None = None,
+) -> str:
+    """The results as a fixed-width text table, or as a Markdown table.
+
+    ``ratio_baselines``: the baselines (by key) that get ratio columns (None: all).
+    """
     targets = list(settings.targets)
     brpc_targets = [t for t in targets if t.is_brpc]
-    baselines = [t for t in targets if not t.is_brpc]
+    baselines = [
+        t
+        for t in targets
+        if not t.is_brpc and (ratio_baselines is None or t.key in ratio_baselines)
+    ]
     ratio_columns = [(b, base) for base in baselines for b in brpc_targets]
     header = ["workload", "metric", *(t.label for t in targets)]
     header += [f"{b.label.removeprefix('brpc ')} ÷ {base.key}" for b, base in ratio_columns]
@@ -180,6 +193,8 @@ def _target_json(target: Target) -> dict[str, str]:
         "label": target.label,
         "transport": target.transport.value,
         "direction": target.direction.value,
+        "call_layer": target.call_layer or "",
+        "engine": target.engine if target.is_brpc else "",
     }
 
 
