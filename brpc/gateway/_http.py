@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from google.protobuf import json_format
@@ -30,6 +30,7 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 from multidict import CIMultiDict
 
+from .._calls.serving import RawMessage
 from ..peer import ClientInfo
 from ..presence import Watch
 from ..server import Server
@@ -45,11 +46,14 @@ from ._connect import (
     parse_duration,
     parse_timeout,
 )
-from ._raw import RawMessage
 from ._select import SelectorError, Target, parse_selector, pick, select, split_route
 from ._types import MethodTypes, TypeFinder, UnknownMethod
 
 __all__ = ["HttpGateway", "client_json"]
+
+#: Messages relayed as their bytes (brpc's codec passes this marker type through),
+#: typed as what they are.
+_RAW = cast("type[bytes]", RawMessage)
 
 log = logging.getLogger(__name__)
 
@@ -456,15 +460,15 @@ class HttpGateway:
         stream = client.channel.request(
             path,
             Cardinality.UNARY_STREAM,
-            RawMessage,
-            RawMessage,
+            _RAW,
+            _RAW,
             timeout=timeout,
             metadata=metadata,
         )
         replies: list[bytes] = []
         try:
             async with stream:
-                await stream.send_message(RawMessage(payload), end=True)
+                await stream.send_message(payload, end=True)
                 while (reply := await stream.recv_message()) is not None:
                     replies.append(reply)
                 await stream.recv_trailing_metadata()
@@ -506,8 +510,8 @@ class HttpGateway:
         stream = client.channel.request(
             path,
             Cardinality.UNARY_STREAM,
-            RawMessage,
-            RawMessage,
+            _RAW,
+            _RAW,
             timeout=timeout,
             metadata=metadata,
         )
@@ -515,7 +519,7 @@ class HttpGateway:
         end: dict[str, Any]
         try:
             async with stream:
-                await stream.send_message(RawMessage(payload), end=True)
+                await stream.send_message(payload, end=True)
                 await stream.recv_initial_metadata()
                 initial, _ = _metadata_of(stream)
                 response = web.StreamResponse(headers=CIMultiDict(initial))
@@ -621,12 +625,12 @@ class HttpGateway:
             async with client.channel.request(
                 path,
                 Cardinality.UNARY_STREAM,
-                RawMessage,
-                RawMessage,
+                _RAW,
+                _RAW,
                 timeout=timeout,
                 metadata=metadata,
             ) as stream:
-                await stream.send_message(RawMessage(payload), end=True)
+                await stream.send_message(payload, end=True)
                 replies = []
                 while (reply := await stream.recv_message()) is not None:
                     replies.append(self._reply_json(reply, types))
