@@ -42,6 +42,7 @@ ENGINE_PAIRS: dict[str, tuple[str, str]] = {
     "qh3-aioquic": ("qh3", "aioquic"),  # a qh3 client (engine="qh3") and the default server
     "aioquic-aioquic": ("aioquic", "aioquic"),
     "qh3-qh3": ("qh3", "qh3"),
+    "aioquic-qh3": ("aioquic", "qh3"),
 }
 _ENGINE_MODULES = {"test_semantics", "test_security", "test_identity"}
 

@@ -220,3 +220,45 @@ def test_datagrams_to_send_passes_ordinary_sends_through(certs: Any) -> None:
     sid = p.client.get_next_available_stream_id()
     p.client.send_stream_data(sid, b"x" * 100)
     assert _qh3.datagrams_to_send(p.client, p.now + 0.001)
+
+
+def _aioquic_initial(certs: Any) -> list[bytes]:
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.connection import QuicConnection
+
+    configuration = QuicConfiguration(is_client=True, alpn_protocols=["brpc/1"])
+    configuration.load_verify_locations(str(certs.ca))
+    client = QuicConnection(configuration=configuration)
+    client.connect(SERVER_ADDR, now=1.0)
+    return [data for data, _ in client.datagrams_to_send(now=1.0)]
+
+
+@pytest.mark.parametrize("limited_by_caller", [False, True])
+def test_a_qh3_server_answers_a_1200_byte_initial_only_with_the_limit_left_to_brpc(
+    certs: Any, limited_by_caller: bool
+) -> None:
+    """qh3 2.1 fails its first flight to an aioquic client (whose Initial is
+    1,200 bytes) under its own anti-amplification limit; with the limit left to
+    the caller it answers at once. The day qh3 fixes this, the first case fails:
+    drop the workaround."""
+    from qh3._hazmat import Buffer
+    from qh3.quic.configuration import QuicConfiguration
+    from qh3.quic.connection import QuicConnection, QuicConnectionError
+    from qh3.quic.packet import pull_quic_header
+
+    initial = _aioquic_initial(certs)
+    assert [len(d) for d in initial] == [1200]
+    header = pull_quic_header(Buffer(data=initial[0]), host_cid_length=8)
+    configuration = QuicConfiguration(is_client=False, alpn_protocols=["brpc/1"])
+    configuration.load_cert_chain(str(certs.server_cert), str(certs.server_key))
+    server = QuicConnection(
+        configuration=configuration, original_destination_connection_id=header.destination_cid
+    )
+    _qh3.set_peer_bidi_stream_limit(server, 100, amplification_limited_by_caller=limited_by_caller)
+    server.receive_datagram(initial[0], CLIENT_ADDR, now=1.0)
+    if limited_by_caller:
+        flight = server.datagrams_to_send(now=1.0)
+        assert sum(len(d) for d, _ in flight) > 1200  # ServerHello, certificate, Finished
+    else:
+        with pytest.raises(QuicConnectionError, match="capacity exhausted"):
+            server.datagrams_to_send(now=1.0)

@@ -63,6 +63,7 @@ QH3_DEFAULT_PEER_BIDI_STREAMS = 100
 # Position of ``local_max_streams_bidi`` among QuicConnectionCore's arguments
 # (see qh3/_hazmat.pyi and QuicConnection._create_core).
 _CORE_LOCAL_MAX_STREAMS_BIDI = 21
+_CORE_PEER_ADDRESS_VALIDATED = 6
 
 # QuicConnection._create_core looks QuicConnectionCore up in its module when it runs.
 _connection_module: Any = __import__("qh3.quic.connection", fromlist=["QuicConnectionCore"])
@@ -126,7 +127,9 @@ def is_stream_known(quic: QuicConnection, stream_id: int) -> bool:
     return quic._core.can_send_stream(stream_id)
 
 
-def set_peer_bidi_stream_limit(quic: QuicConnection, limit: int) -> None:
+def set_peer_bidi_stream_limit(
+    quic: QuicConnection, limit: int, *, amplification_limited_by_caller: bool = False
+) -> None:
     """Let the peer open up to ``limit`` concurrent bidirectional streams.
 
     qh3 hard-codes 100 twice: in the transport parameters its TLS bridge
@@ -135,6 +138,13 @@ def set_peer_bidi_stream_limit(quic: QuicConnection, limit: int) -> None:
     are created lazily (``connect`` on a client, the first datagram on a server),
     so this wraps the two private factories on this connection; call it right
     after the connection object is made.
+
+    ``amplification_limited_by_caller`` (a server whose caller sends no more
+    than three times what it received until the handshake is done, as brpc's
+    session does) builds the core with ``peer_address_validated`` set: qh3
+    2.1's own limit fails the first flight ("packet builder capacity
+    exhausted") when the client's Initial is a 1,200-byte datagram, as
+    aioquic's is, and the handshake then waits for the client's probe timeouts.
     """
     if limit < 1:
         raise ValueError("the bidirectional stream limit must be at least 1")
@@ -152,6 +162,12 @@ def set_peer_bidi_stream_limit(quic: QuicConnection, limit: int) -> None:
                     "qh3's QuicConnectionCore arguments moved: update brpc's qh3 adapter"
                 )
             values[_CORE_LOCAL_MAX_STREAMS_BIDI] = limit
+            if amplification_limited_by_caller:
+                if not isinstance(values[_CORE_PEER_ADDRESS_VALIDATED], bool):
+                    raise RuntimeError(
+                        "qh3's QuicConnectionCore arguments moved: update brpc's qh3 adapter"
+                    )
+                values[_CORE_PEER_ADDRESS_VALIDATED] = True
             return core_class(*values)
 
         # Swapped for the duration of this synchronous call only.

@@ -76,7 +76,10 @@ class Qh3Engine(Engine):
         if request_client_certificate:
             _qh3.request_client_certificate(quic)  # raises EngineLimitation
         _qh3.install_exporter(quic)
-        _qh3.set_peer_bidi_stream_limit(quic, peer_stream_limit)
+        # The session limits what leaves before the handshake (3x what arrived).
+        _qh3.set_peer_bidi_stream_limit(
+            quic, peer_stream_limit, amplification_limited_by_caller=True
+        )
         return quic
 
     def datagrams_to_send(self, quic: Connection, now: float) -> list[tuple[bytes, Any]]:

@@ -18,10 +18,9 @@ each engine's private details stay in its adapter module (``_aioquic.py``,
   server are noticed through ICMP or the dead-peer timeout); it grants a sender
   flow-control credit as data arrives rather than as the application reads it,
   so a qh3 receiver ends a call that leaves more than 8 MiB unread
-  (RESOURCE_EXHAUSTED) instead of holding its sender back. An aioquic client
-  cannot complete a handshake with a qh3 server (qh3's anti-amplification limit
-  stalls on aioquic's padded Initial), so ``engine="auto"`` never puts qh3 on a
-  server.
+  (RESOURCE_EXHAUSTED) instead of holding its sender back. qh3's own
+  anti-amplification limit fails on a 1,200-byte client Initial, so a qh3
+  server leaves that limit to brpc's session.
 
 :func:`resolve_engine` turns the user's ``engine=`` into an :class:`Engine`.
 """
@@ -309,10 +308,7 @@ def resolve_engine(name: str, *, server: bool) -> Engine:
     adapter), so a slow reader holds its sender back; qh3 grants credit as data
     arrives, so a qh3 receiver can only bound what it holds by ending the call
     that leaves more than ``UNCREDITED_HOLD_LIMIT`` unread (RESOURCE_EXHAUSTED)
-    — a different behaviour that "auto" must not pick silently. Also, a qh3
-    client's last reply and its close can leave in one flight and fail that
-    call on the server, and an aioquic client's first handshake with a qh3
-    server stalls one probe timeout.
+    — a different behaviour that "auto" must not pick silently.
     Asking for qh3 when it is not installed raises ``ImportError``
     saying which extra to install.
     """
