@@ -48,8 +48,12 @@ def test_cluster_bench_reports_every_part_with_ratios(tmp_path: Path) -> None:
         for path in ("local", "forwarded"):
             assert row[path]["calls_per_s"]["median"] > 0
             assert {"p50_ms", "p99_ms", "cpu_cores", "foreign_cores"} <= row[path].keys()
-        assert set(row["ratios"]) == {"forwarded/local calls_per_s", "forwarded/local p50_ms"}
-        assert all(value > 0 for value in row["ratios"].values())
+        assert set(row["ratios"]) == {
+            "forwarded/local calls_per_s",
+            "forwarded/local p50_ms",
+            "forwarded/local cpu_us_per_call",
+        }
+        assert all(_is_ratio(value) for value in row["ratios"].values())
 
     workers = data["workers"]
     for count in (1, 2):
@@ -57,10 +61,20 @@ def test_cluster_bench_reports_every_part_with_ratios(tmp_path: Path) -> None:
         assert row["calls_per_s"]["median"] > 0 and row["errors"] == 0
         assert [sum(spread) for spread in row["connections_per_worker"]] == [6]
         assert len(row["connections_per_worker"][0]) <= count
-    assert workers["ratios"]["workers_2/workers_1 calls_per_s"] > 0
+    assert set(workers["ratios"]) == {
+        "workers_2/workers_1 calls_per_s",
+        "workers_2/workers_1 calls_per_worker_core",
+        "workers_2/workers_1 worker_cores",
+    }
+    assert all(_is_ratio(value) for value in workers["ratios"].values())
 
     storm = data["storm"]
     assert storm["clients"] == 60
     assert storm["directory"]["connect_ops_per_s"]["median"] > 0
     assert storm["redis_set_per_s"]["median"] > 0
-    assert storm["ratios"]["connect_ops_per_s/redis_set_per_s"] > 0
+    assert _is_ratio(storm["ratios"]["connect_ops_per_s/redis_set_per_s"])
+
+
+def _is_ratio(value: object) -> bool:
+    """A ratio, or null where a tiny window left one side without a figure."""
+    return value is None or (isinstance(value, int | float) and value >= 0)

@@ -318,16 +318,27 @@ def _forwarding(url: str, certs: Certs, settings: Settings, log_level: int) -> d
             row[path]["cpu_cores"] = {
                 name: Spread.of([run["cpu_cores"][name] for run in runs]).median for name in pids
             }
+            row[path]["cpu_us_per_call"] = _summary([_cpu_per_call(run) for run in runs])
             row[path]["foreign_cores"] = max(run["foreign_cores"] for run in runs)
         row["ratios"] = {
             f"forwarded/local {metric}": _ratio(
-                [run[metric] for run in samples[(level, "forwarded")]],
-                [run[metric] for run in samples[(level, "local")]],
+                [_metric(run, metric) for run in samples[(level, "forwarded")]],
+                [_metric(run, metric) for run in samples[(level, "local")]],
             )
-            for metric in ("calls_per_s", "p50_ms")
+            for metric in ("calls_per_s", "p50_ms", "cpu_us_per_call")
         }
         report[f"unary_c{level}"] = row
     return report
+
+
+def _cpu_per_call(run: Mapping[str, Any]) -> float:
+    """Microseconds of CPU, all four processes together, per call."""
+    calls = run["calls_per_s"]
+    return sum(run["cpu_cores"].values()) / calls * 1e6 if calls else math.nan
+
+
+def _metric(run: Mapping[str, Any], metric: str) -> float:
+    return _cpu_per_call(run) if metric == "cpu_us_per_call" else float(run[metric])
 
 
 # -- worker processes on one port -------------------------------------------------------
@@ -391,6 +402,7 @@ def _workers(url: str, certs: Certs, settings: Settings, log_level: int) -> dict
             "p99_ms": _summary([run["p99_ms"] for run in runs]),
             "errors": sum(run["errors"] for run in runs),
             "worker_cores": _summary([run["worker_cores"] for run in runs]),
+            "calls_per_worker_core": _summary([run["calls_per_worker_core"] for run in runs]),
             "load_cores": _summary([run["load_cores"] for run in runs]),
             "connections_per_worker": [run["connections_per_worker"] for run in runs],
             "foreign_cores": max(run["foreign_cores"] for run in runs),
@@ -398,6 +410,10 @@ def _workers(url: str, certs: Certs, settings: Settings, log_level: int) -> dict
     report["ratios"] = {
         "workers_2/workers_1 calls_per_s": _ratio(
             [run["calls_per_s"] for run in samples[2]], [run["calls_per_s"] for run in samples[1]]
+        ),
+        "workers_2/workers_1 calls_per_worker_core": _ratio(
+            [run["calls_per_worker_core"] for run in samples[2]],
+            [run["calls_per_worker_core"] for run in samples[1]],
         ),
         "workers_2/workers_1 worker_cores": _ratio(
             [run["worker_cores"] for run in samples[2]],
@@ -439,12 +455,15 @@ def _drive_workers(
     _wait_directory(config.redis_url, config.key_prefix, lambda s: not s.clients, 30)
     latencies = [value for result in results for value in result["latencies"]]
     cores = usage["cpu_cores"]
+    rate = sum(result["calls"] for result in results) / settings.window
+    worker_cores = sum(v for k, v in cores.items() if k.startswith("worker_"))
     return {
-        "calls_per_s": sum(result["calls"] for result in results) / settings.window,
+        "calls_per_s": rate,
+        "calls_per_worker_core": rate / worker_cores if worker_cores else math.nan,
         "p50_ms": percentile(latencies, 0.5) * 1e3,
         "p99_ms": percentile(latencies, 0.99) * 1e3,
         "errors": sum(result["errors"] for result in results),
-        "worker_cores": sum(v for k, v in cores.items() if k.startswith("worker_")),
+        "worker_cores": worker_cores,
         "load_cores": sum(v for k, v in cores.items() if k.startswith("load-")),
         "connections_per_worker": sorted(spread.values(), reverse=True),
         "foreign_cores": usage["foreign_cores"],
@@ -567,7 +586,8 @@ def format_report(report: Mapping[str, Any]) -> str:
             ratios = row["ratios"]
             lines.append(
                 f"{'':<14}forwarded / local: {ratios['forwarded/local calls_per_s']} x calls/s, "
-                f"{ratios['forwarded/local p50_ms']} x p50"
+                f"{ratios['forwarded/local p50_ms']} x p50, "
+                f"{ratios['forwarded/local cpu_us_per_call']} x CPU per call"
             )
         lines.append("")
     workers = report.get("workers")
@@ -592,9 +612,10 @@ def format_report(report: Mapping[str, Any]) -> str:
         ratios = workers["ratios"]
         lines.append(
             f"workers=2 / workers=1: {ratios['workers_2/workers_1 calls_per_s']} x calls/s, "
-            f"{ratios['workers_2/workers_1 worker_cores']} x worker CPU; "
-            f"connections per worker with 2: {spread}"
+            f"{ratios['workers_2/workers_1 worker_cores']} x worker CPU, "
+            f"{ratios['workers_2/workers_1 calls_per_worker_core']} x calls per worker core"
         )
+        lines.append(f"connections per worker with 2: {spread}")
         lines.append("")
     storm = report.get("storm")
     if storm:
