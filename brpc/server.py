@@ -670,21 +670,29 @@ class Server(Generic[C]):
             replaced = self._close_replaced(message.replaces, connection_id, hello.identity)
         holders = self._check_name(message.name, hello.identity)
         cluster = self._cluster
-        if cluster is not None and message.name:
-            refusal = await cluster.admit_name(
-                message.name, connection_id, hello.identity, replacing=replaced
-            )
-            if refusal is not None:
-                raise Refused(RefusalCode.ALREADY_EXISTS, refusal)
-            try:
-                if hello.session.closed is not None or self._closing:
-                    raise Refused(RefusalCode.UNAVAILABLE, "the connection ended during its hello")
-                # Other hellos may have been admitted meanwhile.
-                holders = self._check_name(message.name, hello.identity)
-            except Refused:
-                await cluster.withdraw_name(connection_id)
-                raise
-        self._replace_holders(message.name, holders, connection_id)
+        if cluster is None or not message.name:
+            self._replace_holders(message.name, holders, connection_id)
+            return self._make_link(hello, connection_id, layer)
+        refusal = await cluster.admit_name(
+            message.name, connection_id, hello.identity, replacing=replaced
+        )
+        if refusal is not None:
+            raise Refused(RefusalCode.ALREADY_EXISTS, refusal)
+        try:
+            if hello.session.closed is not None or self._closing:
+                raise Refused(RefusalCode.UNAVAILABLE, "the connection ended during its hello")
+            # Other hellos may have been admitted meanwhile.
+            holders = self._check_name(message.name, hello.identity)
+            self._replace_holders(message.name, holders, connection_id)
+            return self._make_link(hello, connection_id, layer)
+        except BaseException:
+            await cluster.withdraw_name(connection_id)
+            raise
+
+    def _make_link(
+        self, hello: Hello, connection_id: str, layer: str
+    ) -> tuple[Link, pb.ServerHello]:
+        message = hello.message
         label = (
             f"client {message.name!r} ({connection_id})"
             if message.name

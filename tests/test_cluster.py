@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from typing import Any
 
 import pytest
 from grpclib.const import Status
@@ -12,7 +13,7 @@ from grpclib.exceptions import GRPCError
 
 import brpc
 from brpc.certs import DevCertificates
-from brpc.cluster import ClientRecord
+from brpc.cluster import ClientRecord, NameClaim
 from brpc.testing import NetworkConditions
 from brpc.testing.v1.echo_grpc import EchoStub
 from brpc.testing.v1.echo_pb2 import EchoReply, EchoRequest
@@ -178,6 +179,58 @@ async def test_duplicate_name_under_reject_is_refused_in_the_hello(
     )
     entry = fleet.clusters[0].clients.named("dup")
     assert entry is not None and entry.connection_id == again.connection_id
+
+
+async def test_a_hello_abandoned_while_its_name_is_claimed_gives_the_name_back(
+    make_server: ServerFactory, connect: DialFactory, certs: DevCertificates
+) -> None:
+    directory = _SlowToClaim()
+    fleet = await start_fleet(
+        make_server,
+        connect,
+        certs,
+        directory,
+        count=2,
+        duplicate_names=brpc.DuplicateNames.REJECT,
+    )
+    server1 = fleet.servers[0]
+    # The client gives up while the server still waits for the directory's answer.
+    dialing = asyncio.create_task(connect(server1, name="slow", reconnect=False))
+    await asyncio.wait_for(directory.asked.wait(), 10)
+    dialing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await dialing
+    # Left with far-1 and server 2's peer connection.
+    await wait_for(lambda: server1.connection_count == 2, timeout=5)
+    directory.answer.set()
+    await asyncio.wait_for(directory.released.wait(), 5)
+    assert not server1.clients.find(name="slow")
+    # The claim the abandoned hello made is gone: the name is free on any server.
+    again = await connect(fleet.servers[1], name="slow", reconnect=False)
+    entry = fleet.clusters[1].clients.get(again.connection_id)
+    assert entry is not None and entry.local
+
+
+class _SlowToClaim(brpc.MemoryDirectory):
+    """A directory that answers claims of the name "slow" only once ``answer`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = asyncio.Event()
+        self.answer = asyncio.Event()
+        self.released = asyncio.Event()
+
+    async def claim_name(self, name: str, *args: Any, **kwargs: Any) -> NameClaim:
+        if name == "slow":
+            self.asked.set()
+            await self.answer.wait()
+        return await super().claim_name(name, *args, **kwargs)
+
+    async def release_name(self, name: str, connection_id: str, epoch: int) -> bool:
+        released = await super().release_name(name, connection_id, epoch)
+        if released and name == "slow":
+            self.released.set()
+        return released
 
 
 async def test_reconnecting_client_keeps_its_name_under_reject(
