@@ -6,9 +6,11 @@ makes the server a member:
 - it registers itself in the directory when it starts and keeps its liveness
   record renewed (:func:`~brpc.cluster.keep_alive`); on a clean close it
   unregisters, else its records lapse after the directory's TTL;
-- every client that connects is registered under it and claims its name
-  cluster-wide (``duplicate_names``); under REPLACE, a client of this server
-  whose name was claimed on another server is closed when the change feed says so;
+- a named client's hello claims its name cluster-wide (``duplicate_names``)
+  before the server answers it, so a refused name is refused in the hello
+  (:meth:`Cluster.admit_name`); every client that connects is registered under
+  the server; under REPLACE, a client of this server whose name was claimed on
+  another server is closed when the change feed says so;
 - a :class:`~brpc.cluster.DirectoryReplica` answers :attr:`Cluster.clients`
   (get / named / find / len / iterate) with :class:`ClusterClient` entries that
   say which server holds them, and whose ``stub``/``channel`` work wherever the
