@@ -54,6 +54,7 @@ from ._wire.target import format_target
 from .auth import Authenticator, Authorizer, Identity
 from .errors import CloseCode
 from .fanout import CallResult, FanOut
+from .membership import ClusterView
 from .options import DEFAULT_OPTIONS, Options, peer_stream_limit
 from .peer import ClientInfo, Closing
 from .presence import Presence, PresenceCallback, Watch
@@ -88,10 +89,11 @@ class RelayHook(Protocol):
         ...
 
 
-class ClusterHook(Protocol):
-    """What a server needs of a cluster membership (``brpc.Cluster`` is one)."""
+class ClusterHook(ClusterView[C], Protocol[C]):
+    """A cluster membership (``brpc.Cluster`` is one): what the server needs of it, and
+    what users reach through ``server.cluster`` (:class:`brpc.membership.ClusterView`)."""
 
-    def attach(self, server: Server[Any]) -> None:
+    def attach(self, server: Server[C]) -> None:
         """Bind to ``server`` (it follows the clients through ``on_connect``/``on_disconnect``)."""
         ...
 
@@ -101,6 +103,27 @@ class ClusterHook(Protocol):
 
     async def close(self) -> None:
         """The server closes: leave the cluster."""
+        ...
+
+    async def admit_name(
+        self,
+        name: str,
+        connection_id: str,
+        identity: Identity | None,
+        *,
+        replacing: str | None = None,
+    ) -> str | None:
+        """Claim ``name`` cluster-wide for a hello before it is answered.
+
+        None admits the client (also when the directory cannot tell right now:
+        the claim is then made once the client is registered); otherwise the
+        reason to refuse it with ALREADY_EXISTS. ``replacing``: the connection
+        this hello replaces (its resume secret matched), whose claim goes first.
+        """
+        ...
+
+    async def withdraw_name(self, connection_id: str) -> None:
+        """The hello :meth:`admit_name` claimed a name for was refused after all: release it."""
         ...
 
 
@@ -141,9 +164,11 @@ class Server(Generic[C]):
     :meth:`listen_tcp` adds a standard gRPC/TCP front.
 
     ``cluster`` (a :class:`brpc.Cluster`) makes the server a member of a
-    cluster of servers (see :mod:`brpc.cluster.member`): ``server.cluster.clients``
-    lists the clients of every server and ``call_all(..., scope="cluster")``
-    calls them wherever they are.
+    cluster of servers (see :mod:`brpc.cluster.member`): :attr:`cluster` is that
+    Cluster, ``server.cluster.clients`` lists the clients of every server and
+    ``call_all(..., scope="cluster")`` calls them wherever they are. Names are
+    claimed cluster-wide before the hello is answered, so a duplicate refused
+    by the cluster's ``duplicate_names`` is refused like a local one.
     """
 
     def __init__(
@@ -178,7 +203,7 @@ class Server(Generic[C]):
         relay: RelayHook | None = None,
         reflection: bool = False,
         health: bool = False,
-        cluster: ClusterHook | None = None,
+        cluster: ClusterHook[C] | None = None,
     ) -> None:
         options = Options(
             lanes=lanes,
@@ -288,7 +313,7 @@ class Server(Generic[C]):
         self._clients: ClientTable[C] = ClientTable()
         self._presence: Presence[C] = Presence(self._clients, self._closed)
         self._drain_task: asyncio.Task[None] | None = None
-        self.cluster = cluster
+        self._cluster = cluster
         self._cluster_closing: asyncio.Task[None] | None = None
         if cluster is not None:
             cluster.attach(self)
@@ -307,8 +332,8 @@ class Server(Generic[C]):
         self._started = True
         await self._listener.start(host, port, reuse_port=reuse_port)
         log.info("brpc server listening on %s", self.address)
-        if self.cluster is not None:
-            await self.cluster.start()
+        if self._cluster is not None:
+            await self._cluster.start()
 
     async def listen_tcp(self, host: str, port: int = 0, *, plaintext: bool = False) -> int:
         """Also serve ordinary gRPC over HTTP/2 on TCP ``host:port``; returns the port.
@@ -385,6 +410,23 @@ class Server(Generic[C]):
         """Whether :meth:`close` was called: new clients are refused."""
         return self._closing
 
+    @property
+    def cluster(self) -> ClusterHook[C]:
+        """The :class:`brpc.Cluster` given as ``Server(cluster=...)``: ``server.cluster.clients``,
+        ``server.cluster.watch()``, ... Raises RuntimeError on a server made without one
+        (:attr:`in_cluster` tells)."""
+        if self._cluster is None:
+            raise RuntimeError(
+                "this server is not a member of a cluster: make it with "
+                "Server(cluster=brpc.Cluster(...))"
+            )
+        return self._cluster
+
+    @property
+    def in_cluster(self) -> bool:
+        """Whether the server was made with ``Server(cluster=...)``."""
+        return self._cluster is not None
+
     async def serve_forever(self) -> None:
         """Wait until the server is closed."""
         if not self._started:
@@ -408,9 +450,9 @@ class Server(Generic[C]):
         if self._closing:
             return closing
         self._closing = True
-        if self.cluster is not None and self._started:
+        if self._cluster is not None and self._started:
             self._cluster_closing = asyncio.get_running_loop().create_task(
-                self.cluster.close(), name="brpc server leaves its cluster"
+                self._cluster.close(), name="brpc server leaves its cluster"
             )
         self._listener.stop_accepting()
         if self._front is not None:
@@ -578,12 +620,10 @@ class Server(Generic[C]):
         :class:`brpc.ClusterClient` entries (see ``Cluster.call_all``).
         """
         if scope == "cluster":
-            call_all = getattr(self.cluster, "call_all", None)
-            if call_all is None:
+            if self._cluster is None:
                 raise RuntimeError('call_all(scope="cluster") needs Server(cluster=...)')
-            return cast(
-                "FanOut[C, T]",
-                call_all(fn, select=select, timeout=timeout, concurrency=concurrency),
+            return self._cluster.call_all(
+                fn, select=cast(Any, select), timeout=timeout, concurrency=concurrency
             )
         if scope != "server":
             raise ValueError(f'scope must be "server" or "cluster", not {scope!r}')
@@ -610,9 +650,14 @@ class Server(Generic[C]):
 
     # -- Admitter (the acceptors' view of the server) -----------------------------------
 
-    def admit(self, hello: Hello) -> tuple[Link, pb.ServerHello]:
+    async def admit(self, hello: Hello) -> tuple[Link, pb.ServerHello]:
         """Make the link of a client whose hello passed every check, and the
-        server hello that answers it. Raise :class:`Refused` to refuse it instead."""
+        server hello that answers it. Raise :class:`Refused` to refuse it instead.
+
+        In a cluster, a named client's name is claimed cluster-wide first (the
+        only wait): a name the cluster's policy refuses is refused here, like a
+        local duplicate. Everything after that wait happens at once.
+        """
         message = hello.message
         connection_id = secrets.token_hex(16)
         try:
@@ -620,9 +665,34 @@ class Server(Generic[C]):
             layer = choose_call_layer(message.call_layers, tuple(self._layers))
         except CallLayerMismatch as exc:
             raise Refused(RefusalCode.INVALID_HELLO, str(exc)) from None
+        replaced = None
         if message.replaces:
-            self._close_replaced(message.replaces, connection_id, hello.identity)
-        self._admit_name(message.name, connection_id, hello.identity)
+            replaced = self._close_replaced(message.replaces, connection_id, hello.identity)
+        holders = self._check_name(message.name, hello.identity)
+        cluster = self._cluster
+        if cluster is None or not message.name:
+            self._replace_holders(message.name, holders, connection_id)
+            return self._make_link(hello, connection_id, layer)
+        refusal = await cluster.admit_name(
+            message.name, connection_id, hello.identity, replacing=replaced
+        )
+        if refusal is not None:
+            raise Refused(RefusalCode.ALREADY_EXISTS, refusal)
+        try:
+            if hello.session.closed is not None or self._closing:
+                raise Refused(RefusalCode.UNAVAILABLE, "the connection ended during its hello")
+            # Other hellos may have been admitted meanwhile.
+            holders = self._check_name(message.name, hello.identity)
+            self._replace_holders(message.name, holders, connection_id)
+            return self._make_link(hello, connection_id, layer)
+        except BaseException:
+            await cluster.withdraw_name(connection_id)
+            raise
+
+    def _make_link(
+        self, hello: Hello, connection_id: str, layer: str
+    ) -> tuple[Link, pb.ServerHello]:
+        message = hello.message
         label = (
             f"client {message.name!r} ({connection_id})"
             if message.name
@@ -689,14 +759,15 @@ class Server(Generic[C]):
             client_stub=self.client_stub,
         )
 
-    def _admit_name(self, name: str, connection_id: str, identity: Identity | None) -> None:
-        """Apply ``duplicate_names`` to a hello: raise :class:`Refused` to refuse it.
+    def _check_name(self, name: str, identity: Identity | None) -> list[ClientInfo[C]]:
+        """Apply ``duplicate_names`` to a hello: raise :class:`Refused` to refuse it,
+        else return the clients it replaces (:meth:`_replace_holders` closes them).
 
         Refusals name nothing that belongs to the other client; the log does.
         """
         holders = self._clients.find(name=name) if name else []
         if not holders or self._duplicate_names is DuplicateNames.ALLOW:
-            return
+            return []
         if self._duplicate_names is DuplicateNames.REJECT:
             log.info("refused name %r: held by %s", name, holders[0].connection_id)
             raise Refused(
@@ -712,6 +783,9 @@ class Server(Generic[C]):
                     f"a client named {name!r} with another identity is already connected; "
                     "only the same identity may replace it",
                 )
+        return holders
+
+    def _replace_holders(self, name: str, holders: list[ClientInfo[C]], connection_id: str) -> None:
         for old in holders:
             log.info("client %r (%s) replaced by %s", name, old.connection_id, connection_id)
             link = self._links.get(old.connection_id)
@@ -724,8 +798,11 @@ class Server(Generic[C]):
     def _forget_secret(self, key: bytes) -> None:
         self._resumable.pop(key, None)
 
-    def _close_replaced(self, secret: bytes, connection_id: str, identity: Identity | None) -> None:
-        """Close the connection whose resume secret a reconnecting client sent.
+    def _close_replaced(
+        self, secret: bytes, connection_id: str, identity: Identity | None
+    ) -> str | None:
+        """Close the connection whose resume secret a reconnecting client sent;
+        its connection ID, or None when there is none to close.
 
         Only the client that held that connection knows its secret; its old
         connection is dead to it, so it goes at once instead of after the
@@ -734,7 +811,7 @@ class Server(Generic[C]):
         entry = self._resumable.get(hashlib.sha256(secret).digest())
         if entry is None or not hmac.compare_digest(entry[0], secret):
             log.debug("%s: the connection it replaces is gone already", connection_id)
-            return
+            return None
         old = entry[1]
         if not _same_identity(old.peer.identity, identity):
             log.warning(
@@ -742,9 +819,10 @@ class Server(Generic[C]):
                 connection_id,
                 old.connection_id,
             )
-            return
+            return None
         log.info("%r replaced by its own reconnection %s", old, connection_id)
         old.close(CloseCode.REPLACED, "replaced by its own reconnection")
+        return old.connection_id
 
     def _unregister(self, info: ClientInfo[C]) -> None:
         self._links.pop(info.connection_id, None)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
+from typing import Any
 
 import pytest
 from grpclib.const import Status
@@ -11,7 +13,8 @@ from grpclib.exceptions import GRPCError
 
 import brpc
 from brpc.certs import DevCertificates
-from brpc.cluster import ClientRecord
+from brpc.cluster import ClientRecord, NameClaim
+from brpc.testing import NetworkConditions
 from brpc.testing.v1.echo_grpc import EchoStub
 from brpc.testing.v1.echo_pb2 import EchoReply, EchoRequest
 from tests.cluster_kit import PEER_TOKEN, start_fleet
@@ -24,6 +27,13 @@ async def test_clients_of_every_server_are_listed_by_each(
 ) -> None:
     fleet = await start_fleet(make_server, connect, certs, brpc.MemoryDirectory())
     one = fleet.clusters[0]
+    # server.cluster is the Cluster the server was given.
+    assert fleet.servers[0].cluster is one and fleet.servers[0].in_cluster
+    assert len(fleet.servers[0].cluster.clients) == 3
+    alone = await make_server()
+    assert not alone.in_cluster
+    with pytest.raises(RuntimeError, match="not a member of a cluster"):
+        alone.cluster  # noqa: B018
     assert len(one.clients) == 3
     assert sorted(entry.name for entry in one.clients) == ["far-1", "far-2", "far-3"]
     far2 = one.clients.named("far-2")
@@ -130,6 +140,162 @@ async def test_duplicate_name_on_another_server_replaces_the_older(
     )
     holder = fleet.clusters[0].clients.named("dup")
     assert holder is not None and holder.server_id == "s2"
+
+
+async def test_duplicate_name_under_reject_is_refused_in_the_hello(
+    make_server: ServerFactory, connect: DialFactory, certs: DevCertificates
+) -> None:
+    fleet = await start_fleet(
+        make_server,
+        connect,
+        certs,
+        brpc.MemoryDirectory(),
+        count=2,
+        duplicate_names=brpc.DuplicateNames.REJECT,
+    )
+    server1, server2 = fleet.servers
+    admitted: list[str] = []
+    server2.on_connect(lambda info: admitted.append(info.name))
+    first = await connect(server1, name="dup", reconnect=False)
+    # No waiting for replicas: the directory's claim decides before the hello is answered.
+    with pytest.raises(brpc.RefusedError) as refused:
+        await connect(server2, name="dup", reconnect=False)
+    assert refused.value.code == "ALREADY_EXISTS"
+    assert "already connected to the cluster" in refused.value.reason
+    assert first.connection_id not in str(refused.value)
+    assert admitted == []  # never admitted, so never announced
+    assert first.state is brpc.ConnState.READY
+    holder = fleet.clusters[1].clients.named("dup")
+    assert holder is None or holder.connection_id == first.connection_id
+    # Once the holder left, the name is free on any server.
+    await first.close()
+    await fleet.clusters[1].replica.wait_until(
+        lambda: fleet.clusters[1].replica.holder("dup") is None, timeout=5
+    )
+    again = await connect(server2, name="dup", reconnect=False)
+    assert admitted == ["dup"]
+    await fleet.clusters[0].replica.wait_until(
+        lambda: fleet.clusters[0].clients.named("dup") is not None, timeout=5
+    )
+    entry = fleet.clusters[0].clients.named("dup")
+    assert entry is not None and entry.connection_id == again.connection_id
+
+
+async def test_a_hello_abandoned_while_its_name_is_claimed_gives_the_name_back(
+    make_server: ServerFactory, connect: DialFactory, certs: DevCertificates
+) -> None:
+    directory = _SlowToClaim()
+    fleet = await start_fleet(
+        make_server,
+        connect,
+        certs,
+        directory,
+        count=2,
+        duplicate_names=brpc.DuplicateNames.REJECT,
+    )
+    server1 = fleet.servers[0]
+    # The client gives up while the server still waits for the directory's answer.
+    dialing = asyncio.create_task(connect(server1, name="slow", reconnect=False))
+    await asyncio.wait_for(directory.asked.wait(), 10)
+    dialing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await dialing
+    # Left with far-1 and server 2's peer connection.
+    await wait_for(lambda: server1.connection_count == 2, timeout=5)
+    directory.answer.set()
+    await asyncio.wait_for(directory.released.wait(), 5)
+    assert not server1.clients.find(name="slow")
+    # The claim the abandoned hello made is gone: the name is free on any server.
+    again = await connect(fleet.servers[1], name="slow", reconnect=False)
+    entry = fleet.clusters[1].clients.get(again.connection_id)
+    assert entry is not None and entry.local
+
+
+class _SlowToClaim(brpc.MemoryDirectory):
+    """A directory that answers claims of the name "slow" only once ``answer`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = asyncio.Event()
+        self.answer = asyncio.Event()
+        self.released = asyncio.Event()
+
+    async def claim_name(self, name: str, *args: Any, **kwargs: Any) -> NameClaim:
+        if name == "slow":
+            self.asked.set()
+            await self.answer.wait()
+        return await super().claim_name(name, *args, **kwargs)
+
+    async def release_name(self, name: str, connection_id: str, epoch: int) -> bool:
+        released = await super().release_name(name, connection_id, epoch)
+        if released and name == "slow":
+            self.released.set()
+        return released
+
+
+async def test_reconnecting_client_keeps_its_name_under_reject(
+    make_server: ServerFactory,
+    connect: DialFactory,
+    certs: DevCertificates,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client whose hello replaces its own stale connection (resume secret) is not
+    refused by its own earlier claim."""
+    caplog.set_level(logging.INFO, logger="brpc.cluster.member")
+    directory = _SlowToForget()
+    fleet = await start_fleet(
+        make_server,
+        connect,
+        certs,
+        directory,
+        count=2,
+        duplicate_names=brpc.DuplicateNames.REJECT,
+    )
+    server1 = fleet.servers[0]
+    network = NetworkConditions()
+    conn = await connect(
+        server1,
+        name="roamer",
+        network_conditions=network,
+        reconnect=brpc.ReconnectPolicy(initial_delay=0.05, max_delay=0.1),
+    )
+    first_id = conn.connection_id
+    replica = fleet.clusters[1].replica
+    await replica.wait_until(lambda: replica.named("roamer") is not None, timeout=5)
+    # The client gives its connection up while the server still holds it.
+    network.drop = 1.0
+    conn._link.close(brpc.CloseCode.NO_ERROR, "gave up on a dead network")
+    network.drop = 0.0
+    await conn.wait_ready(timeout=10)
+    assert conn.connection_id != first_id
+    await replica.wait_until(
+        lambda: (
+            (found := replica.named("roamer")) is not None
+            and found.connection_id == conn.connection_id
+        ),
+        timeout=5,
+    )
+    holder = replica.holder("roamer")
+    assert holder is not None and holder.connection_id == conn.connection_id
+    # Admitted at its first hello, not after retrying until the old claim went.
+    assert not [r for r in caplog.records if "refused name" in r.getMessage()]
+    directory.forget.set()
+
+
+class _SlowToForget(brpc.MemoryDirectory):
+    """A directory whose first unregistration of each client waits for ``forget``:
+    the server's own bookkeeping of a departed client lags behind."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forget = asyncio.Event()
+        self._seen: set[str] = set()
+
+    async def unregister_client(self, server_id: str, connection_id: str) -> None:
+        if connection_id not in self._seen:
+            self._seen.add(connection_id)
+            await self.forget.wait()
+        await super().unregister_client(server_id, connection_id)
 
 
 async def test_stale_record_is_unavailable_and_lost_peer_fails_fast(

@@ -61,7 +61,7 @@ class _Server:
         self.links: list[Link] = []
         self.layer = _layer()
 
-    def admit(self, hello: Hello) -> tuple[Link, pb.ServerHello]:
+    async def admit(self, hello: Hello) -> tuple[Link, pb.ServerHello]:
         if hello.message.name.startswith("bad"):
             raise Refused(RefusalCode.PERMISSION_DENIED, "not you")
         link = Link(

@@ -88,8 +88,11 @@ class Admitter(Protocol):
         """Whether the server refuses new clients (it is shutting down)."""
         ...
 
-    def admit(self, hello: Hello) -> tuple[Link, pb.ServerHello]:
-        """Make the client's link and the server hello, or raise :class:`Refused`."""
+    async def admit(self, hello: Hello) -> tuple[Link, pb.ServerHello]:
+        """Make the client's link and the server hello, or raise :class:`Refused`.
+
+        May wait (a cluster claims the client's name); once it returns, the
+        acceptor answers the hello without waiting again."""
         ...
 
     def connected(self, link: Link) -> None:
@@ -247,9 +250,12 @@ class Acceptor:
             if session.closed is not None:
                 return
             _check_name(message.name, identity)
-            link, server_hello = self._admitter.admit(Hello(message, identity, session, control))
+            link, server_hello = await self._admitter.admit(
+                Hello(message, identity, session, control)
+            )
         except Refused as refused:
-            self._refuse(refused.refusal)
+            if session.closed is None:
+                self._refuse(refused.refusal)
             return
         self.link = link
         self.phase = AcceptPhase.ACCEPTED

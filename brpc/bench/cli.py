@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="scripts/bench",
         description="Benchmark brpc (both directions) against grpclib and grpcio over TCP "
         "loopback, server and client in separate processes pinned to different cores.",
+        epilog="Many servers: `scripts/bench cluster [options]` measures forwarded vs local "
+        "calls, 2 worker processes vs 1 on one port and directory operations during a connect "
+        "storm instead (see `scripts/bench cluster --help`). Its options: " + _cluster_options(),
     )
     parser.add_argument(
         "--quick",
@@ -166,6 +169,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cluster_options() -> str:
+    from .cluster import parser as cluster_parser  # noqa: PLC0415 (only for --help)
+
+    actions = cluster_parser()._actions
+    return ", ".join("/".join(action.option_strings) for action in actions if action.option_strings)
+
+
 def _default_workloads(sweep: bool) -> tuple[str, ...]:
     return tuple(w.key for w in WORKLOADS if w.is_load or not sweep)
 
@@ -214,6 +224,11 @@ def _render(path: Path, markdown: bool, ratios_to: Sequence[str] | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["cluster"]:
+        from .cluster import main as cluster_main  # noqa: PLC0415 (needs the redis extra)
+
+        return cluster_main(arguments[1:], prog="scripts/bench cluster")
     args = _parser().parse_args(argv)
     if args.render is not None:
         return _render(args.render, args.markdown, args.ratios_to)

@@ -18,6 +18,7 @@ import logging
 import os
 import traceback
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -48,6 +49,10 @@ class WorkerState:
     connections: dict[str, BenchConnection] = field(default_factory=dict)
     #: Groups of idle connections (memory probe), by prefix.
     groups: dict[str, list[BenchConnection]] = field(default_factory=dict)
+    #: Anything else a command keeps for later ones (the cluster benchmark's members
+    #: and clients), by name; ``closers`` run, newest first, when the worker stops.
+    held: dict[str, Any] = field(default_factory=dict)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     stopping: bool = False
 
     def require_server(self) -> BenchServer:
@@ -56,6 +61,13 @@ class WorkerState:
         return self.server
 
     async def close(self) -> None:
+        closers, self.closers = self.closers, []
+        for closer in reversed(closers):
+            try:
+                await closer()
+            except Exception:
+                log.exception("closing what a command left failed")
+        self.held.clear()
         for group in self.groups.values():
             for conn in group:
                 await conn.close()

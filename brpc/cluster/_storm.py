@@ -27,7 +27,7 @@ from .memory import MemoryDirectory
 from .redis import RedisDirectory
 from .replica import DirectoryReplica
 
-__all__ = ["StormResult", "run_storm"]
+__all__ = ["StormResult", "run_round_trips", "run_storm"]
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,36 @@ async def run_storm(
         finally:
             for distinct in {id(d): d for d in [*members, follower]}.values():
                 await distinct.close()
+
+
+async def run_round_trips(
+    url: str, *, operations: int = 2000, connections: int = 3, concurrency: int = 32
+) -> float:
+    """Plain Redis round trips per second (a SET of a short key), driven as a storm is:
+    ``connections`` clients (one per server) with ``concurrency`` lanes each.
+
+    The floor under any directory operation on the same Redis: a storm's
+    directory operations per second divided by this is the share of Redis's
+    round-trip rate that the directory's scripts keep.
+    """
+    if operations < 1 or connections < 1 or concurrency < 1:
+        raise ValueError("operations, connections and concurrency must be at least 1")
+    import redis.asyncio as aioredis  # noqa: PLC0415 (the redis extra, like RedisDirectory)
+
+    clients = [aioredis.Redis.from_url(url, decode_responses=True) for _ in range(connections)]
+    prefix = f"brpc-storm-floor-{uuid.uuid4().hex[:8]}:"
+    assigned = [list(range(i, operations, connections)) for i in range(connections)]
+
+    async def step(index: int, number: int) -> None:
+        await clients[index].set(f"{prefix}{number}", "x", px=60_000)
+
+    try:
+        started = time.perf_counter()
+        await _drive(step, assigned, concurrency)
+        return operations / (time.perf_counter() - started)
+    finally:
+        for client in clients:
+            await client.aclose()
 
 
 async def _drive(

@@ -6,9 +6,11 @@ makes the server a member:
 - it registers itself in the directory when it starts and keeps its liveness
   record renewed (:func:`~brpc.cluster.keep_alive`); on a clean close it
   unregisters, else its records lapse after the directory's TTL;
-- every client that connects is registered under it and claims its name
-  cluster-wide (``duplicate_names``); under REPLACE, a client of this server
-  whose name was claimed on another server is closed when the change feed says so;
+- a named client's hello claims its name cluster-wide (``duplicate_names``)
+  before the server answers it, so a refused name is refused in the hello
+  (:meth:`Cluster.admit_name`); every client that connects is registered under
+  the server; under REPLACE, a client of this server whose name was claimed on
+  another server is closed when the change feed says so;
 - a :class:`~brpc.cluster.DirectoryReplica` answers :attr:`Cluster.clients`
   (get / named / find / len / iterate) with :class:`ClusterClient` entries that
   say which server holds them, and whose ``stub``/``channel`` work wherever the
@@ -45,10 +47,11 @@ from multidict import MultiDict
 from ..auth import Authenticator, AuthRequest, Identity
 from ..client import ClientConn, dial
 from ..fanout import FanOut
+from ..membership import ClusterEntry
 from ..peer import ClientInfo
 from ..registry import DuplicateNames
 from ..relay import Relay, default_director
-from ..server import Server
+from ..server import ClusterHook, Server
 from .directory import (
     ChangeKind,
     ClientRecord,
@@ -90,6 +93,20 @@ def _not_listed(info: ClientInfo[Any]) -> bool:
     """Connections the cluster does not list: peers, and any client using the peers'
     reserved name prefix (a peer whose token this server does not check)."""
     return _is_peer(info) or info.name.startswith(_PEER_NAME_PREFIX)
+
+
+def _identity_key(identity: Identity | None) -> str | None:
+    """The directory's key of a verified identity (see ``Directory.claim_name``)."""
+    return f"{identity.source}:{identity.name}" if identity is not None else None
+
+
+def _refusal_text(name: str, policy: DuplicateNames) -> str:
+    if policy is DuplicateNames.REJECT:
+        return f"a client named {name!r} is already connected to the cluster"
+    return (
+        f"a client named {name!r} with another identity is already connected to the "
+        "cluster; only the same identity may replace it"
+    )
 
 
 def _address_text(address: tuple[str, int] | None) -> str:
@@ -347,6 +364,10 @@ class Cluster(Generic[C]):
         self._peer_server: Server[Any] | None = None
         #: Server ID -> when (time.monotonic()) to dial it again after a failed dial.
         self._dial_after: dict[str, float] = {}
+        #: Names claimed for hellos (connection ID -> name, epoch) until the client
+        #: is registered; a client that leaves unregistered releases its name here.
+        self._claims: dict[str, tuple[str, int]] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -360,7 +381,7 @@ class Cluster(Generic[C]):
             raise RuntimeError("this Cluster is not attached: pass it to brpc.Server(cluster=...)")
         return self._server
 
-    def attach(self, server: Server[Any]) -> None:
+    def attach(self, server: Server[C]) -> None:
         """Bind to ``server`` (called by ``Server``; once)."""
         if self._server is not None:
             raise RuntimeError("this Cluster already serves another Server: make one per server")
@@ -437,7 +458,7 @@ class Cluster(Generic[C]):
         if self._closed:
             return
         self._closed = True
-        tasks = [*self._tasks, *self._dialing.values()]
+        tasks = [*self._tasks, *self._dialing.values(), *self._background]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -527,7 +548,7 @@ class Cluster(Generic[C]):
         await self._register_server()
         for info in list(self.server.clients):
             if not _not_listed(info) and not info.closed:
-                await self._register_client(info)
+                await self._register_client(info, reclaim=True)
 
     def _record_of(self, info: ClientInfo[Any]) -> ClientRecord:
         identity = info.identity
@@ -542,20 +563,26 @@ class Cluster(Generic[C]):
             identity_name=identity.name if identity is not None else None,
         )
 
-    async def _register_client(self, info: ClientInfo[Any]) -> None:
+    async def _register_client(self, info: ClientInfo[Any], *, reclaim: bool = False) -> None:
+        """Record the client and, unless its hello claimed it already, claim its name.
+
+        ``reclaim``: claim even so (the server registers again after a lapse,
+        which dropped every name its clients held).
+        """
         await self.directory.register_client(self._record_of(info))
-        if not info.name:
+        claimed = self._claims.pop(info.connection_id, None)
+        if not info.name or (claimed is not None and not reclaim):
             return
-        identity = info.identity
         claim = await self.directory.claim_name(
             info.name,
             info.connection_id,
             self.server_id,
             policy=self.duplicate_names,
-            identity=f"{identity.source}:{identity.name}" if identity is not None else None,
+            identity=_identity_key(info.identity),
         )
         if claim.claimed:
             return
+        # Claimed after admission: the directory could not be asked during the hello.
         log.info(
             "client %r (%s) refused: the name is held on server %s",
             info.name,
@@ -563,7 +590,82 @@ class Cluster(Generic[C]):
             claim.holder.server_id if claim.holder is not None else "?",
         )
         await self.directory.unregister_client(self.server_id, info.connection_id)
-        info.close(f"a client named {info.name!r} is already connected to the cluster")
+        info.close(_refusal_text(info.name, self.duplicate_names))
+
+    async def admit_name(
+        self,
+        name: str,
+        connection_id: str,
+        identity: Identity | None,
+        *,
+        replacing: str | None = None,
+    ) -> str | None:
+        """Claim ``name`` cluster-wide for a hello (called by ``Server``): None admits it,
+        else the reason to refuse it. See :meth:`brpc.server.ClusterHook.admit_name`."""
+        if (
+            self._closed
+            or self.duplicate_names is DuplicateNames.ALLOW
+            or name.startswith(_PEER_NAME_PREFIX)
+        ):
+            return None  # ALLOW: claimed at registration, which never refuses
+        claiming = asyncio.ensure_future(
+            self._claim_for_hello(name, connection_id, identity, replacing)
+        )
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            # The hello was abandoned (its connection ended): give back what it took.
+            claiming.add_done_callback(lambda _: self._spawn(self.withdraw_name(connection_id)))
+            raise
+
+    async def _claim_for_hello(
+        self, name: str, connection_id: str, identity: Identity | None, replacing: str | None
+    ) -> str | None:
+        try:
+            if replacing is not None:
+                # The client's own earlier connection: its name goes before the claim.
+                await self.directory.unregister_client(self.server_id, replacing)
+            claim = await self.directory.claim_name(
+                name,
+                connection_id,
+                self.server_id,
+                policy=self.duplicate_names,
+                identity=_identity_key(identity),
+            )
+        except (DirectoryUnavailable, ServerNotRegistered) as exc:
+            log.warning(
+                "claiming name %r for %s: %s; claiming it once the client is registered",
+                name,
+                connection_id,
+                exc,
+            )
+            return None
+        if claim.claimed:
+            self._claims[connection_id] = (name, claim.epoch)
+            return None
+        log.info(
+            "refused name %r for %s: held on server %s",
+            name,
+            connection_id,
+            claim.holder.server_id if claim.holder is not None else "?",
+        )
+        return _refusal_text(name, self.duplicate_names)
+
+    async def withdraw_name(self, connection_id: str) -> None:
+        """Release the name claimed for a hello refused after all (called by ``Server``)."""
+        held = self._claims.pop(connection_id, None)
+        if held is None:
+            return
+        name, epoch = held
+        try:
+            await self.directory.release_name(name, connection_id, epoch)
+        except DirectoryUnavailable as exc:
+            log.warning("releasing name %r of %s: %s", name, connection_id, exc)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _client_connected(self, info: ClientInfo[Any]) -> None:
         if _not_listed(info) or self._closed:
@@ -579,6 +681,8 @@ class Cluster(Generic[C]):
             return
         try:
             await self.directory.unregister_client(self.server_id, info.connection_id)
+            # A name claimed by the hello of a client that was never registered.
+            await self.withdraw_name(info.connection_id)
         except DirectoryUnavailable as exc:
             log.warning("unregistering client %s: %s", info.connection_id, exc)
 
@@ -747,7 +851,7 @@ class Cluster(Generic[C]):
         select: Callable[[ClusterClient[C]], bool]
         | Mapping[str, str]
         | str
-        | Iterable[ClusterClient[C]]
+        | Iterable[ClusterEntry[C]]
         | None = None,
         timeout: float | None = None,
         concurrency: int | None = None,
@@ -759,7 +863,7 @@ class Cluster(Generic[C]):
         entries themselves. Each result's ``client`` is the :class:`ClusterClient`.
         """
         self._client_stub()
-        entries: list[ClusterClient[C]]
+        entries: Sequence[ClusterEntry[C]]
         if select is None:
             entries = list(self.clients)
         elif isinstance(select, str):
@@ -776,3 +880,10 @@ class Cluster(Generic[C]):
             timeout=timeout,
             concurrency=concurrency,
         )
+
+
+if TYPE_CHECKING:
+
+    def _is_cluster_hook(cluster: Cluster[C]) -> ClusterHook[C]:
+        """What ``Server(cluster=...)`` takes and ``server.cluster`` gives (checked by mypy)."""
+        return cluster
