@@ -792,6 +792,7 @@ class QuicSession(asyncio.DatagramProtocol):
 
     def _handshake_completed(self, event: Any) -> None:
         self.handshake_done = True
+        self.engine.handshake_completed(self.quic)
         self.alpn_protocol = event.alpn_protocol
         self.session_resumed = event.session_resumed
         wanted = self._alpn
