@@ -22,6 +22,7 @@ import enum
 import logging
 import os
 import random
+import weakref
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -133,31 +134,48 @@ class _DialOptions:
 
 
 class _ConnTarget:
-    """Where a ClientConn's calls of one call layer go: its current connection, or the next."""
+    """Where a ClientConn's calls of one call layer go: its current connection, or the next.
 
-    def __init__(self, conn: ClientConn, layer: str) -> None:
-        self._conn = conn
+    It belongs to its ClientConn and refers to it weakly, so that a closed
+    ClientConn nobody refers to any more is freed by reference counting (with
+    its last connection), not by a garbage collection. A ClientConn that is not
+    closed is kept alive by its connection (or its reconnecting task).
+    """
+
+    def __init__(self, conn: ClientConn, layer: str, target: str) -> None:
+        self._conn = weakref.ref(conn)
+        self._target = target
         self._layer = layer
 
     async def acquire(self) -> CallConnection:
-        link = await self._conn.usable_link()
+        conn = self._conn()
+        if conn is None:
+            raise GRPCError(Status.UNAVAILABLE, f"connection to {self._target} is closed")
+        link = await conn.usable_link()
         if link.layer.name != self._layer:
             raise GRPCError(
                 Status.UNAVAILABLE,
-                f"the connection to {self._conn.target} now uses the {link.layer.name!r} call "
+                f"the connection to {self._target} now uses the {link.layer.name!r} call "
                 f"layer, not {self._layer!r}; retry the call",
             )
         return link
 
     def loss_reason(self) -> str:
-        return self._conn.loss_reason()
+        conn = self._conn()
+        if conn is None:
+            return f"connection to {self._target} is closed"
+        return conn.loss_reason()
 
 
 class _LinkLayerCaller:
-    """One caller per call layer; each call goes through the current connection's."""
+    """One caller per call layer; each call goes through the current connection's.
+
+    Refers to its ClientConn weakly, as :class:`_ConnTarget` does (it is only
+    used through the ClientConn).
+    """
 
     def __init__(self, conn: ClientConn, callers: dict[str, Caller], preferred: str) -> None:
-        self._conn = conn
+        self._conn = weakref.ref(conn)
         self._callers = callers
         self._preferred = preferred
 
@@ -171,7 +189,8 @@ class _LinkLayerCaller:
         deadline: Deadline | None,
         metadata: MetadataLike | None,
     ) -> ClientStream[SendType, RecvType]:
-        layer = self._conn.call_layer or self._preferred
+        conn = self._conn()
+        layer = (conn.call_layer if conn is not None else "") or self._preferred
         return self._callers[layer].request(
             name, cardinality, request_type, reply_type, deadline=deadline, metadata=metadata
         )
@@ -209,7 +228,9 @@ class ClientConn(CallChannel):
                 self._layers[layer_name] = StreamsCallLayer(self._serving)
         callers = {
             layer_name: layer.caller(
-                _ConnTarget(self, layer_name), authority=options.target, dispatch=dispatch
+                _ConnTarget(self, layer_name, options.target),
+                authority=options.target,
+                dispatch=dispatch,
             )
             for layer_name, layer in self._layers.items()
         }

@@ -304,6 +304,8 @@ class Link:
         # The context refers to the link: without this they would be a cycle.
         # Tasks started in it have their own copies.
         self.context.run(current_call_connection.set, None)
+        # Likewise the go-away hook (a method of the ClientConn holding this link).
+        self._on_go_away = None
         log.info("%s: %s", self._describe, closed.describe())
         for waiter in self._pings.values():
             if not waiter.done():
