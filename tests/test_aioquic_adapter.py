@@ -7,6 +7,7 @@ import gc
 import weakref
 from typing import Any
 
+import pytest
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, StreamDataReceived
 from quicpair import QuicPair
 
@@ -314,3 +315,24 @@ def test_a_session_ticket_arrives_after_the_buffers_are_released(certs: Any) -> 
     _aioquic.release_handshake_state(client)
     p.pump()
     assert received and len(client._crypto_buffers) == 0
+
+
+def test_a_client_offers_one_key_share_and_still_connects(certs: Any) -> None:
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.connection import QuicConnection
+
+    p = pair(certs)  # a plain pair: its server is aioquic's own
+    client_cfg = QuicConfiguration(is_client=True, alpn_protocols=["brpc/1"])
+    client_cfg.server_name = "localhost"
+    client_cfg.load_verify_locations(cafile=str(certs.ca))
+    client = QuicConnection(configuration=client_cfg)
+    _aioquic.offer_one_key_share(client)
+    p.client, p.server, p.client_events = client, None, []
+    client.connect(("2.3.4.5", 4433), now=p.now)
+    assert len(client.tls._ec_private_keys) == 1  # P-256 only: no P-384, X25519, X448
+    assert client.tls._x25519_private_key is None and client.tls._x448_private_key is None
+    p.pump()
+    assert any(isinstance(e, HandshakeCompleted) for e in p.client_events)
+    assert p.server is not None
+    with pytest.raises(ValueError):
+        _aioquic.offer_one_key_share(p.server)

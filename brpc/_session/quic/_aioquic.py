@@ -41,6 +41,7 @@ __all__ = [
     "derive_reset_tokens",
     "enable_consumption_credit",
     "is_stream_known",
+    "offer_one_key_share",
     "peer_certificate",
     "peer_certificate_chain",
     "peer_reset_tokens",
@@ -137,6 +138,35 @@ def request_client_certificate(quic: QuicConnection) -> None:
     def _initialize(peer_cid: bytes) -> None:
         initialize(peer_cid)
         quic.tls._request_client_certificate = True
+
+    quic._initialize = _initialize  # type: ignore[method-assign]
+
+
+#: The key exchange group a client offers (RFC 8446 section 9.1: every TLS 1.3
+#: implementation supports it).
+CLIENT_KEY_SHARE_GROUP = tls.Group.SECP256R1
+
+
+def offer_one_key_share(quic: QuicConnection) -> None:
+    """Make a client connection offer one key share, P-256, instead of four.
+
+    aioquic's client generates a key pair for every group it supports (P-256,
+    P-384, X25519, X448: about half a millisecond, on the way to the first
+    call) and offers them all in that order; a server takes the first it
+    supports. aioquic and qh3 servers both support P-256, so they take P-256
+    either way: the connection's key exchange is the same, only the three key
+    pairs nobody used are no longer made. The list is private
+    (``tls.Context._supported_groups``) and the context is made in the private
+    ``_initialize``, wrapped here on this connection as
+    :func:`request_client_certificate` does. Call right after making it.
+    """
+    if not quic.configuration.is_client:
+        raise ValueError("only a client connection offers key shares")
+    initialize = quic._initialize
+
+    def _initialize(peer_cid: bytes) -> None:
+        initialize(peer_cid)
+        quic.tls._supported_groups = [CLIENT_KEY_SHARE_GROUP]
 
     quic._initialize = _initialize  # type: ignore[method-assign]
 

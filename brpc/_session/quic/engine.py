@@ -205,6 +205,7 @@ class AioquicEngine(Engine):
         quic = QuicConnection(
             configuration=configuration, session_ticket_handler=session_ticket_handler
         )
+        _aioquic.offer_one_key_share(quic)
         _aioquic_exporter.install_exporter(quic)
         _aioquic.set_peer_bidi_stream_limit(quic, peer_stream_limit)
         _aioquic.enable_consumption_credit(quic)
