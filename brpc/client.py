@@ -170,13 +170,26 @@ class _ConnTarget:
 class _LinkLayerCaller:
     """One caller per call layer; each call goes through the current connection's.
 
-    Refers to its ClientConn weakly, as :class:`_ConnTarget` does (it is only
-    used through the ClientConn).
+    A layer's caller is made on its first call (the layer not negotiated makes
+    none: a lanes caller is a pool of grpclib channels). Refers to its
+    ClientConn weakly, as :class:`_ConnTarget` does (it is only used through
+    the ClientConn).
     """
 
-    def __init__(self, conn: ClientConn, callers: dict[str, Caller], preferred: str) -> None:
+    def __init__(
+        self,
+        conn: ClientConn,
+        layers: Mapping[str, CallLayer],
+        *,
+        target: str,
+        dispatch: EventDispatch,
+        preferred: str,
+    ) -> None:
         self._conn = weakref.ref(conn)
-        self._callers = callers
+        self._layers = layers
+        self._target = target
+        self._dispatch = dispatch
+        self._callers: dict[str, Caller] = {}
         self._preferred = preferred
 
     def request(
@@ -191,7 +204,16 @@ class _LinkLayerCaller:
     ) -> ClientStream[SendType, RecvType]:
         conn = self._conn()
         layer = (conn.call_layer if conn is not None else "") or self._preferred
-        return self._callers[layer].request(
+        caller = self._callers.get(layer)
+        if caller is None:
+            if conn is None:
+                raise GRPCError(Status.UNAVAILABLE, f"connection to {self._target} is closed")
+            caller = self._callers[layer] = self._layers[layer].caller(
+                _ConnTarget(conn, layer, self._target),
+                authority=self._target,
+                dispatch=self._dispatch,
+            )
+        return caller.request(
             name, cardinality, request_type, reply_type, deadline=deadline, metadata=metadata
         )
 
@@ -226,18 +248,16 @@ class ClientConn(CallChannel):
                 )
             else:
                 self._layers[layer_name] = StreamsCallLayer(self._serving)
-        callers = {
-            layer_name: layer.caller(
-                _ConnTarget(self, layer_name, options.target),
-                authority=options.target,
-                dispatch=dispatch,
-            )
-            for layer_name, layer in self._layers.items()
-        }
         super().__init__(
             options.target,
             dispatch=dispatch,
-            caller=_LinkLayerCaller(self, callers, options.options.call_layers[0]),
+            caller=_LinkLayerCaller(
+                self,
+                self._layers,
+                target=options.target,
+                dispatch=dispatch,
+                preferred=options.options.call_layers[0],
+            ),
         )
         self._options = options
         self._conn_state = ConnState.CONNECTING
