@@ -417,6 +417,8 @@ def slim_frame_handlers(quic: QuicConnection) -> None:
     made in ``__init__``) by one that binds handlers as frame types arrive, with a
     PADDING handler that does not loop over each byte. Call right after making it."""
     table: dict[int, _FrameHandler] = quic._QuicConnection__frame_handlers  # type: ignore[attr-defined]
+    if isinstance(table, _FrameHandlers):
+        return  # already
     if not _FRAME_TABLE:
         for frame_type, (handler, epochs) in table.items():
             _FRAME_TABLE[frame_type] = (handler.__name__, epochs)
