@@ -22,6 +22,7 @@ import enum
 import logging
 import os
 import random
+import weakref
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -133,32 +134,62 @@ class _DialOptions:
 
 
 class _ConnTarget:
-    """Where a ClientConn's calls of one call layer go: its current connection, or the next."""
+    """Where a ClientConn's calls of one call layer go: its current connection, or the next.
 
-    def __init__(self, conn: ClientConn, layer: str) -> None:
-        self._conn = conn
+    It belongs to its ClientConn and refers to it weakly, so that a closed
+    ClientConn nobody refers to any more is freed by reference counting (with
+    its last connection), not by a garbage collection. A ClientConn that is not
+    closed is kept alive by its connection (or its reconnecting task).
+    """
+
+    def __init__(self, conn: ClientConn, layer: str, target: str) -> None:
+        self._conn = weakref.ref(conn)
+        self._target = target
         self._layer = layer
 
     async def acquire(self) -> CallConnection:
-        link = await self._conn.usable_link()
+        conn = self._conn()
+        if conn is None:
+            raise GRPCError(Status.UNAVAILABLE, f"connection to {self._target} is closed")
+        link = await conn.usable_link()
         if link.layer.name != self._layer:
             raise GRPCError(
                 Status.UNAVAILABLE,
-                f"the connection to {self._conn.target} now uses the {link.layer.name!r} call "
+                f"the connection to {self._target} now uses the {link.layer.name!r} call "
                 f"layer, not {self._layer!r}; retry the call",
             )
         return link
 
     def loss_reason(self) -> str:
-        return self._conn.loss_reason()
+        conn = self._conn()
+        if conn is None:
+            return f"connection to {self._target} is closed"
+        return conn.loss_reason()
 
 
 class _LinkLayerCaller:
-    """One caller per call layer; each call goes through the current connection's."""
+    """One caller per call layer; each call goes through the current connection's.
 
-    def __init__(self, conn: ClientConn, callers: dict[str, Caller], preferred: str) -> None:
-        self._conn = conn
-        self._callers = callers
+    A layer's caller is made on its first call (the layer not negotiated makes
+    none: a lanes caller is a pool of grpclib channels). Refers to its
+    ClientConn weakly, as :class:`_ConnTarget` does (it is only used through
+    the ClientConn).
+    """
+
+    def __init__(
+        self,
+        conn: ClientConn,
+        layers: Mapping[str, CallLayer],
+        *,
+        target: str,
+        dispatch: EventDispatch,
+        preferred: str,
+    ) -> None:
+        self._conn = weakref.ref(conn)
+        self._layers = layers
+        self._target = target
+        self._dispatch = dispatch
+        self._callers: dict[str, Caller] = {}
         self._preferred = preferred
 
     def request(
@@ -171,8 +202,18 @@ class _LinkLayerCaller:
         deadline: Deadline | None,
         metadata: MetadataLike | None,
     ) -> ClientStream[SendType, RecvType]:
-        layer = self._conn.call_layer or self._preferred
-        return self._callers[layer].request(
+        conn = self._conn()
+        layer = (conn.call_layer if conn is not None else "") or self._preferred
+        caller = self._callers.get(layer)
+        if caller is None:
+            if conn is None:
+                raise GRPCError(Status.UNAVAILABLE, f"connection to {self._target} is closed")
+            caller = self._callers[layer] = self._layers[layer].caller(
+                _ConnTarget(conn, layer, self._target),
+                authority=self._target,
+                dispatch=self._dispatch,
+            )
+        return caller.request(
             name, cardinality, request_type, reply_type, deadline=deadline, metadata=metadata
         )
 
@@ -207,16 +248,16 @@ class ClientConn(CallChannel):
                 )
             else:
                 self._layers[layer_name] = StreamsCallLayer(self._serving)
-        callers = {
-            layer_name: layer.caller(
-                _ConnTarget(self, layer_name), authority=options.target, dispatch=dispatch
-            )
-            for layer_name, layer in self._layers.items()
-        }
         super().__init__(
             options.target,
             dispatch=dispatch,
-            caller=_LinkLayerCaller(self, callers, options.options.call_layers[0]),
+            caller=_LinkLayerCaller(
+                self,
+                self._layers,
+                target=options.target,
+                dispatch=dispatch,
+                preferred=options.options.call_layers[0],
+            ),
         )
         self._options = options
         self._conn_state = ConnState.CONNECTING

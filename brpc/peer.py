@@ -19,11 +19,11 @@ from grpclib.exceptions import GRPCError
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
+from ._calls._grpclib import EventDispatch
 from ._calls.channel import CallChannel
 from .errors import CloseCode
 
 if TYPE_CHECKING:
-    from ._calls._grpclib import EventDispatch
     from ._calls.base import CallConnection, CallLayer
     from ._core.link import Link
     from .auth import Identity
@@ -85,19 +85,42 @@ class ClientInfo(Generic[C]):
         *,
         server: object,
         layer: CallLayer,
-        dispatch: EventDispatch,
+        dispatch: EventDispatch | None = None,
         client_stub: Callable[[Channel], C] | None,
     ) -> None:
+        """``dispatch``: where grpclib events of calls to this client go (a new
+        ``EventDispatch`` of its own, made with the channel, when None)."""
         self._link = link
         #: The server this client is connected to.
         self.server = server
+        self._layer = layer
+        self._dispatch = dispatch
         self._client_stub = client_stub
+        self._channel: Channel | None = None
+        self._stub: C | None = None
+
+    @property
+    def channel(self) -> Channel:
+        """A grpclib ``Channel`` to this client: ``SomeStub(info.channel)``.
+
+        Made when first asked for: most clients of a server are never called
+        through their own channel, and an idle connection should cost little.
+        """
+        channel = self._channel
+        if channel is None:
+            channel = self._channel = self._make_channel()
+        return channel
+
+    def _make_channel(self) -> Channel:
+        link = self._link
         authority = link.peer.name or link.connection_id
-        #: A grpclib ``Channel`` to this client: ``SomeStub(info.channel)``.
-        self.channel: Channel = CallChannel(
+        dispatch = self._dispatch
+        if dispatch is None:
+            dispatch = EventDispatch()
+        channel = CallChannel(
             authority,
             dispatch=dispatch,
-            caller=layer.caller(_LinkTarget(link), authority=authority, dispatch=dispatch),
+            caller=self._layer.caller(_LinkTarget(link), authority=authority, dispatch=dispatch),
             # A function of the hello's facts, not a bound method: the channel
             # belongs to this object, which must not be a reference cycle.
             check=functools.partial(
@@ -106,8 +129,9 @@ class ClientInfo(Generic[C]):
                 repr(link.peer.name) if link.peer.name else link.connection_id,
             ),
         )
-        self._stub: C | None = None
-        link.add_close_callback(lambda _: self.channel.close())
+        # Calls in flight fail when the connection ends (at once if it has).
+        link.add_close_callback(lambda _: channel.close())
+        return channel
 
     @property
     def connection_id(self) -> str:

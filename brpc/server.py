@@ -755,7 +755,6 @@ class Server(Generic[C]):
             link,
             server=self,
             layer=link.layer,
-            dispatch=EventDispatch(),  # events of calls to this client: listen(info.channel, ...)
             client_stub=self.client_stub,
         )
 

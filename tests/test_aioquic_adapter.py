@@ -7,6 +7,7 @@ import gc
 import weakref
 from typing import Any
 
+import pytest
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, StreamDataReceived
 from quicpair import QuicPair
 
@@ -198,3 +199,140 @@ def test_address_validated_after_the_handshake(certs: Any) -> None:
     p = pair(certs)
     assert p.server is not None
     assert _aioquic.address_validated(p.server)
+
+
+def _slim_pair(certs: Any) -> QuicPair:
+    """A pair whose server binds frame handlers lazily, as brpc makes it."""
+    return QuicPair(
+        certs.ca, certs.server_cert, certs.server_key, server_hook=_aioquic.slim_frame_handlers
+    )
+
+
+def test_frame_handlers_are_bound_as_frame_types_arrive(certs: Any) -> None:
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.connection import QuicConnection
+
+    quic = QuicConnection(configuration=QuicConfiguration(is_client=True))
+    everything = dict(quic._QuicConnection__frame_handlers)  # type: ignore[attr-defined]
+    _aioquic.slim_frame_handlers(quic)
+    handlers = quic._QuicConnection__frame_handlers  # type: ignore[attr-defined]
+    assert len(handlers) == 0
+    for frame_type, (handler, epochs) in everything.items():
+        bound, allowed = handlers[frame_type]
+        assert allowed == epochs
+        if frame_type != 0x00:  # PADDING has brpc's own handler
+            assert bound == handler
+    try:
+        handlers[0x7FFF]
+    except KeyError:
+        pass  # aioquic turns this into FRAME_ENCODING_ERROR ("Unknown frame type")
+    else:
+        raise AssertionError("an unknown frame type must raise KeyError")
+
+
+def test_slim_connections_handshake_and_carry_data(certs: Any) -> None:
+    p = _slim_pair(certs)
+    assert p.server is not None
+    sid = p.client.get_next_available_stream_id()
+    p.client.send_stream_data(sid, b"x" * 50_000, end_stream=True)
+    p.pump(rounds=200)
+    assert _received(p.server_events, sid) == 50_000
+    handlers = p.server._QuicConnection__frame_handlers  # type: ignore[attr-defined]
+    assert 0x00 in handlers  # the client's Initial is padded
+    assert len(handlers) < 16  # only the frame types that arrived
+
+
+def test_padding_is_skipped_up_to_the_next_frame(certs: Any) -> None:
+    from aioquic.buffer import Buffer
+    from aioquic.quic.connection import QuicReceiveContext
+
+    p = _slim_pair(certs)
+    assert p.server is not None
+    handler, _ = p.server._QuicConnection__frame_handlers[0x00]  # type: ignore[attr-defined]
+    context = QuicReceiveContext(
+        epoch=None,  # type: ignore[arg-type]
+        host_cid=b"",
+        network_path=None,  # type: ignore[arg-type]
+        quic_logger_frames=None,
+        time=0.0,
+        version=None,
+    )
+    for data, expected in [
+        (b"\x00" * 16_000, 16_000),
+        (b"\x00" * 100 + b"\x01\x00", 100),
+        (b"\x02", 0),
+        (b"", 0),
+    ]:
+        buf = Buffer(data=data)
+        handler(context, 0x00, buf)
+        assert buf.tell() == expected
+
+
+def test_handshake_buffers_are_released_and_the_connection_goes_on(certs: Any) -> None:
+    p = QuicPair(certs.ca, certs.server_cert, certs.server_key)
+    assert p.server is not None
+    for quic in (p.client, p.server):
+        assert len(quic._crypto_buffers) == 3  # aioquic's three 16 KiB buffers
+        _aioquic.release_handshake_state(quic)
+        assert len(quic._crypto_buffers) == 0
+        assert quic.tls._ec_private_keys == []
+    sid = p.client.get_next_available_stream_id()
+    p.client.send_stream_data(sid, b"ping", end_stream=True)
+    p.pump()
+    p.server.send_stream_data(sid, b"pong", end_stream=True)
+    p.pump()
+    assert _received(p.client_events, sid) == 4
+
+
+def test_a_session_ticket_arrives_after_the_buffers_are_released(certs: Any) -> None:
+    """A client handles the server's NewSessionTicket after its handshake; TLS
+    writes nothing then, so the released buffers are never asked for."""
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.connection import QuicConnection
+    from aioquic.tls import SessionTicket
+
+    store: dict[bytes, SessionTicket] = {}
+    received: list[SessionTicket] = []
+
+    def server_hook(quic: QuicConnection) -> None:
+        quic._session_ticket_handler = lambda t: store.__setitem__(t.ticket, t)
+        quic._session_ticket_fetcher = store.pop
+
+    client_cfg = QuicConfiguration(is_client=True, alpn_protocols=["brpc/1"])
+    client_cfg.server_name = "localhost"
+    client_cfg.load_verify_locations(cafile=str(certs.ca))
+    p = QuicPair(certs.ca, certs.server_cert, certs.server_key, server_hook=server_hook)
+    # A client of its own, with a ticket handler, released as soon as its handshake completes.
+    client = QuicConnection(configuration=client_cfg, session_ticket_handler=received.append)
+    p.client = client
+    p.server = None
+    p.client_events = []
+    client.connect(("2.3.4.5", 4433), now=p.now)
+    for _ in range(50):
+        p.pump(rounds=1)
+        if any(isinstance(e, HandshakeCompleted) for e in p.client_events):
+            break
+    _aioquic.release_handshake_state(client)
+    p.pump()
+    assert received and len(client._crypto_buffers) == 0
+
+
+def test_a_client_offers_one_key_share_and_still_connects(certs: Any) -> None:
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.connection import QuicConnection
+
+    p = pair(certs)  # a plain pair: its server is aioquic's own
+    client_cfg = QuicConfiguration(is_client=True, alpn_protocols=["brpc/1"])
+    client_cfg.server_name = "localhost"
+    client_cfg.load_verify_locations(cafile=str(certs.ca))
+    client = QuicConnection(configuration=client_cfg)
+    _aioquic.offer_one_key_share(client)
+    p.client, p.server, p.client_events = client, None, []
+    client.connect(("2.3.4.5", 4433), now=p.now)
+    assert len(client.tls._ec_private_keys) == 1  # P-256 only: no P-384, X25519, X448
+    assert client.tls._x25519_private_key is None and client.tls._x448_private_key is None
+    p.pump()
+    assert any(isinstance(e, HandshakeCompleted) for e in p.client_events)
+    assert p.server is not None
+    with pytest.raises(ValueError):
+        _aioquic.offer_one_key_share(p.server)

@@ -68,3 +68,15 @@ async def test_reconnect_follows_the_new_servers_layer(make_server: Any, connect
     assert conn.call_layer == "lanes"
     assert (await EchoStub(conn).Unary(EchoRequest(text="again"))).text == "again"
     assert second.clients_snapshot()
+
+
+async def test_the_layer_not_negotiated_makes_nothing(make_server: Any, connect: Any) -> None:
+    """A client offers lanes after streams; on a streams connection it makes no
+    lane pool and no HTTP/2 server for it (an idle connection should cost little)."""
+    server = await make_server([Probe()], client_stub=EchoStub, call_layer="streams")
+    conn = await connect(server, services=[Probe()], call_layer=("streams", "lanes"))
+    assert (await EchoStub(conn).Unary(EchoRequest(text="up"))).text == "up"
+    (info,) = server.clients_snapshot()
+    assert (await info.stub.Unary(EchoRequest(text="down"))).text == "down"
+    assert set(conn._caller._callers) == {"streams"}
+    assert conn._layers["lanes"]._server is None

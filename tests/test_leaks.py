@@ -85,3 +85,32 @@ async def _closed_connection_is_freed(server: Any, conn: Any) -> None:
     await conn.close()
     # The QUIC connection ends after its closing period (three probe timeouts).
     await wait_for(lambda: all(ref() is None for ref in refs), timeout=20)
+
+
+async def test_a_closed_client_connection_is_freed_by_reference_counting(
+    make_server: Any, certs: Any
+) -> None:
+    """The dialing side likewise: a closed ClientConn nobody refers to goes, with
+    its link, QUIC session and connection, without a garbage collection."""
+    options = {"call_layer": "streams", "engine": "aioquic"}
+    server = await make_server([Probe()], client_stub=EchoStub, **options)
+    conn = await brpc.dial(
+        server.address, ca=certs.ca, services=[Probe()], reconnect=False, **options
+    )
+    gc.collect()
+    gc.disable()
+    try:
+        await EchoStub(conn).Unary(EchoRequest(text="up"))
+        (info,) = server.clients_snapshot()
+        await info.stub.Unary(EchoRequest(text="down"))
+        del info
+        link = conn._link
+        assert link is not None
+        refs = [weakref.ref(x) for x in (conn, link, link.session, link.session.quic)]
+        del link
+        await conn.close()
+        del conn
+        # The QUIC connection ends after its closing period (three probe timeouts).
+        await wait_for(lambda: all(ref() is None for ref in refs), timeout=20)
+    finally:
+        gc.enable()

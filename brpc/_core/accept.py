@@ -241,6 +241,14 @@ class Acceptor:
     # -- the hello -------------------------------------------------------------------
 
     async def _accept(self, message: pb.ClientHello) -> None:
+        try:
+            await self._answer(message)
+        finally:
+            # Done with: a finished task (its name, context and result) need not
+            # stay with every connection.
+            self._accepting = None
+
+    async def _answer(self, message: pb.ClientHello) -> None:
         session, control = self._session, self._control
         assert session is not None and control is not None
         try:

@@ -145,7 +145,7 @@ class _Attempt:
     def __init__(self, settings: HelloSettings, make_link: MakeLink) -> None:
         loop = asyncio.get_running_loop()
         self._settings = settings
-        self._make_link = make_link
+        self._make_link: MakeLink | None = make_link
         self.phase = ConnectPhase.HANDSHAKE
         self.reply: asyncio.Future[pb.Envelope] = loop.create_future()
         self.session: Session | None = None
@@ -176,7 +176,11 @@ class _Attempt:
         if not self.reply.done():
             self.reply.set_exception(ConnectionError(closed.describe()))
             self.reply.exception()  # whoever awaits it still gets it; no "never retrieved"
-        link = self.link
+        # The session refers to this handler and the link to the session: without
+        # letting go of the link (and of make_link, a method of its owner) they
+        # would be a cycle. Phase READY says whether a link was made.
+        link, self.link = self.link, None
+        self._make_link = None
         self.session = None
         if link is not None:
             link.session_closed(closed)
@@ -197,10 +201,10 @@ class _Attempt:
         if envelope.WhichOneof("message") == "server_hello" and envelope.server_hello.connection_id:
             # Make the link at once, in this callback: streams the server opens
             # right after its hello must find it.
-            session, control = self.session, self.control
-            assert session is not None and control is not None
+            session, control, make_link = self.session, self.control, self._make_link
+            assert session is not None and control is not None and make_link is not None
             try:
-                self.link = link = self._make_link(session, control, envelope.server_hello)
+                self.link = link = make_link(session, control, envelope.server_hello)
             except ProtocolViolation as exc:
                 self.reply.set_exception(exc)
                 return
@@ -268,13 +272,14 @@ async def _hello(session: Session, attempt: _Attempt, settings: HelloSettings) -
     kind = reply.WhichOneof("message")
     if kind == "refusal":
         raise _refused(Refusal.from_message(reply.refusal), target)
-    link = attempt.link
-    if link is None:
+    if attempt.phase is not ConnectPhase.READY:  # no link was made
         reason = f"expected a ServerHello, got {kind or 'an empty message'}"
         session.close(CloseCode.PROTOCOL_VIOLATION, reason)
         raise ConnectError(f"server {target} broke the protocol: {reason}")
-    if attempt.closed is not None:
+    link = attempt.link
+    if attempt.closed is not None or link is None:
         # Accepted, then closed at once (a connect callback closed us, say).
+        assert attempt.closed is not None
         raise _closed_during_hello(attempt.closed, target)
     return link
 

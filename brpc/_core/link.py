@@ -100,9 +100,10 @@ class Link:
         #: The peer said it is going away: new outgoing calls should use another link.
         self.peer_going_away = False
         self.closed: SessionClosed | None = None
-        self.closed_event = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # Made when first waited for (see closed_event, wait_idle): an asyncio.Event
+        # costs about 400 bytes, and most links are never waited on.
+        self._closed_event: asyncio.Event | None = None
+        self._idle_waiters: list[asyncio.Future[None]] | None = None
         self._close_callbacks: list[Callable[[Link], None]] = []
         #: Tasks handling the peer's calls right now (cancelled if the link ends first).
         self._handling: set[asyncio.Task[Any]] = set()
@@ -174,7 +175,6 @@ class Link:
 
     def outgoing_started(self) -> None:
         self.calls_out += 1
-        self._idle.clear()
 
     def outgoing_finished(self) -> None:
         self.calls_out -= 1
@@ -200,7 +200,6 @@ class Link:
                 "(max_concurrent_calls)",
             )
         self.calls_in += 1
-        self._idle.clear()
         task = asyncio.current_task()
         if task is not None:
             self._handling.add(task)
@@ -215,8 +214,12 @@ class Link:
             self._release_handle()
 
     def _check_idle(self) -> None:
-        if self.calls_in == 0 and self.calls_out == 0:
-            self._idle.set()
+        waiters = self._idle_waiters
+        if waiters and self.calls_in == 0 and self.calls_out == 0:
+            self._idle_waiters = None
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     # -- streams the peer opens -----------------------------------------------------
 
@@ -238,6 +241,16 @@ class Link:
         """Whether calls are in flight either way."""
         return self.calls_in > 0 or self.calls_out > 0
 
+    @property
+    def closed_event(self) -> asyncio.Event:
+        """Set once the link has ended."""
+        event = self._closed_event
+        if event is None:
+            event = self._closed_event = asyncio.Event()
+            if self.closed is not None:
+                event.set()
+        return event
+
     def add_close_callback(self, callback: Callable[[Link], None]) -> None:
         """Run ``callback(link)`` once when the link ends (now, if it has)."""
         if self.closed is not None:
@@ -250,7 +263,18 @@ class Link:
 
     async def wait_idle(self) -> None:
         """Wait until no call is in flight either way."""
-        await self._idle.wait()
+        if not self.busy:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if self._idle_waiters is None:
+            self._idle_waiters = []
+        waiters = self._idle_waiters
+        waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in waiters:
+                waiters.remove(waiter)
 
     def begin_drain(self, reason: str, grace: float) -> None:
         """Take no new calls either way and tell the peer we are going away."""
@@ -280,6 +304,8 @@ class Link:
         # The context refers to the link: without this they would be a cycle.
         # Tasks started in it have their own copies.
         self.context.run(current_call_connection.set, None)
+        # Likewise the go-away hook (a method of the ClientConn holding this link).
+        self._on_go_away = None
         log.info("%s: %s", self._describe, closed.describe())
         for waiter in self._pings.values():
             if not waiter.done():
@@ -289,7 +315,8 @@ class Link:
         handling, self._handling = self._handling, set()
         for task in handling:
             task.cancel()
-        self.closed_event.set()
+        if self._closed_event is not None:
+            self._closed_event.set()
         callbacks, self._close_callbacks = self._close_callbacks, []
         for callback in callbacks:
             try:

@@ -29,12 +29,9 @@ class LanesCallLayer:
         self._serving = serving
         self._lanes = lanes
         self._max_concurrent_calls = max_concurrent_calls
-        self._server: Server = serving_server(
-            serving.resolve,
-            codec=serving.codec,
-            status_details_codec=serving.status_details_codec,
-            dispatch=serving.dispatch,
-        )
+        # Made for the first lane a peer opens: a client offers this layer
+        # along with streams, and most connections never use it.
+        self._server: Server | None = None
 
     def caller(self, target: CallTarget, *, authority: str, dispatch: EventDispatch) -> Caller:
         serving = self._serving
@@ -52,8 +49,17 @@ class LanesCallLayer:
         # HTTP/2 allows twice the call limit, so that calls over the limit are
         # not queued by the sender but reach admission and fail fast with a
         # clear RESOURCE_EXHAUSTED; the stream limit only stops floods.
+        server = self._server
+        if server is None:
+            serving = self._serving
+            server = self._server = serving_server(
+                serving.resolve,
+                codec=serving.codec,
+                status_details_codec=serving.status_details_codec,
+                dispatch=serving.dispatch,
+            )
         return server_lane_protocol(
-            self._server,
+            server,
             max_message_size=connection.max_message_size,
             max_concurrent_streams=2 * self._max_concurrent_calls,
         )

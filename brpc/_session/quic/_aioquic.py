@@ -9,13 +9,18 @@ that moves them fails loudly there rather than subtly elsewhere.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
+from aioquic import tls
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.connection import (
+    CRYPTO_BUFFER_SIZE,
     MAX_STREAM_DATA_FRAME_CAPACITY,
     QuicConnection,
     QuicConnectionState,
+    QuicReceiveContext,
 )
 from aioquic.quic.events import ConnectionTerminated
 from aioquic.quic.packet import QuicFrameType
@@ -36,13 +41,16 @@ __all__ = [
     "derive_reset_tokens",
     "enable_consumption_credit",
     "is_stream_known",
+    "offer_one_key_share",
     "peer_certificate",
     "peer_certificate_chain",
     "peer_reset_tokens",
+    "release_handshake_state",
     "request_client_certificate",
     "send_buffer_size",
     "set_peer_bidi_stream_limit",
     "set_stream_credit_paused",
+    "slim_frame_handlers",
 ]
 
 
@@ -130,6 +138,35 @@ def request_client_certificate(quic: QuicConnection) -> None:
     def _initialize(peer_cid: bytes) -> None:
         initialize(peer_cid)
         quic.tls._request_client_certificate = True
+
+    quic._initialize = _initialize  # type: ignore[method-assign]
+
+
+#: The key exchange group a client offers (RFC 8446 section 9.1: every TLS 1.3
+#: implementation supports it).
+CLIENT_KEY_SHARE_GROUP = tls.Group.SECP256R1
+
+
+def offer_one_key_share(quic: QuicConnection) -> None:
+    """Make a client connection offer one key share, P-256, instead of four.
+
+    aioquic's client generates a key pair for every group it supports (P-256,
+    P-384, X25519, X448: about half a millisecond, on the way to the first
+    call) and offers them all in that order; a server takes the first it
+    supports. aioquic and qh3 servers both support P-256, so they take P-256
+    either way: the connection's key exchange is the same, only the three key
+    pairs nobody used are no longer made. The list is private
+    (``tls.Context._supported_groups``) and the context is made in the private
+    ``_initialize``, wrapped here on this connection as
+    :func:`request_client_certificate` does. Call right after making it.
+    """
+    if not quic.configuration.is_client:
+        raise ValueError("only a client connection offers key shares")
+    initialize = quic._initialize
+
+    def _initialize(peer_cid: bytes) -> None:
+        initialize(peer_cid)
+        quic.tls._supported_groups = [CLIENT_KEY_SHARE_GROUP]
 
     quic._initialize = _initialize  # type: ignore[method-assign]
 
@@ -325,3 +362,104 @@ def derive_reset_tokens(quic: QuicConnection, token_for: Callable[[bytes], bytes
                 connection_id.stateless_reset_token = token_for(connection_id.cid)
 
     quic._replenish_connection_ids = _replenish_connection_ids  # type: ignore[method-assign]
+
+
+# -- what an idle connection keeps ------------------------------------------------------
+
+_FrameHandler = tuple[Callable[[QuicReceiveContext, int, Buffer], None], frozenset[tls.Epoch]]
+#: aioquic's frame handler table, by method name: frame type -> (name, epochs).
+_FRAME_TABLE: dict[int, tuple[str, frozenset[tls.Epoch]]] = {}
+
+
+def _skip_padding(
+    quic: QuicConnection, context: QuicReceiveContext, frame_type: int, buf: Buffer
+) -> None:
+    """aioquic's ``_handle_padding_frame``, without its loop over every byte: PADDING
+    runs to the first non-zero byte. A path MTU probe carries up to 16 KiB of it,
+    which aioquic's loop takes about a millisecond to walk."""
+    start = buf.tell()
+    rest = buf.data_slice(start, buf.capacity)
+    buf.seek(start + len(rest) - len(rest.lstrip(b"\x00")))
+    logger = quic._quic_logger
+    frames = context.quic_logger_frames
+    if logger is not None and frames is not None:
+        frames.append(logger.encode_padding_frame())
+
+
+class _FrameHandlers(dict[int, _FrameHandler]):
+    """One connection's frame handlers, bound when a frame type first arrives.
+
+    aioquic builds a table of all 33 handlers per connection (a bound method and
+    a new frozenset of epochs each, about 11 KiB); an idle connection has seen a
+    handful of frame types. Unknown types raise KeyError, as aioquic expects.
+    """
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: QuicConnection) -> None:
+        super().__init__()
+        self._connection = connection
+
+    def __missing__(self, frame_type: int) -> _FrameHandler:
+        name, epochs = _FRAME_TABLE[frame_type]
+        connection = self._connection
+        handler: Any
+        if frame_type == QuicFrameType.PADDING:
+            handler = types.MethodType(_skip_padding, connection)
+        else:
+            handler = getattr(connection, name)
+        entry = self[frame_type] = (handler, epochs)
+        return entry
+
+
+def slim_frame_handlers(quic: QuicConnection) -> None:
+    """Replace ``quic``'s frame handler table (private ``_QuicConnection__frame_handlers``,
+    made in ``__init__``) by one that binds handlers as frame types arrive, with a
+    PADDING handler that does not loop over each byte. Call right after making it."""
+    table: dict[int, _FrameHandler] = quic._QuicConnection__frame_handlers  # type: ignore[attr-defined]
+    if isinstance(table, _FrameHandlers):
+        return  # already
+    if not _FRAME_TABLE:
+        for frame_type, (handler, epochs) in table.items():
+            _FRAME_TABLE[frame_type] = (handler.__name__, epochs)
+    quic._QuicConnection__frame_handlers = _FrameHandlers(quic)  # type: ignore[attr-defined]
+
+
+class _HandshakeOutput(dict[tls.Epoch, Buffer]):
+    """Where TLS writes handshake messages once the handshake is over: a buffer is
+    made only if it writes one (aioquic's TLS writes none after the handshake)."""
+
+    __slots__ = ()
+
+    def __missing__(self, epoch: tls.Epoch) -> Buffer:
+        buffer = self[epoch] = Buffer(capacity=CRYPTO_BUFFER_SIZE)
+        return buffer
+
+
+def release_handshake_state(quic: QuicConnection) -> None:
+    """Drop what only the handshake needed, once ``HandshakeCompleted`` was reported.
+
+    aioquic keeps three 16 KiB buffers for outgoing TLS messages
+    (``_crypto_buffers``, one per epoch; empty between messages, their contents
+    moved to the crypto streams at once) for the whole connection: half of an
+    idle connection's memory. They are replaced by an empty :class:`_HandshakeOutput`.
+    The TLS context's ephemeral key-exchange private keys (``_ec_private_keys``,
+    ``_x25519_private_key``, ``_x448_private_key``), used only to derive the
+    handshake secret, go too. Without a QUIC logger, the crypto contexts' key
+    setup and teardown callbacks (``_setup_cb``, ``_teardown_cb``: partials of
+    methods that only log) become one shared no-op: twelve partials less, and
+    reference cycles less.
+    """
+    buffers = quic._crypto_buffers
+    if type(buffers) is dict and not any(buffer.tell() for buffer in buffers.values()):
+        quic._crypto_buffers = _HandshakeOutput()
+    if quic._quic_logger is None:
+        for crypto_pair in quic._cryptos.values():
+            for crypto in (crypto_pair.recv, crypto_pair.send):
+                crypto._setup_cb = _no_traffic_key_update
+                crypto._teardown_cb = _no_traffic_key_update
+    context = getattr(quic, "tls", None)
+    if context is not None:
+        context._ec_private_keys = []
+        context._x25519_private_key = None
+        context._x448_private_key = None

@@ -75,6 +75,17 @@ def _loopback_datagram_size(sock: socket.socket, address: Any, size: int, ceilin
     return max(size, min(ceiling, max_datagram_for_mtu(mtu, ipv6=sock.family == socket.AF_INET6)))
 
 
+async def _resolve(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[Any]:
+    """``getaddrinfo`` for a UDP socket to ``host:port``. An IP address needs no
+    lookup: it is parsed here (AI_NUMERICHOST never blocks) instead of in the
+    loop's resolver thread, which costs a thread hand-off on every dial."""
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    return socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST)
+
+
 async def dial_quic(
     *,
     host: str,
@@ -92,7 +103,7 @@ async def dial_quic(
     """A handshaken QUIC session to ``host:port`` whose streams ``handler`` serves."""
     loop = asyncio.get_running_loop()
     try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        infos = await _resolve(loop, host, port)
     except socket.gaierror as exc:
         raise ConnectError(f"could not resolve {host!r}: {exc}") from exc
     family, _, proto, _, address = infos[0]

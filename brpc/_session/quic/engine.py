@@ -167,6 +167,9 @@ class Engine:
     def break_cycles(self, quic: Connection) -> None:
         """Drop a terminated connection's references back to itself (no-op by default)."""
 
+    def handshake_completed(self, quic: Connection) -> None:
+        """The handshake completed: drop what only it needed (no-op by default)."""
+
     def set_max_datagram_size(self, quic: Connection, size: int) -> None:
         raise EngineLimitation(f"{self.name} cannot change the datagram size of a connection")
 
@@ -201,9 +204,11 @@ class AioquicEngine(Engine):
         quic = QuicConnection(
             configuration=configuration, session_ticket_handler=session_ticket_handler
         )
+        _aioquic.offer_one_key_share(quic)
         _aioquic_exporter.install_exporter(quic)
         _aioquic.set_peer_bidi_stream_limit(quic, peer_stream_limit)
         _aioquic.enable_consumption_credit(quic)
+        _aioquic.slim_frame_handlers(quic)
         return quic
 
     def server_connection(
@@ -232,6 +237,7 @@ class AioquicEngine(Engine):
         if reset_token is not None:
             _aioquic.derive_reset_tokens(quic, reset_token)
         _aioquic.enable_consumption_credit(quic)
+        _aioquic.slim_frame_handlers(quic)
         return quic
 
     def set_stream_credit_paused(self, quic: Connection, stream_id: int, paused: bool) -> None:
@@ -244,6 +250,9 @@ class AioquicEngine(Engine):
 
     def break_cycles(self, quic: Connection) -> None:
         _aioquic.break_cycles(cast(QuicConnection, quic))
+
+    def handshake_completed(self, quic: Connection) -> None:
+        _aioquic.release_handshake_state(cast(QuicConnection, quic))
 
     def send_buffer_size(self, quic: Connection, stream_id: int) -> int:
         return _aioquic.send_buffer_size(quic, stream_id)

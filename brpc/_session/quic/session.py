@@ -40,7 +40,7 @@ import logging
 import socket
 import time
 from collections.abc import Sequence
-from functools import partial
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
@@ -792,6 +792,7 @@ class QuicSession(asyncio.DatagramProtocol):
 
     def _handshake_completed(self, event: Any) -> None:
         self.handshake_done = True
+        self.engine.handshake_completed(self.quic)
         self.alpn_protocol = event.alpn_protocol
         self.session_resumed = event.session_resumed
         wanted = self._alpn
@@ -977,6 +978,13 @@ def _normalize_address(addr: Any) -> tuple[str, int] | None:
     """``(host, port)`` with IPv4-mapped IPv6 addresses shown as IPv4."""
     if not addr:
         return None
+    return _normalize_known(tuple(addr))
+
+
+@lru_cache(maxsize=1024)
+def _normalize_known(addr: tuple[Any, ...]) -> tuple[str, int]:
+    """:func:`_normalize_address` of a non-empty address, remembered: it is asked
+    after every datagram a connection receives, and parsing an IP address is slow."""
     host, port = addr[0], addr[1]
     try:
         ip = ipaddress.ip_address(host)
