@@ -264,7 +264,11 @@ async def test_reconnecting_client_keeps_its_name_under_reject(
     await replica.wait_until(lambda: replica.named("roamer") is not None, timeout=5)
     # The client gives its connection up while the server still holds it.
     network.drop = 1.0
+    session = conn._link.session
     conn._link.close(brpc.CloseCode.NO_ERROR, "gave up on a dead network")
+    # Over on the client (an engine may hold its close back while stream data
+    # waits) before the network comes back, so the goodbye is surely lost.
+    await asyncio.wait_for(session.terminated.wait(), 10)
     network.drop = 0.0
     await conn.wait_ready(timeout=10)
     assert conn.connection_id != first_id
