@@ -29,6 +29,9 @@ class QuicOptions:
     max_probed_datagram_size: int = AIOQUIC_MAX_DATAGRAM_SIZE
     #: Send a flight of datagrams with one UDP GSO system call where the kernel allows.
     gso: bool = True
+    #: Receive several datagrams with one UDP GRO system call where the kernel
+    #: allows (Linux, on asyncio's own event loop; uvloop's transports read by themselves).
+    gro: bool = True
 
     def __post_init__(self) -> None:
         if not 1200 <= self.max_datagram_size <= 16383:
