@@ -10,7 +10,8 @@ Where the kernel and the event loop allow (Linux, asyncio's own loop), a
 :class:`GroReader` reads the socket in place of the asyncio transport, whose
 ``recvfrom`` takes one datagram per system call and could not split the
 buffers ``UDP_GRO`` coalesces: one ``recvmsg`` returns up to 64 datagrams from
-one sender, and the same batching applies to them.
+one sender. It reads whole buffers until ``read_batch`` datagrams came, then
+transmits once.
 """
 
 from __future__ import annotations
@@ -97,12 +98,15 @@ class GroReader:
     """Reads a datagram transport's socket itself, with UDP GRO on.
 
     Made by :meth:`take_over`, which pauses the transport's own reading (the
-    transport still sends and closes the socket). Each wake-up reads buffers
-    until ``limit`` datagrams came, nothing waits, or :data:`_BATCH_BUDGET`
-    passed; each datagram goes to ``receive`` (False: read no further buffer),
-    and ``flush`` is called after every ``limit`` datagrams and at the end of
-    the wake-up, so ``limit`` (``read_batch``) still bounds the datagrams per
-    transmit. ``OSError`` from ``recvmsg`` (ICMP errors on a connected socket)
+    transport still sends and closes the socket). Each wake-up reads whole
+    buffers until ``limit`` (``read_batch``) datagrams came, nothing waits, or
+    :data:`_BATCH_BUDGET` passed, so it handles at most ``limit`` - 1 + 64
+    datagrams; each goes to ``receive`` (False: read no further buffer), and
+    ``flush`` (the transmit) is called once at the end, or after every
+    datagram when ``limit`` is 1. Transmitting once per coalesced buffer
+    rather than every ``limit`` datagrams in it means fewer acknowledgements,
+    so fewer and bigger flights from the sender, which coalesce better in
+    turn. ``OSError`` from ``recvmsg`` (ICMP errors on a connected socket)
     goes to ``on_error``, as the transport would have given it to
     ``error_received``.
     """
@@ -179,6 +183,7 @@ class GroReader:
             self.close()
             return
         limit = self._limit
+        one_at_a_time = limit == 1
         received = 0
         budget_end = time.perf_counter() + _BATCH_BUDGET
         try:
@@ -199,10 +204,10 @@ class GroReader:
                 for datagram in datagrams:
                     go_on = self._receive(datagram, addr) and go_on
                     received += 1
-                    if received % limit == 0:
+                    if one_at_a_time:
                         self._flush()
                 if time.perf_counter() > budget_end:
                     return
         finally:
-            if received % limit:
+            if received and not one_at_a_time:
                 self._flush()

@@ -18,6 +18,8 @@ class QuicOptions:
     #: QUIC datagram payload size; 1200 fits any path that carries QUIC.
     max_datagram_size: int = 1200
     #: Datagrams read from the socket per wake-up before one transmit (1: one at a time).
+    #: With UDP GRO a wake-up reads whole coalesced buffers (up to 64 datagrams each)
+    #: until it has at least that many.
     read_batch: int = 8
     #: Simulated loss and reordering, for tests.
     network_conditions: NetworkConditions | None = None
