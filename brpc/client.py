@@ -706,7 +706,8 @@ def dial(
       brpc never sends or accepts 0-RTT data either way.
     - ``network_conditions``: simulated loss/reordering, for tests.
     - ``read_batch``: datagrams read per wake-up before one transmit (1: one
-      at a time); see the README's "Performance" section.
+      at a time; with UDP GRO, whole coalesced buffers until at least that
+      many); see the README's "Performance" section.
     - ``engine``: the QUIC engine, ``"auto"`` (aioquic for now), ``"aioquic"``
       or ``"qh3"`` (``pip install 'brpc[fast]'``; see the README's "Engines").
     - ``reflection``: also serve gRPC server reflection of ``services`` (a

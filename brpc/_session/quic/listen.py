@@ -3,7 +3,8 @@
 :class:`QuicListener` accepts QUIC connections of one engine on one UDP port:
 
 - it routes each datagram to its session by destination connection ID (reading
-  datagrams in batches, see ``batching.py``), answers unsupported versions with
+  datagrams in batches, with UDP GRO where the kernel and the event loop allow,
+  see ``batching.py``), answers unsupported versions with
   Version Negotiation and creates a session for each new valid Initial;
 - it bounds handshakes in progress ("half-open" connections) separately from
   connections: past ``max_half_open`` new Initials are dropped unanswered, and
@@ -47,7 +48,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..._wire.control import ALPN
 from ..base import Session, SessionClosed, SessionHandler
-from .batching import DatagramBatch, drain_socket, dup_socket
+from .batching import DatagramBatch, GroReader, drain_socket, dup_socket
 from .engine import Engine
 from .session import QuicSession
 from .udp import UdpBatching, forbid_fragmentation
@@ -114,19 +115,33 @@ class _Tracked:
 class _Endpoint(asyncio.DatagramProtocol):
     """The server socket's protocol: reads datagrams (in batches) for the listener."""
 
-    def __init__(self, listener: QuicListener, read_batch: int) -> None:
+    def __init__(self, listener: QuicListener, read_batch: int, *, gro: bool) -> None:
         self._listener = listener
         self._read_batch = read_batch
+        self._gro = gro
         self.batch = DatagramBatch()
         self._drain: socket.socket | None = None
+        #: The socket's reader when it receives with UDP GRO.
+        self.gro_reader: GroReader | None = None
         self.batching = read_batch > 1
         self.socket_closed = asyncio.Event()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self._read_batch > 1:
-            self._drain = dup_socket(cast(asyncio.DatagramTransport, transport))
+        udp = cast(asyncio.DatagramTransport, transport)
+        if self._gro:
+            self.gro_reader = GroReader.take_over(
+                udp,
+                limit=self._read_batch,
+                receive=self._receive_batched,
+                flush=self._flush,
+                on_error=self._error,
+            )
+        if self.gro_reader is None and self._read_batch > 1:
+            self._drain = dup_socket(udp)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.gro_reader is not None:
+            self.gro_reader.close()
         if self._drain is not None:
             self._drain.close()
             self._drain = None
@@ -149,6 +164,16 @@ class _Endpoint(asyncio.DatagramProtocol):
     def _receive_one(self, data: bytes | str, addr: Any) -> bool:
         self._listener._receive(cast(bytes, data), addr)
         return True
+
+    def _receive_batched(self, data: bytes, addr: Any) -> bool:
+        """One datagram the GRO reader read: its session transmits at :meth:`_flush`."""
+        self.batch.active = self.batching
+        self._listener._receive(data, addr)
+        return True
+
+    def _flush(self) -> None:
+        self.batch.active = False
+        self.batch.flush()
 
     def error_received(self, exc: Exception) -> None:
         log.debug("UDP error on the server socket: %r", exc)
@@ -225,7 +250,11 @@ class QuicListener:
         """
         loop = asyncio.get_running_loop()
         transport, endpoint = await loop.create_datagram_endpoint(
-            lambda: _Endpoint(self, self._quic_options.read_batch),
+            lambda: _Endpoint(
+                self,
+                self._quic_options.read_batch,
+                gro=self._quic_options.gro and self._quic_options.network_conditions is None,
+            ),
             local_addr=(host, port),
             reuse_port=reuse_port or None,
         )
@@ -236,6 +265,12 @@ class QuicListener:
         if self._quic_options.gso and self._quic_options.network_conditions is None:
             self._gso = UdpBatching(dup_socket(transport), gro=False)
         self.host, self.port = transport.get_extra_info("sockname")[:2]
+
+    @property
+    def gro_reader(self) -> GroReader | None:
+        """The socket's reader when it receives with UDP GRO (its counters show
+        how many datagrams each system call brought), else None."""
+        return self._endpoint.gro_reader if self._endpoint is not None else None
 
     @property
     def engine_connections(self) -> int:

@@ -18,6 +18,8 @@ class QuicOptions:
     #: QUIC datagram payload size; 1200 fits any path that carries QUIC.
     max_datagram_size: int = 1200
     #: Datagrams read from the socket per wake-up before one transmit (1: one at a time).
+    #: With UDP GRO a wake-up reads whole coalesced buffers (up to 64 datagrams each)
+    #: until it has at least that many.
     read_batch: int = 8
     #: Simulated loss and reordering, for tests.
     network_conditions: NetworkConditions | None = None
@@ -29,6 +31,9 @@ class QuicOptions:
     max_probed_datagram_size: int = AIOQUIC_MAX_DATAGRAM_SIZE
     #: Send a flight of datagrams with one UDP GSO system call where the kernel allows.
     gso: bool = True
+    #: Receive several datagrams with one UDP GRO system call where the kernel
+    #: allows (Linux, on asyncio's own event loop; uvloop's transports read by themselves).
+    gro: bool = True
 
     def __post_init__(self) -> None:
         if not 1200 <= self.max_datagram_size <= 16383:

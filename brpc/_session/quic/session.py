@@ -21,7 +21,10 @@ on QUIC. It knows streams, not gRPC:
   (RFC 9000 section 8.1), closes included;
 - it tells its handler when the peer's address changes (migration, NAT rebinding);
 - it sends a flight of datagrams with one GSO system call where the kernel
-  allows; it gives the engine the monotonic clock, not the event loop's (uvloop's
+  allows, and a dialing session reads its socket with UDP GRO (several
+  datagrams per system call, see ``batching.GroReader``) where the kernel and
+  the event loop allow;
+- it gives the engine the monotonic clock, not the event loop's (uvloop's
   ``loop.time()`` moves in whole milliseconds: the engines' pacers then refill in
   1 ms steps and loopback RTTs read as 0 or 1 ms, which collapsed bulk transfer),
   and runs timers due within a millisecond on the next loop iteration instead
@@ -50,7 +53,7 @@ from ...errors import CloseCode
 from ...options import Options
 from ..base import SessionClosed, SessionHandler
 from ..stream_transport import StreamTransport
-from .batching import DatagramBatch, drain_socket, dup_socket
+from .batching import DatagramBatch, GroReader, drain_socket, dup_socket
 from .engine import Engine
 from .impair import ImpairedTransport
 from .options import QuicOptions
@@ -187,6 +190,8 @@ class QuicSession(asyncio.DatagramProtocol):
         self._batch = batch
         self._transmit_deferred = False
         self._drain: socket.socket | None = None
+        #: The reader of a dialing session's socket when it receives with UDP GRO.
+        self.gro_reader: GroReader | None = None
         # Anti-amplification (server side, until the client's address is validated).
         self._unvalidated = not self._is_client
         self._received_unvalidated = 0
@@ -211,7 +216,15 @@ class QuicSession(asyncio.DatagramProtocol):
             self._transport = ImpairedTransport(udp, conditions)
         elif self._owns_transport:
             self._transport = connected_sendto(udp)
-            if self.quic_options.read_batch > 1:
+            if self.quic_options.gro:
+                self.gro_reader = GroReader.take_over(
+                    udp,
+                    limit=self.quic_options.read_batch,
+                    receive=self._receive_deferred,
+                    flush=self.flush_batch,
+                    on_error=self.error_received,
+                )
+            if self.gro_reader is None and self.quic_options.read_batch > 1:
                 self._drain = dup_socket(udp)
             if self.quic_options.gso:
                 self._gso = UdpBatching(dup_socket(udp), gro=False)
@@ -282,6 +295,21 @@ class QuicSession(asyncio.DatagramProtocol):
     def _receive_and_go_on(self, data: bytes | str, addr: Any) -> bool:
         """Process one datagram of a drain; whether to go on draining."""
         self._receive_one(data, addr)
+        return self.closed is None
+
+    def _receive_deferred(self, data: bytes, addr: Any) -> bool:
+        """Process one datagram the GRO reader read, deferring the transmit to
+        :meth:`flush_batch`; whether to read on."""
+        if self.closed is not None and self.terminated.is_set():
+            return False
+        self._transmit_deferred = True
+        try:
+            self._receive_one(data, addr)
+        except Exception:
+            self._transmit_deferred = False
+            log.exception("failed to process a datagram; closing the connection")
+            self.close(CloseCode.INTERNAL_ERROR, "internal error")
+            return False
         return self.closed is None
 
     def _receive_one(self, data: bytes | str, addr: Any) -> None:
@@ -626,6 +654,8 @@ class QuicSession(asyncio.DatagramProtocol):
                 self._retired_prune_at = max(64, 2 * len(self._retired))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.gro_reader is not None:
+            self.gro_reader.close()
         if self._drain is not None:
             self._drain.close()
             self._drain = None

@@ -10,7 +10,8 @@ Support is detected at run time, per socket: other platforms, kernels without
 the options, and sockets whose device refuses segmentation (``EIO`` when
 checksum offload is off) fall back to one ``sendto``/``recvfrom`` per datagram,
 and a refusal is remembered so it is paid once. The grouping and splitting are
-pure functions; :class:`UdpBatching` holds the per-socket decision.
+pure functions (:func:`gso_runs`, :func:`gro_datagrams`); :class:`UdpBatching`
+holds the per-socket decision. A session's own GRO reader is in ``batching.py``.
 
 Also here: :func:`connected_sendto`, which makes aioquic's
 ``transport.sendto(data, addr)`` work on connected sockets under uvloop.
@@ -29,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "GRO_BUFFER",
+    "GRO_CMSG_SPACE",
     "GSO_MAX_BYTES",
     "GSO_MAX_SEGMENTS",
     "SOL_UDP",
@@ -36,7 +39,9 @@ __all__ = [
     "UDP_SEGMENT",
     "UdpBatching",
     "connected_sendto",
+    "enable_gro",
     "forbid_fragmentation",
+    "gro_datagrams",
     "gro_segment_size",
     "gso_runs",
     "split_gro_buffer",
@@ -49,8 +54,11 @@ UDP_SEGMENT = 103  # linux/udp.h
 UDP_GRO = 104  # linux/udp.h
 GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS in the kernel
 GSO_MAX_BYTES = 65_000  # one IP packet: 65,535 minus IPv6 and UDP headers, rounded down
-_GRO_BUFFER = 65_535
+#: What ``recvmsg`` reads into: a coalesced buffer is at most one IP packet.
+GRO_BUFFER = 65_535
 _IS_LINUX = sys.platform.startswith("linux")
+#: Control message space for the ``UDP_GRO`` segment size (an ``int``).
+GRO_CMSG_SPACE = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
 _GSO_REFUSED = (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT)
 
 Address = Any  # what socket.sendto takes: (host, port) or (host, port, flow, scope)
@@ -112,6 +120,19 @@ def gro_segment_size(ancdata: Sequence[tuple[int, int, bytes]]) -> int | None:
     return None
 
 
+def gro_datagrams(
+    data: bytes, ancdata: Sequence[tuple[int, int, bytes]], flags: int = 0
+) -> list[bytes]:
+    """The datagrams in what one ``recvmsg`` returned: ``data``, its control
+    messages and flags. With a ``UDP_GRO`` segment size they are pieces of that
+    size, the last possibly shorter; without, ``data`` is one datagram. A buffer
+    the kernel cut short (``MSG_TRUNC``) loses its incomplete last datagram."""
+    datagrams = split_gro_buffer(data, gro_segment_size(ancdata))
+    if flags & socket.MSG_TRUNC:
+        datagrams.pop()
+    return datagrams
+
+
 def _segment_cmsg(size: int) -> list[tuple[int, int, bytes]]:
     return [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
 
@@ -139,10 +160,7 @@ class UdpBatching:
         if self.gso:
             self.gso = _has_option(self.sock, UDP_SEGMENT)
         if self.gro:
-            try:
-                self.sock.setsockopt(SOL_UDP, UDP_GRO, 1)
-            except OSError:
-                self.gro = False
+            self.gro = enable_gro(self.sock)
 
     def send(self, datagrams: Sequence[bytes], addr: Address | None = None) -> int:
         """Send ``datagrams`` to ``addr`` (None on a connected socket), in order.
@@ -181,9 +199,9 @@ class UdpBatching:
         coalesced buffer whole (qh3's ``QuicConnection.receive_gro_buffer``)."""
         self.syscalls += 1
         if self.gro:
-            data, ancdata, _flags, addr = self.sock.recvmsg(_GRO_BUFFER, socket.CMSG_SPACE(4))
+            data, ancdata, _flags, addr = self.sock.recvmsg(GRO_BUFFER, GRO_CMSG_SPACE)
             return data, gro_segment_size(ancdata), addr
-        data, addr = self.sock.recvfrom(_GRO_BUFFER)
+        data, addr = self.sock.recvfrom(GRO_BUFFER)
         return data, None, addr
 
     def _sendmsg(
@@ -201,6 +219,22 @@ class UdpBatching:
             self.sock.send(datagram)
         else:
             self.sock.sendto(datagram, addr)
+
+
+def enable_gro(sock: socket.socket) -> bool:
+    """Turn ``UDP_GRO`` on for ``sock`` (Linux); whether the kernel took it.
+
+    From then on one ``recvmsg`` may return several datagrams coalesced, which
+    only a reader that asks for the segment size (:func:`gro_datagrams`) can
+    split: a plain ``recvfrom`` reader would see them as one."""
+    if not _IS_LINUX:
+        return False
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError as exc:
+        logger.info("UDP GRO refused (%s); receiving datagrams one by one", exc)
+        return False
+    return True
 
 
 def _has_option(sock: socket.socket, option: int) -> bool:
