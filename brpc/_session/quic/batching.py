@@ -168,12 +168,17 @@ class GroReader:
         return reader
 
     def close(self) -> None:
-        """Stop reading (the transport closes the socket itself)."""
+        """Stop reading (the transport closes the socket itself) and let go of the
+        callbacks, so that the session owning this reader is not kept in a
+        reference cycle with it (the counters stay readable)."""
         sock, self._sock = self._sock, None
         if sock is not None:
             if not self._loop.is_closed():
                 self._loop.remove_reader(sock.fileno())
             sock.close()
+        self._receive = _receive_nothing
+        self._flush = _flush_nothing
+        self._on_error = _ignore_error
 
     def _read_ready(self) -> None:
         sock = self._sock
@@ -211,3 +216,15 @@ class GroReader:
         finally:
             if received and not one_at_a_time:
                 self._flush()
+
+
+def _receive_nothing(data: bytes, addr: Any) -> bool:
+    return False
+
+
+def _flush_nothing() -> None:
+    return None
+
+
+def _ignore_error(exc: OSError) -> None:
+    return None
