@@ -708,7 +708,7 @@ def dial(
     - ``read_batch``: datagrams read per wake-up before one transmit (1: one
       at a time; with UDP GRO, whole coalesced buffers until at least that
       many); see the README's "Performance" section.
-    - ``engine``: the QUIC engine, ``"auto"`` (aioquic for now), ``"aioquic"``
+    - ``engine``: the QUIC engine, ``"auto"`` (aioquic, or ``BRPC_ENGINE``), ``"aioquic"``
       or ``"qh3"`` (``pip install 'brpc[fast]'``; see the README's "Engines").
     - ``reflection``: also serve gRPC server reflection of ``services`` (a
       server's relay fetches descriptors from it for its reflection front).

@@ -23,7 +23,7 @@ class QuicOptions:
     read_batch: int = 8
     #: Simulated loss and reordering, for tests.
     network_conditions: NetworkConditions | None = None
-    #: QUIC engine: "auto" (aioquic for now; qh3 is opt-in),
+    #: QUIC engine: "auto" (aioquic, or what BRPC_ENGINE says; qh3 is opt-in),
     #: "aioquic", or "qh3" (``pip install 'brpc[fast]'``).
     engine: str = "auto"
     #: Largest datagram size path MTU probes try (aioquic only; equal to
