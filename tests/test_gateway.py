@@ -34,15 +34,22 @@ STREAM = "/brpc.testing.v1.Echo/ServerStream"
 class NamedEcho(EchoService):
     """Echo that says who answered, fails on request, and sets metadata."""
 
-    def __init__(self, who: str, delay: float = 0.0) -> None:
+    def __init__(
+        self, who: str, *, hang: bool = False, release: asyncio.Event | None = None
+    ) -> None:
         self.who = who
-        self.delay = delay
+        #: Never answer (until the call is cancelled).
+        self.hang = hang
+        #: Answer once this is set.
+        self.release = release
 
     async def Unary(self, stream: Stream[EchoRequest, EchoReply]) -> None:
         request = await stream.recv_message()
         assert request is not None
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        if self.hang:
+            await asyncio.Event().wait()
+        if self.release is not None:
+            await self.release.wait()
         if request.text == "fail":
             raise GRPCError(Status.FAILED_PRECONDITION, f"{self.who} refuses")
         if request.text == "detail":
@@ -208,7 +215,7 @@ async def test_deadline_from_headers(
     make_server: ServerFactory, connect: DialFactory, gateway_of: Any, http: aiohttp.ClientSession
 ) -> None:
     server = await make_server()
-    await connect(server, name="slow", services=[NamedEcho("slow", delay=30)])
+    await connect(server, name="slow", services=[NamedEcho("slow", hang=True)])
     await wait_for(lambda: len(server.clients) == 1)
     url = await gateway_of(server)
     for header in ({"Connect-Timeout-Ms": "100"}, {"Grpc-Timeout": "100m"}):
@@ -251,8 +258,13 @@ async def test_fanout_streams_one_record_per_client_then_a_summary(
 ) -> None:
     server = await make_server()
     await connect(server, name="fast", labels={"role": "web"}, services=[NamedEcho("fast")])
-    await connect(server, name="slow", labels={"role": "web"}, services=[NamedEcho("slow", 0.3)])
-    await connect(server, name="stuck", labels={"role": "web"}, services=[NamedEcho("stuck", 30)])
+    # "slow" answers once the gateway streamed "fast"'s record; "stuck" never does.
+    release_slow = asyncio.Event()
+    slow = NamedEcho("slow", release=release_slow)
+    await connect(server, name="slow", labels={"role": "web"}, services=[slow])
+    await connect(
+        server, name="stuck", labels={"role": "web"}, services=[NamedEcho("stuck", hang=True)]
+    )
     await connect(server, name="db", labels={"role": "db"}, services=[NamedEcho("db")])
     await wait_for(lambda: len(server.clients) == 4)
     url = await gateway_of(server)
@@ -261,7 +273,10 @@ async def test_fanout_streams_one_record_per_client_then_a_summary(
         http.post(f"{url}/fanout/role=web{UNARY}?timeout=1s", json={"text": "f"}) as response,
     ):
         assert response.status == 200
-        records = [json.loads(line) async for line in response.content]
+        records = []
+        async for line in response.content:
+            records.append(json.loads(line))
+            release_slow.set()
     assert [record.get("client", {}).get("name") for record in records] == [
         "fast",
         "slow",
