@@ -173,7 +173,7 @@ class QuicSession(asyncio.DatagramProtocol):
         self._timer_at: float | None = None
         self._last_now = 0.0
         self._proven: tuple[x509.Certificate, list[x509.Certificate]] | None = None
-        self._close_after: tuple[tuple[int, int | None, str], list[int], float] | None = None
+        self._close_after: tuple[tuple[int, int | None, str], list[int]] | None = None
         # Streams with data the engine may still hold back (see close()).
         self._unflushed: set[int] = set()
         self._timers: list[asyncio.TimerHandle] = []
@@ -411,9 +411,8 @@ class QuicSession(asyncio.DatagramProtocol):
             unsent = self.engine.unsent_bytes
             self._unflushed = {sid for sid in self._unflushed if unsent(self.quic, sid)}
         pending = self._close_after
-        if pending is not None and (
-            now >= pending[2]
-            or not any(self.engine.unsent_bytes(self.quic, sid) for sid in pending[1])
+        if pending is not None and not any(
+            self.engine.unsent_bytes(self.quic, sid) for sid in pending[1]
         ):
             self._close_now()
             return
@@ -565,10 +564,9 @@ class QuicSession(asyncio.DatagramProtocol):
             if held and udp is not None and not udp.is_closing():
                 # The engine's pacing holds stream data back and its close would
                 # drop it: close once it is out (or after a bound).
-                deadline = self._clock() + _CLOSE_FLUSH_LIMIT
-                self._close_after = ((error_code, frame_type, reason_phrase), held, deadline)
-                # Data the peer grants no credit for never leaves, and then
-                # nothing else may run _transmit: close at the bound regardless.
+                self._close_after = ((error_code, frame_type, reason_phrase), held)
+                # Close at the bound regardless: data the peer grants no credit
+                # for never leaves, and then nothing else may run _transmit.
                 self._loop.call_later(_CLOSE_FLUSH_LIMIT, self._close_now)
             else:
                 self.quic.close(
