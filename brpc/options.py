@@ -13,24 +13,26 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
-__all__ = ["CALL_LAYER_ENV", "DEFAULT_OPTIONS", "Options", "peer_stream_limit"]
+__all__ = ["CALL_LAYER_ENV", "CALL_LAYER_NAMES", "DEFAULT_OPTIONS", "Options", "peer_stream_limit"]
 
 #: Environment variable that sets the default ``call_layer`` of a process
 #: (names separated by commas, most preferred first), read when brpc is
 #: imported; ``call_layer=`` given in code wins. For running a whole program or
 #: test suite on one call layer without editing it.
 CALL_LAYER_ENV = "BRPC_CALL_LAYER"
-_CALL_LAYERS = ("streams", "lanes")
+#: The call layers this version implements, in its order of preference
+#: (``brpc._wire.calllayer`` names them).
+CALL_LAYER_NAMES = ("streams", "lanes")
 
 
 def _default_call_layers() -> tuple[str, ...]:
     setting = os.environ.get(CALL_LAYER_ENV, "").strip()
     if not setting:
-        return _CALL_LAYERS
+        return CALL_LAYER_NAMES
     names = tuple(name.strip() for name in setting.split(","))
     if (
         not names
-        or any(name not in _CALL_LAYERS for name in names)
+        or any(name not in CALL_LAYER_NAMES for name in names)
         or len(set(names)) != len(names)
     ):
         raise ValueError(

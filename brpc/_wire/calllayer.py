@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..options import CALL_LAYER_NAMES
+
 __all__ = [
     "LANES",
     "STREAMS",
@@ -28,7 +30,7 @@ LANES = "lanes"
 
 
 #: The layers this version implements, in its order of preference.
-SUPPORTED_CALL_LAYERS = (STREAMS, LANES)
+SUPPORTED_CALL_LAYERS = CALL_LAYER_NAMES
 
 
 def call_layer_list(call_layer: str | Sequence[str]) -> tuple[str, ...]:
