@@ -80,3 +80,16 @@ async def test_the_layer_not_negotiated_makes_nothing(make_server: Any, connect:
     assert (await info.stub.Unary(EchoRequest(text="down"))).text == "down"
     assert set(conn._caller._callers) == {"streams"}
     assert conn._layers["lanes"]._server is None
+
+
+def test_brpc_call_layer_sets_the_default(monkeypatch: Any) -> None:
+    from brpc.options import Options
+
+    monkeypatch.setenv("BRPC_CALL_LAYER", "lanes, streams")
+    assert Options().call_layers == ("lanes", "streams")
+    monkeypatch.setenv("BRPC_CALL_LAYER", "")
+    assert Options().call_layers == ("streams", "lanes")
+    for bad in ("http3", "lanes,lanes", "streams,"):
+        monkeypatch.setenv("BRPC_CALL_LAYER", bad)
+        with pytest.raises(ValueError, match="BRPC_CALL_LAYER="):
+            Options()
