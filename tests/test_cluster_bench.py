@@ -22,7 +22,9 @@ def test_cluster_bench_reports_every_part_with_ratios(tmp_path: Path) -> None:
         [
             sys.executable,
             *("-m", "brpc.bench", "cluster", "--quick"),
-            *("--warmup", "0.05", "--window", "0.2", "--storm-clients", "60"),
+            # The window must outlast one round of 64 forwarded calls on the slowest
+            # engine and call layer on a loaded machine (~0.2 s quiet), or it holds none.
+            *("--warmup", "0.3", "--window", "1.0", "--storm-clients", "60"),
             *("--load-connections", "3", "--load-concurrency", "2", "--json", str(report)),
         ],
         cwd=ROOT,
