@@ -22,7 +22,7 @@ def test_quick_bench_writes_table_and_json(tmp_path: Path) -> None:
             "brpc.bench",
             "--quick",
             "--warmup",
-            "0.05",
+            "0.2",
             "--window",
             "0.2",
             "--only",

@@ -19,7 +19,7 @@ def test_gateway_bench_reports_both_modes(tmp_path: Path) -> None:
         [
             sys.executable,
             *("-m", "brpc.bench.gateway", "--concurrency", "1", "4"),
-            *("--warmup", "0.05", "--window", "0.2", "--json", str(report)),
+            *("--warmup", "0.2", "--window", "0.3", "--json", str(report)),
         ],
         cwd=ROOT,
         capture_output=True,
