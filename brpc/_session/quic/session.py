@@ -29,6 +29,9 @@ on QUIC. It knows streams, not gRPC:
   1 ms steps and loopback RTTs read as 0 or 1 ms, which collapsed bulk transfer),
   and runs timers due within a millisecond on the next loop iteration instead
   of waiting for a timer event loops round up to a millisecond or more;
+- it transmits stream data that has waited behind other work for a few
+  milliseconds at the next write, not only at the end of the loop iteration
+  (see ``flush.py``: otherwise busy peers take turns idling);
 - on aioquic it probes the path for bigger datagrams (``PathMtuProber``) up to
   ``QuicOptions.max_probed_datagram_size``.
 """
@@ -55,6 +58,7 @@ from ..base import SessionClosed, SessionHandler
 from ..stream_transport import StreamTransport
 from .batching import DatagramBatch, GroReader, drain_socket, dup_socket
 from .engine import Engine
+from .flush import EarlyFlush
 from .impair import ImpairedTransport
 from .options import QuicOptions
 from .pmtu import PathMtuProber, max_datagram_for_mtu
@@ -189,6 +193,7 @@ class QuicSession(asyncio.DatagramProtocol):
         self._refuse = refuse
         self._batch = batch
         self._transmit_deferred = False
+        self._early_flush = EarlyFlush()
         self._drain: socket.socket | None = None
         #: The reader of a dialing session's socket when it receives with UDP GRO.
         self.gro_reader: GroReader | None = None
@@ -401,6 +406,7 @@ class QuicSession(asyncio.DatagramProtocol):
         self._transmit(self._clock())
 
     def _transmit(self, now: float) -> None:
+        self._early_flush.transmitted()
         udp = self._udp
         if udp is None or udp.is_closing():
             return
@@ -601,7 +607,10 @@ class QuicSession(asyncio.DatagramProtocol):
         self.quic.send_stream_data(stream_id, data, end_stream)
         if self.engine.holds_unsent:
             self._unflushed.add(stream_id)
-        self._flush_soon()
+        if self._early_flush.wrote(time.monotonic()) and not self._transmit_deferred:
+            self.transmit()
+        else:
+            self._flush_soon()
 
     def reset_stream(self, stream_id: int, error_code: int = 0) -> None:
         if self.closed is None:
