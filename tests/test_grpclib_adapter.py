@@ -19,18 +19,22 @@ import grpclib.exceptions
 import grpclib.protocol
 import grpclib.server
 import grpclib.stream
+from grpclib.encoding.proto import ProtoCodec
 from grpclib.events import RecvRequest, SendRequest, listen
 from h2.settings import SettingCodes
-from hyperframe.frame import Frame, SettingsFrame
+from hyperframe.frame import DataFrame, Frame, HeadersFrame, SettingsFrame
 
 from brpc._calls._grpclib import (
     EventDispatch,
+    LaneChannel,
     LaneProtocol,
     server_lane_protocol,
     serving_server,
 )
 from brpc._calls.serving import Serving
 from brpc.testing import EchoService
+from brpc.testing.v1.echo_grpc import EchoStub
+from brpc.testing.v1.echo_pb2 import EchoRequest
 
 
 def _server() -> grpclib.server.Server:
@@ -69,6 +73,14 @@ async def test_private_names_exist() -> None:
     source = inspect.getsource(grpclib.protocol.EventsProcessor)
     assert "self.connection.create_stream(" in source
     assert "stream_close_waiter" in inspect.getsource(grpclib.protocol.Connection)
+    # A response that arrived whole outlives its lane: headers, the buffer's
+    # end-of-stream mark, and the termination hook every lost lane calls.
+    buffer = grpclib.protocol.Buffer(lambda size: None)
+    assert buffer._eof is False
+    buffer.eof()
+    assert buffer._eof is True
+    assert "headers" in inspect.getsource(grpclib.protocol.Stream.__init__)
+    assert "__terminated__(reason)" in inspect.getsource(grpclib.protocol.EventsProcessor.close)
 
 
 def test_one_dispatcher_takes_channel_and_server_events() -> None:
@@ -186,3 +198,97 @@ def test_what_the_streams_layer_takes_from_grpclib() -> None:
         parameters = inspect.signature(getattr(EventDispatch, name)).parameters
         kw_only = {n for n, p in parameters.items() if p.kind is p.KEYWORD_ONLY}
         assert kw_only == keywords, (name, kw_only)
+
+
+class _Held(asyncio.Transport):
+    """A transport that keeps what is written until the test delivers it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = bytearray()
+        self.closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.data += data
+
+    def take(self) -> bytes:
+        data, self.data = bytes(self.data), bytearray()
+        return data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (0, 1 << 20)
+
+    def get_write_buffer_size(self) -> int:
+        return len(self.data)
+
+    def close(self) -> None:
+        self.closing = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+class _HeldLane(LaneChannel):
+    def __init__(self) -> None:
+        super().__init__(
+            authority="peer",
+            max_message_size=1 << 20,
+            codec=ProtoCodec(),
+            status_details_codec=None,
+        )
+        self.transport = _Held()
+
+    async def open_lane(self, protocol: grpclib.protocol.H2Protocol) -> None:
+        protocol.connection_made(self.transport)
+
+
+async def test_a_reply_that_arrived_whole_survives_the_lane_ending_before_it_is_read() -> None:
+    # The peer's last reply and its close can arrive in one flight: the lane
+    # hears data_received (the whole response) and then connection_lost before
+    # the caller runs again. The caller gets its reply, not UNAVAILABLE.
+    plain = grpclib.server.Server([EchoService()])  # no brpc connection needed
+    server_protocol = server_lane_protocol(
+        plain, max_message_size=1 << 20, max_concurrent_streams=5
+    )
+    to_client = _Held()
+    server_protocol.connection_made(to_client)
+    lane = _HeldLane()
+    call = asyncio.create_task(EchoStub(lane).Unary(EchoRequest(text="whole")))
+    # Move bytes both ways but hold the replies back, until the server has no
+    # more to say (its handler ran and sent the trailers).
+    replies = bytearray()
+    for _ in range(200):
+        await asyncio.sleep(0)
+        requests = lane.transport.take()
+        if requests:
+            server_protocol.data_received(requests)
+        replies += to_client.take()
+        if _ends_a_stream(bytes(replies)):
+            break
+    assert not call.done()
+    client_protocol = lane.protocol
+    assert client_protocol is not None
+    client_protocol.data_received(bytes(replies))
+    lane.transport.closing = True
+    client_protocol.connection_lost(None)
+    reply = await asyncio.wait_for(call, 5)
+    assert reply.text == "whole"
+    server_protocol.connection_lost(None)
+
+
+def _ends_a_stream(data: bytes) -> bool:
+    """Whether HTTP/2 frames ``data`` (after the client preface) end a stream."""
+    view = memoryview(data)
+    while len(view) >= 9:
+        frame, length = Frame.parse_frame_header(view[:9])
+        if len(view) < 9 + length:
+            return False
+        if isinstance(frame, HeadersFrame | DataFrame):
+            frame.parse_flags(view[4])
+            if "END_STREAM" in frame.flags:
+                return True
+        view = view[9 + length :]
+    return False

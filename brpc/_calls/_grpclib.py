@@ -117,9 +117,19 @@ class _LimitedStream(H2Stream):
     ``recv_data(length)``, acknowledging flow-control credit as it goes, so a
     peer could make it buffer up to 4 GiB. The second read is refused by its
     size, before any of the body is buffered.
+
+    A call whose whole response (headers, messages, trailers, end of stream)
+    has arrived is not failed when its lane ends before the caller read it:
+    the peer's last reply and its close can arrive together, and the reply
+    is all there.
     """
 
     _limit: int
+
+    def __terminated__(self, reason: str) -> None:
+        if _arrived_whole(self):
+            return  # a calling side's response that arrived whole: let it be read
+        super().__terminated__(reason)
 
     async def recv_data(self, size: int) -> bytes:
         if size > self._limit:
@@ -129,6 +139,11 @@ class _LimitedStream(H2Stream):
                 "(max_message_size)",
             )
         return await super().recv_data(size)
+
+
+def _arrived_whole(stream: H2Stream) -> bool:
+    """Whether a calling side's HTTP/2 stream received its whole response."""
+    return stream.headers is not None and stream.buffer._eof
 
 
 class _LimitedConnection(Connection):
@@ -390,10 +405,16 @@ class CallStream(Stream[SendType, RecvType]):
             and not self._cancel_done
             and self._stream._transport.is_closing()
         ):
-            raise GRPCError(
-                Status.UNAVAILABLE,
-                f"{self._channel.loss_reason()} before the call's status arrived",
-            )
+            if not _arrived_whole(self._stream):
+                raise GRPCError(
+                    Status.UNAVAILABLE,
+                    f"{self._channel.loss_reason()} before the call's status arrived",
+                )
+            # grpclib does not read the status once the lane is closing; it
+            # arrived before the lane ended, so it is the call's outcome.
+            if not self._recv_initial_metadata_done:
+                await self.recv_initial_metadata()
+            await self.recv_trailing_metadata()
 
     def _translate(self, exc: Exception) -> Exception:
         if isinstance(exc, GRPCError):
