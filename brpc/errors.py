@@ -99,10 +99,10 @@ class CallNotStartedError(GRPCError):
     brpc knows the call never started: the callee refused it before its
     handler started (it could not take the call, or its connection is
     draining: stream error ``REFUSED`` or ``CONNECTION_CLOSING``), or the
-    call's stream was never opened because the connection was closing or
-    gone. Retrying it is safe even for a method that is not idempotent,
-    preferably on another connection. A plain ``GRPCError(UNAVAILABLE)`` may
-    come from a call that ran, all or in part.
+    call was never sent because its connection was closing, gone or not
+    connected. Retrying it is safe even for a method that is not idempotent,
+    preferably on another connection; brpc does not retry by itself. A plain
+    ``GRPCError(UNAVAILABLE)`` may come from a call that ran, all or in part.
 
     Only the side that made the call sees this type: a handler that lets one
     escape answers its own caller with a plain ``UNAVAILABLE`` status.
