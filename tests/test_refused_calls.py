@@ -15,7 +15,7 @@ real server on loopback.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from conftest import DialFactory, ServerFactory, wait_for
@@ -503,3 +503,24 @@ def test_not_started_error_is_an_unavailable_grpc_error() -> None:
     assert isinstance(error, GRPCError)
     assert (error.status, error.message) == (Status.UNAVAILABLE, "refused")
     assert "CallNotStartedError" in brpc.__all__
+
+
+async def test_a_stream_the_session_cannot_open_is_a_call_not_started() -> None:
+    class NoStreams:
+        """A session that can open no stream now (qh3 out of stream credit, say)."""
+
+        def open_stream(self, protocol: asyncio.Protocol) -> None:
+            raise ConnectionError("the peer allows no more concurrent streams")
+
+    link = Link(
+        cast(Any, NoStreams()),
+        cast(Any, None),
+        connection_id="c0",
+        peer=PeerInfo(),
+        layer=_layer("streams", EchoService()),
+        options=OPTIONS,
+        describe="server",
+        make_handle=lambda link: link,
+    )
+    with pytest.raises(brpc.CallNotStartedError, match="no more concurrent streams"):
+        link.open_stream(asyncio.Protocol())
