@@ -23,6 +23,7 @@ from .client import ClientConn, ConnState, ReconnectPolicy, dial
 from .context import current_connection
 from .errors import (
     BrpcError,
+    CallNotStartedError,
     CloseCode,
     ConnectError,
     DeadlineExceededError,
@@ -45,6 +46,7 @@ __all__ = [
     "Authenticator",
     "Authorizer",
     "BrpcError",
+    "CallNotStartedError",
     "CallResult",
     "ClientConn",
     "ClientInfo",

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 from ._calls._grpclib import ClientStream, EventDispatch, MetadataLike, opening_deadline
@@ -49,7 +48,13 @@ from ._session.quic.options import DEFAULT_QUIC_OPTIONS, QuicOptions
 from ._session.quic.tls import client_configuration
 from ._wire.calllayer import LANES, CallLayerMismatch, accepted_call_layer, call_layer_list
 from ._wire.target import format_target, parse_target
-from .errors import CloseCode, ConnectError, ProtocolViolation, RefusedError
+from .errors import (
+    CallNotStartedError,
+    CloseCode,
+    ConnectError,
+    ProtocolViolation,
+    RefusedError,
+)
 from .options import DEFAULT_OPTIONS, Options, peer_stream_limit
 
 if TYPE_CHECKING:
@@ -150,11 +155,10 @@ class _ConnTarget:
     async def acquire(self) -> CallConnection:
         conn = self._conn()
         if conn is None:
-            raise GRPCError(Status.UNAVAILABLE, f"connection to {self._target} is closed")
+            raise CallNotStartedError(f"connection to {self._target} is closed")
         link = await conn.usable_link()
         if link.layer.name != self._layer:
-            raise GRPCError(
-                Status.UNAVAILABLE,
+            raise CallNotStartedError(
                 f"the connection to {self._target} now uses the {link.layer.name!r} call "
                 f"layer, not {self._layer!r}; retry the call",
             )
@@ -207,7 +211,7 @@ class _LinkLayerCaller:
         caller = self._callers.get(layer)
         if caller is None:
             if conn is None:
-                raise GRPCError(Status.UNAVAILABLE, f"connection to {self._target} is closed")
+                raise CallNotStartedError(f"connection to {self._target} is closed")
             caller = self._callers[layer] = self._layers[layer].caller(
                 _ConnTarget(conn, layer, self._target),
                 authority=self._target,
@@ -502,12 +506,12 @@ class ClientConn(CallChannel):
         return link
 
     def _not_connected(self, waited: str = "") -> GRPCError:
+        # The call never left: nothing ran, whatever the method.
         if self._conn_state is ConnState.CLOSED:
-            return GRPCError(
-                Status.UNAVAILABLE, f"connection to {self.target} is closed: {self._close_reason}"
+            return CallNotStartedError(
+                f"connection to {self.target} is closed: {self._close_reason}"
             )
-        return GRPCError(
-            Status.UNAVAILABLE,
+        return CallNotStartedError(
             f"not connected to {self.target}{waited} ({self._conn_state.value}; "
             f"last error: {self._last_error})",
         )

@@ -2,8 +2,10 @@
 
 Failures of calls are always :class:`grpclib.exceptions.GRPCError` with the
 gRPC status that fits (UNAVAILABLE when the connection is gone,
-DEADLINE_EXCEEDED when a deadline passes, ...). The exceptions here describe
-failures to establish or keep a connection.
+DEADLINE_EXCEEDED when a deadline passes, ...); two subclasses say more:
+:class:`DeadlineExceededError`, and :class:`CallNotStartedError` for a call
+the callee provably never ran. The other exceptions here describe failures to
+establish or keep a connection.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from grpclib.exceptions import GRPCError
 
 __all__ = [
     "BrpcError",
+    "CallNotStartedError",
     "CloseCode",
     "ConnectError",
     "DeadlineExceededError",
@@ -87,3 +90,23 @@ class DeadlineExceededError(GRPCError, TimeoutError):
 
     def __init__(self, message: str = "Deadline exceeded") -> None:
         super().__init__(Status.DEADLINE_EXCEEDED, message)
+
+
+class CallNotStartedError(GRPCError):
+    """A call failed before the callee started its handler: nothing ran there.
+
+    It is a :class:`GRPCError` with status ``UNAVAILABLE``, raised only when
+    brpc knows the call never started: the callee refused it before its
+    handler started (it could not take the call, or its connection is
+    draining: stream error ``REFUSED`` or ``CONNECTION_CLOSING``), or the
+    call was never sent because its connection was closing, gone or not
+    connected. Retrying it is safe even for a method that is not idempotent,
+    preferably on another connection; brpc does not retry by itself. A plain
+    ``GRPCError(UNAVAILABLE)`` may come from a call that ran, all or in part.
+
+    Only the side that made the call sees this type: a handler that lets one
+    escape answers its own caller with a plain ``UNAVAILABLE`` status.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Status.UNAVAILABLE, message)

@@ -14,7 +14,8 @@ keeps one client from holding up the others:
   of the handler calling ``call_all``, if any) and enforced locally, so a
   client that never answers yields DEADLINE_EXCEEDED when it passes;
 - failures stay per client: a ``GRPCError`` as raised, UNAVAILABLE when the
-  client is gone, any other exception (a bug in the function) as raised;
+  client is gone (:class:`~brpc.CallNotStartedError` when it was gone before
+  its turn), any other exception (a bug in the function) as raised;
 - stopping early (``aclose()``, leaving ``async with``, cancelling the task
   that iterates, or dropping the iterator) cancels the calls still running.
 """
@@ -37,7 +38,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.metadata import Deadline
 
 from ._calls.base import call_deadline
-from .errors import DeadlineExceededError
+from .errors import CallNotStartedError, DeadlineExceededError
 
 if TYPE_CHECKING:
     from .peer import ClientInfo
@@ -327,4 +328,5 @@ class _Run(Generic[C, T]):
 
 def _gone(client: ClientInfo[Any]) -> GRPCError:
     name = client.name or client.connection_id
-    return GRPCError(Status.UNAVAILABLE, f"client {name} has disconnected: {client.close_reason}")
+    # Not sent: nothing ran on that client.
+    return CallNotStartedError(f"client {name} has disconnected: {client.close_reason}")

@@ -21,7 +21,7 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from ._calls._grpclib import EventDispatch
 from ._calls.channel import CallChannel
-from .errors import CloseCode
+from .errors import CallNotStartedError, CloseCode
 
 if TYPE_CHECKING:
     from ._calls.base import CallConnection, CallLayer
@@ -62,9 +62,9 @@ class _LinkTarget:
     async def acquire(self) -> CallConnection:
         link = self._link
         if link.closed is not None:
-            raise GRPCError(Status.UNAVAILABLE, link.loss_reason())
+            raise CallNotStartedError(link.loss_reason())
         if not link.usable:
-            raise GRPCError(Status.UNAVAILABLE, f"{link!r} is closing: it takes no new calls")
+            raise CallNotStartedError(f"{link!r} is closing: it takes no new calls")
         return link
 
     def loss_reason(self) -> str:

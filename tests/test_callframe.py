@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import MultiDict
 
+import brpc
 from brpc._wire.callframe import (
     FRAME_PREFIX_SIZE,
     CallStreamError,
@@ -29,6 +30,7 @@ from brpc._wire.callframe import (
     encode_response_headers,
     encode_trailers,
     message_prefix,
+    peer_error,
     peer_error_status,
     refused_before_start,
 )
@@ -467,6 +469,12 @@ def test_peer_error_status(code: int, status: Status, refused: bool) -> None:
     assert reported == status
     assert message
     assert refused_before_start(code) is refused
+    error = peer_error(code)
+    assert (error.status, error.message) == (status, message)
+    # Only the codes that prove the callee never ran the call say so.
+    assert isinstance(error, brpc.CallNotStartedError) is refused
+    if refused:
+        assert "before starting it" in message and "safe to retry" in message
 
 
 def test_unknown_peer_error_code_is_named() -> None:

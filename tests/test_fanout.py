@@ -294,6 +294,7 @@ async def test_a_client_gone_before_its_turn_is_unavailable(make_server: Any, co
     assert (first.client.name, first.status) == ("slow-0", Status.OK)
     assert (second.client.name, second.status) == ("fast-1", Status.UNAVAILABLE)
     assert "disconnected" in str(second.error)
+    assert isinstance(second.error, brpc.CallNotStartedError)  # it was never sent
 
 
 @pytest.mark.parametrize("how", ["async-with", "cancel-consumer", "break-and-drop", "aclose"])

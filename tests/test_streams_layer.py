@@ -18,7 +18,7 @@ from grpclib.exceptions import GRPCError
 
 import brpc
 from brpc._calls._grpclib import EventDispatch
-from brpc._calls.base import CallConnection, current_call_connection
+from brpc._calls.base import CallConnection, RefusedBeforeStart, current_call_connection
 from brpc._calls.serving import Serving
 from brpc._calls.streams.client import StreamsCaller
 from brpc._calls.streams.layer import StreamsCallLayer
@@ -48,6 +48,8 @@ class _Connection:
         self.calls_in = 0
         self.calls_out = 0
         self.admitted: list[str] = []
+        #: Raised by admit() when set: the connection cannot take calls now.
+        self.refusal: RefusedBeforeStart | None = None
         self.context = contextvars.copy_context()
         self.context.run(current_call_connection.set, self)
 
@@ -75,6 +77,8 @@ class _Connection:
         self.calls_out -= 1
 
     async def admit(self, method: str) -> None:
+        if self.refusal is not None:
+            raise self.refusal
         self.admitted.append(method)
         self.calls_in += 1
 
@@ -279,11 +283,49 @@ async def test_draining_callee_refuses_before_start() -> None:
         exc = await raw.lost
     assert isinstance(exc, StreamResetError)
     assert exc.code == StreamError.CONNECTION_CLOSING
-    with pytest.raises(GRPCError) as caught:
+    with pytest.raises(brpc.CallNotStartedError) as caught:
         await EchoStub(pair.channel).Unary(EchoRequest(text="x"))
     assert caught.value.status is Status.UNAVAILABLE
     assert "safe to retry" in (caught.value.message or "")
     assert pair.server_connection.admitted == []
+
+
+@pytest.mark.parametrize(
+    ("closing", "code"),
+    [(True, StreamError.CONNECTION_CLOSING), (False, StreamError.REFUSED)],
+)
+async def test_admission_refusing_before_start_resets_with_a_not_started_code(
+    closing: bool, code: StreamError
+) -> None:
+    service = Blocking()
+    pair = _Pair([service])
+    pair.server_connection.refusal = RefusedBeforeStart("cannot take it now", closing=closing)
+    raw = pair.raw_stream()
+    raw.transport.write(encode_request_headers(ECHO_UNARY) + encode_message(b""))
+    raw.transport.write_eof()
+    async with asyncio.timeout(5):
+        exc = await raw.lost
+    assert isinstance(exc, StreamResetError)
+    assert exc.code == code
+    assert raw.received == b""  # no status: the code says it all
+    with pytest.raises(brpc.CallNotStartedError) as caught:
+        await EchoStub(pair.channel).Unary(EchoRequest(text="x"))
+    assert caught.value.status is Status.UNAVAILABLE
+    assert "refused the call before starting it" in (caught.value.message or "")
+    assert service.seen_connection is None  # the handler never ran
+
+
+async def test_a_reset_after_the_handler_started_is_not_reported_as_not_started() -> None:
+    service = Blocking()
+    pair = _Pair([service])
+    call = asyncio.create_task(EchoStub(pair.channel).Unary(EchoRequest(text="block")))
+    async with asyncio.timeout(5):
+        await service.started.wait()
+    pair.server_connection.session.close(brpc.CloseCode.NO_ERROR, "gone")
+    with pytest.raises(GRPCError) as caught:
+        await call
+    assert caught.value.status is Status.UNAVAILABLE
+    assert not isinstance(caught.value, brpc.CallNotStartedError)
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,8 @@ stream per call (:mod:`brpc._calls.streams`, the default) or HTTP/2 lanes
   stream's :class:`contextvars.Context`); nothing the peer sends can change it.
 - :data:`call_deadline` carries the deadline of the incoming call being
   handled, so calls a handler makes inherit it (deadline propagation).
+- :class:`RefusedBeforeStart` is how admission refuses a call whose handler
+  has not started, so that a layer that can say so on the wire does.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import weakref
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from grpclib.const import Cardinality, Handler
+from grpclib.const import Cardinality, Handler, Status
+from grpclib.exceptions import GRPCError
 from grpclib.metadata import Deadline
 
 from ._grpclib import ClientStream, EventDispatch, MetadataLike, RecvType, SendType
@@ -37,6 +40,7 @@ __all__ = [
     "CallLayer",
     "CallTarget",
     "Caller",
+    "RefusedBeforeStart",
     "Servable",
     "call_deadline",
     "connection_of",
@@ -44,6 +48,22 @@ __all__ = [
     "effective_deadline",
     "remember_connection",
 ]
+
+
+class RefusedBeforeStart(GRPCError):
+    """Raised by :meth:`CallConnection.admit`: the connection cannot take the
+    call now, and its handler has not started.
+
+    A layer that can tell the caller "never started" on the wire does so (the
+    streams layer ends the call's stream with ``CONNECTION_CLOSING`` when
+    ``closing``, else ``REFUSED``); any other layer sends its UNAVAILABLE status.
+    """
+
+    def __init__(self, message: str, *, closing: bool) -> None:
+        super().__init__(Status.UNAVAILABLE, message)
+        #: The connection is draining (it sent a go-away), rather than unable
+        #: to take the call for another reason.
+        self.closing = closing
 
 
 class CallConnection(Protocol):
@@ -77,7 +97,8 @@ class CallConnection(Protocol):
         ...
 
     def open_stream(self, protocol: asyncio.Protocol) -> None:
-        """Run ``protocol`` on a new outgoing stream, or raise ``GRPCError(UNAVAILABLE)``."""
+        """Run ``protocol`` on a new outgoing stream, or raise ``GRPCError(UNAVAILABLE)``
+        (:class:`~brpc.errors.CallNotStartedError` when nothing was sent)."""
         ...
 
     def outgoing_started(self) -> None:
@@ -89,7 +110,8 @@ class CallConnection(Protocol):
         ...
 
     async def admit(self, method: str) -> None:
-        """Admit an incoming call or raise ``GRPCError`` (limits, draining, authorization)."""
+        """Admit an incoming call or raise ``GRPCError`` (limits, draining, authorization):
+        :class:`RefusedBeforeStart` when it cannot take the call now (draining, closed)."""
         ...
 
     def incoming_finished(self) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
 from .._security.keyproof import EXPORTER_LABEL, EXPORTER_LENGTH, ClientKeyProof
+from .._wire.callframe import StreamError
 from .._wire.control import CONTROL_MESSAGE_LIMIT, PROTOCOL_VERSION
 from .._wire.refusal import Refusal
 from ..errors import CloseCode, ConnectError, ProtocolViolation, RefusedError
@@ -28,6 +29,7 @@ from .control_stream import ControlProtocol
 
 if TYPE_CHECKING:
     from .._session.base import Session, SessionClosed, SessionHandler
+    from .._session.stream_transport import StreamTransport
     from .link import Link
 
 __all__ = ["ConnectPhase", "Dialer", "HelloSettings", "MakeLink", "connect_link"]
@@ -38,7 +40,7 @@ Dialer = Callable[["SessionHandler"], Awaitable["Session"]]
 #: Makes the link of an accepted hello.
 MakeLink = Callable[["Session", ControlProtocol, pb.ServerHello], "Link"]
 
-# Lanes the server may open before its ServerHello has been read here.
+# Streams the server may open before its ServerHello has been read here; more are refused.
 _MAX_PENDING_STREAMS = 8
 
 
@@ -98,19 +100,24 @@ class _PendingStream(asyncio.Protocol):
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
-        self._transport: asyncio.Transport | None = None
+        self._transport: StreamTransport | None = None
         self._buffer: list[bytes] = []
         self._size = 0
         self._lost: tuple[Exception | None] | None = None
         self._eof = False
+        #: More arrived than the bound: the stream was refused, never to be handed over.
+        self._refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
+        self._transport = cast("StreamTransport", transport)
 
     def data_received(self, data: bytes) -> None:
         self._size += len(data)
         if self._size > self._limit and self._transport is not None:
-            self._transport.abort()
+            # Nothing of it ran: refused, so the server may send it again.
+            self._refused = True
+            self._buffer.clear()
+            self._transport.abort(StreamError.REFUSED)
         else:
             self._buffer.append(data)
 
@@ -123,6 +130,8 @@ class _PendingStream(asyncio.Protocol):
         self._lost = (exc,)
 
     def hand_over(self, protocol: asyncio.Protocol, context: contextvars.Context) -> None:
+        if self._refused:
+            return
         transport = self._transport
         assert transport is not None
         transport.set_protocol(protocol)
@@ -137,6 +146,16 @@ class _PendingStream(asyncio.Protocol):
             context.run(protocol.connection_lost, self._lost[0])
         elif self._eof and not context.run(protocol.eof_received):
             transport.close()
+
+
+class _RefusedStream(asyncio.Protocol):
+    """A stream the server opened that this side cannot take yet (its
+    ServerHello has not been read and enough streams wait already): reset both
+    ways with ``REFUSED`` (docs/protocol.md §4.6). Nothing of it ran; the
+    connection goes on."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cast("StreamTransport", transport).abort(StreamError.REFUSED)
 
 
 class _Attempt:
@@ -164,9 +183,13 @@ class _Attempt:
     ) -> tuple[asyncio.Protocol, contextvars.Context | None] | None:
         if self.link is not None:
             return self.link.accept_stream()
-        if self.control is None or len(self._pending) >= _MAX_PENDING_STREAMS:
+        if self.control is None:
             session.close(CloseCode.PROTOCOL_VIOLATION, "server opened streams before the hello")
             return None
+        if len(self._pending) >= _MAX_PENDING_STREAMS:
+            # The server may open streams right after its hello, and they may
+            # all overtake it: not a violation, but more than we keep.
+            return _RefusedStream(), None
         pending = _PendingStream(self._settings.pending_stream_limit)
         self._pending.append(pending)
         return pending, None

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from .._calls.base import current_call_connection
-from ..errors import CloseCode, ProtocolViolation
+from .._calls.base import RefusedBeforeStart, current_call_connection
+from ..errors import CallNotStartedError, CloseCode, ProtocolViolation
 from ..v1 import control_pb2 as pb
 
 if TYPE_CHECKING:
@@ -166,12 +166,24 @@ class Link:
         return f"connection to {self._describe} lost: {self.closed.describe()}"
 
     def open_stream(self, protocol: asyncio.Protocol) -> None:
-        """Run ``protocol`` on a new outgoing stream, or raise GRPCError(UNAVAILABLE)."""
+        """Run ``protocol`` on a new outgoing stream, or raise
+        :class:`~brpc.errors.CallNotStartedError` (UNAVAILABLE): nothing was sent."""
         if self.closed is not None:
-            raise GRPCError(Status.UNAVAILABLE, self.loss_reason())
+            raise CallNotStartedError(
+                f"{self.loss_reason()}; the call was not sent, it is safe to retry"
+            )
         if not self.usable:
-            raise GRPCError(Status.UNAVAILABLE, f"connection to {self._describe} is closing")
-        self.session.open_stream(protocol)
+            raise CallNotStartedError(
+                f"connection to {self._describe} is closing; the call was not sent, "
+                "it is safe to retry on another connection"
+            )
+        try:
+            self.session.open_stream(protocol)
+        except ConnectionError as exc:
+            # The session made no stream (closing, or no stream credit it can wait for).
+            raise CallNotStartedError(
+                f"connection to {self._describe}: {exc}; the call was not sent, it is safe to retry"
+            ) from None
 
     def outgoing_started(self) -> None:
         self.calls_out += 1
@@ -181,13 +193,22 @@ class Link:
         self._check_idle()
 
     async def admit(self, method: str) -> None:
+        """Admit an incoming call (see :class:`~brpc._calls.base.CallConnection`).
+
+        Draining or closed, it raises :class:`RefusedBeforeStart` (the handler
+        has not started); not authorized or over ``max_concurrent_calls``, a
+        ``GRPCError`` with that status (docs/protocol.md §4.6, "Callee").
+        """
         if self.draining or self.closed is not None:
-            raise GRPCError(Status.UNAVAILABLE, f"{method}: the connection is closing")
+            raise self._refusal(method)
         authorize = self._authorize
         if authorize is not None:
             allowed = authorize(self.handle, method)
             if inspect.isawaitable(allowed):
                 allowed = await allowed
+                if self.draining or self.closed is not None:
+                    # Began draining (or ended) while the hook decided.
+                    raise self._refusal(method)
             if allowed is not True:
                 raise GRPCError(
                     Status.PERMISSION_DENIED, f"{method} is not allowed on this connection"
@@ -203,6 +224,11 @@ class Link:
         task = asyncio.current_task()
         if task is not None:
             self._handling.add(task)
+
+    def _refusal(self, method: str) -> RefusedBeforeStart:
+        if self.closed is not None:
+            return RefusedBeforeStart(f"{method}: {self.loss_reason()}", closing=False)
+        return RefusedBeforeStart(f"{method}: the connection is closing", closing=True)
 
     def incoming_finished(self) -> None:
         self.calls_in -= 1

@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from ..errors import BrpcError
+from ..errors import BrpcError, CallNotStartedError
 from ..v1 import call_pb2 as pb
 from .metadata import (
     MetadataError,
@@ -49,6 +49,7 @@ __all__ = [
     "encode_response_headers",
     "encode_trailers",
     "message_prefix",
+    "peer_error",
     "peer_error_status",
     "refused_before_start",
 ]
@@ -156,6 +157,18 @@ def peer_error_status(code: int) -> tuple[Status, str]:
 def refused_before_start(code: int) -> bool:
     """Whether a stream reset with ``code`` proves the callee never ran the call."""
     return code in (StreamError.REFUSED, StreamError.CONNECTION_CLOSING)
+
+
+def peer_error(code: int) -> GRPCError:
+    """The error a caller reports when the callee reset or stopped the call's
+    stream with ``code`` before the call completed: a
+    :class:`~brpc.errors.CallNotStartedError` for the codes that prove the
+    callee never ran it (:func:`refused_before_start`), else a ``GRPCError``
+    with the status of :func:`peer_error_status`."""
+    status, message = peer_error_status(code)
+    if refused_before_start(code):
+        return CallNotStartedError(message)
+    return GRPCError(status, message)
 
 
 class CallStreamError(BrpcError):

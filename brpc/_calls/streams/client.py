@@ -31,7 +31,7 @@ from ..._wire.callframe import (
     TrailersReceived,
     encode_request_headers,
     message_prefix,
-    peer_error_status,
+    peer_error,
 )
 from ..._wire.callstate import CallerReceiveState, EndedWithoutStatus
 from ..._wire.metadata import MetadataError
@@ -94,8 +94,7 @@ class _CallerProtocol(CallStreamProtocol):
 
     def _lost_error(self, exc: Exception) -> BaseException:
         if isinstance(exc, StreamResetError):
-            status, message = peer_error_status(exc.code)
-            return GRPCError(status, message)
+            return peer_error(exc.code)
         return _ConnectionLost(str(exc))
 
     def current_error(self) -> BaseException:
@@ -112,7 +111,7 @@ class _CallerProtocol(CallStreamProtocol):
             code = self.stopped_code
             error: GRPCError
             if code:
-                error = GRPCError(*peer_error_status(code))
+                error = peer_error(code)
             elif connection.lost or not connection.usable:
                 error = GRPCError(
                     Status.UNAVAILABLE,
@@ -129,7 +128,7 @@ class _CallerProtocol(CallStreamProtocol):
         if code is not None and self.error is None:
             if code == StreamError.NO_ERROR:
                 return  # the callee needs no more of the request; its status follows
-            raise GRPCError(*peer_error_status(code))
+            raise peer_error(code)
         super().write(data, end=end)
 
     def _closed_for_writing(self) -> BaseException:

@@ -4,7 +4,10 @@
 the method; an unknown one is answered trailers-only UNIMPLEMENTED, a call
 arriving while the connection drains is reset with ``CONNECTION_CLOSING``
 (it never started), anything else runs the (admission-checking) handler from
-:class:`~brpc._calls.serving.Serving` as a task. The task is created inside
+:class:`~brpc._calls.serving.Serving` as a task. A call admission turns away
+before its handler starts (:class:`~brpc._calls.base.RefusedBeforeStart`)
+is reset with ``CONNECTION_CLOSING`` or ``REFUSED``; other refusals are
+trailers-only statuses. The task is created inside
 ``data_received``, which the transport runs in the link's context, so the
 handler knows the connection it serves. The handler gets a
 :class:`ServerCallStream`, with grpclib's server ``Stream`` API, and errors
@@ -41,6 +44,7 @@ from ..._wire.callframe import (
 from ..._wire.callstate import CalleeReceiveState
 from ..._wire.metadata import MetadataError
 from .._grpclib import GRPC_CONTENT_TYPE, Metadata, MetadataLike, Peer, ServerStream
+from ..base import RefusedBeforeStart
 from ._protocol import CallStreamProtocol
 
 if TYPE_CHECKING:
@@ -319,6 +323,12 @@ class ServerCallStream(ServerStream[Any, Any]):
             return True
         protocol_error = None
         if exc_val is not None:
+            if isinstance(exc_val, RefusedBeforeStart):
+                # Admission turned the call away before its handler started:
+                # say so with the stream's code, which only means "never ran".
+                code = StreamError.CONNECTION_CLOSING if exc_val.closing else StreamError.REFUSED
+                protocol.fail(exc_val, code)
+                return True
             if isinstance(exc_val, GRPCError):
                 status = exc_val.status
                 status_message = exc_val.message
