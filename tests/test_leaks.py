@@ -46,11 +46,11 @@ async def test_connect_call_disconnect_cycles(make_server: Any, certs: Any) -> N
 
     await wait_for(lambda: not server.clients_snapshot(), timeout=30)
     await wait_for(lambda: server.connection_count == 0, timeout=30)
-    # client sockets close once their QUIC closing period ends
+    # Client sockets close once their QUIC closing period ends. At most as many
+    # as at the start, not exactly: an earlier test's connections may still be
+    # in their closing period at the baseline and close meanwhile.
     await wait_for(lambda: _open_fds() <= fds, timeout=30)
     await wait_for(lambda: _tasks() <= tasks, timeout=30)
-    assert _open_fds() == fds
-    assert _tasks() == tasks
     # aioquic keeps each connection for its closing period (three probe timeouts)
     await wait_for(lambda: server._listener.engine_connections == 0, timeout=30)
 
