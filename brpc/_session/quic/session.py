@@ -32,6 +32,10 @@ on QUIC. It knows streams, not gRPC:
 - it transmits stream data that has waited behind other work for a few
   milliseconds at the next write, not only at the end of the loop iteration
   (see ``flush.py``: otherwise busy peers take turns idling);
+- after datagrams arrive it transmits once the callbacks they made ready have
+  run (a handler started, a caller woken), and handles an engine timer that is
+  due anyway (a delayed acknowledgement) in the same transmit: a small call's
+  reply leaves with the acknowledgement of its request, in one datagram;
 - on aioquic it probes the path for bigger datagrams (``PathMtuProber``) up to
   ``QuicOptions.max_probed_datagram_size``.
 """
@@ -268,14 +272,14 @@ class QuicSession(asyncio.DatagramProtocol):
             return
         if self._transmit_deferred:
             return  # the batch flushes
-        self.transmit()
+        self._flush_soon()
         self._after_receive()
 
     def flush_batch(self) -> None:
-        """Transmit what the datagrams of a batch called for."""
+        """Transmit what the datagrams of a batch called for (see :meth:`_flush_soon`)."""
         if self._transmit_deferred:
             self._transmit_deferred = False
-            self.transmit()
+            self._flush_soon()
             self._after_receive()
 
     def _receive_batch(self, data: bytes | str, addr: Any, drain: socket.socket) -> None:
@@ -399,11 +403,23 @@ class QuicSession(asyncio.DatagramProtocol):
     # -- sending -------------------------------------------------------------------
 
     def transmit(self) -> None:
-        """Send what the engine has to send, and arm its timer."""
+        """Send what the engine has to send, and arm its timer.
+
+        An engine timer due within :data:`_TIMER_GRANULARITY` (an acknowledgement
+        held back for its delay, say) is handled first, so that what it sends
+        shares the datagrams of this transmit instead of following on its own.
+        """
         if self._transmit_deferred:
             return
         self._flush_handle = None
-        self._transmit(self._clock())
+        now = self._clock()
+        timer_at = self.quic.get_timer()
+        if timer_at is not None and timer_at - now <= _TIMER_GRANULARITY:
+            self._cancel_timer()
+            self._timer_at = timer_at
+            self._handle_timer()
+            return
+        self._transmit(now)
 
     def _transmit(self, now: float) -> None:
         self._early_flush.transmitted()
@@ -970,6 +986,12 @@ class QuicSession(asyncio.DatagramProtocol):
         self._timers.append(loop.call_later(delay, callback))
 
     def _flush_soon(self) -> None:
+        """Transmit later in this loop iteration, once what is ready to run has run.
+
+        After datagrams arrive, this is what lets the tasks they woke (a call's
+        handler, a caller waiting for its reply) write first: their data and the
+        acknowledgement leave together, in one datagram for a small call.
+        """
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self.transmit)
 
