@@ -331,6 +331,11 @@ def _metadata(block: pb.RequestHeaders | pb.ResponseHeaders | pb.Trailers) -> Me
 
 
 def _block_event(kind: int, body: bytes) -> FrameEvent:
+    if not body and kind != _REQUEST_HEADERS:
+        # An empty block is every field's default (OK trailers, for one): no parse.
+        if kind == _TRAILERS:
+            return TrailersReceived(0, "", None, [])
+        return ResponseHeadersReceived([])
     if kind == _REQUEST_HEADERS:
         request = _parse_block(pb.RequestHeaders(), body)
         if not request.path.startswith("/"):

@@ -136,11 +136,11 @@ class _CallerProtocol(CallStreamProtocol):
         return GRPCError(Status.UNAVAILABLE, self.connection.loss_reason())
 
 
+_STATUSES = {status.value: status for status in Status}
+
+
 def _status(value: int) -> Status:
-    try:
-        return Status(value)
-    except ValueError:
-        return Status.UNKNOWN
+    return _STATUSES.get(value, Status.UNKNOWN)
 
 
 class ClientCallStream(ClientStream[SendType, RecvType]):

@@ -14,9 +14,7 @@ are turned into statuses as grpclib's server does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -141,29 +139,37 @@ class CalleeProtocol(CallStreamProtocol):
         if not self.lost:
             transport.stop_reading(self.stop_code if stop_code is None else stop_code)
 
+    async def _run(
+        self, stream: ServerCallStream, method: Handler, headers: RequestHeadersReceived
+    ) -> None:
+        """grpclib's RecvRequest event, then the handler."""
+        stream.metadata, method_func = await self._serving.dispatch.recv_request(
+            cast(Metadata, MultiDict(headers.metadata)),
+            method.func,
+            method_name=headers.path,
+            deadline=stream.deadline,
+            content_type=GRPC_CONTENT_TYPE,
+            user_agent=stream.user_agent,
+            peer=stream.peer,
+        )
+        await method_func(stream)
+
     async def _serve(
         self, stream: ServerCallStream, method: Handler, headers: RequestHeadersReceived
     ) -> None:
-        serving = self._serving
         deadline = stream.deadline
         try:
             async with stream:
-                timeout = deadline.time_remaining() if deadline is not None else None
-                scope = asyncio.timeout(timeout) if timeout is not None else _no_timeout()
+                scope: asyncio.Timeout | None = None
                 try:
-                    async with scope:
-                        stream.metadata, method_func = await serving.dispatch.recv_request(
-                            cast(Metadata, MultiDict(headers.metadata)),
-                            method.func,
-                            method_name=headers.path,
-                            deadline=deadline,
-                            content_type=GRPC_CONTENT_TYPE,
-                            user_agent=stream.user_agent,
-                            peer=stream.peer,
-                        )
-                        await method_func(stream)
+                    if deadline is None:
+                        await self._run(stream, method, headers)
+                    else:
+                        scope = asyncio.timeout(deadline.time_remaining())
+                        async with scope:
+                            await self._run(stream, method, headers)
                 except TimeoutError:
-                    if timeout is not None and cast(asyncio.Timeout, scope).expired():
+                    if scope is not None and scope.expired():
                         log.info("Deadline exceeded")
                         self.stop_code = StreamError.DEADLINE_EXCEEDED
                         raise GRPCError(Status.DEADLINE_EXCEEDED) from None
@@ -192,11 +198,6 @@ class CalleeProtocol(CallStreamProtocol):
                 transport = self.transport
                 if transport is not None:
                     transport.abort(StreamError.INTERNAL)
-
-
-@contextlib.asynccontextmanager
-async def _no_timeout() -> Any:
-    yield
 
 
 class ServerCallStream(ServerStream[Any, Any]):
@@ -240,8 +241,10 @@ class ServerCallStream(ServerStream[Any, Any]):
             raise ProtocolError("Initial metadata was already sent")
         (sent,) = await self._dispatch.send_initial_metadata(MultiDict(metadata or ()))
         if sent:
-            with _metadata_errors():
+            try:
                 frame = encode_response_headers(sent)
+            except MetadataError as exc:
+                raise ValueError(str(exc)) from None
             self._protocol.write(frame)
         # Without metadata the frame is optional: the first message or the
         # trailers say as much, in fewer bytes.
@@ -292,8 +295,10 @@ class ServerCallStream(ServerStream[Any, Any]):
             status_message=status_message,
             status_details=status_details,
         )
-        with _metadata_errors():
+        try:
             frame = encode_trailers(status, status_message, details, sent)
+        except MetadataError as exc:
+            raise ValueError(str(exc)) from None
         self._send_trailing_metadata_done = True
         self._protocol.finish(frame)
 
@@ -347,11 +352,3 @@ class ServerCallStream(ServerStream[Any, Any]):
         if protocol_error is not None:
             raise ProtocolError(protocol_error)
         return True
-
-
-@contextlib.contextmanager
-def _metadata_errors() -> Iterator[None]:
-    try:
-        yield
-    except MetadataError as exc:
-        raise ValueError(str(exc)) from None
