@@ -415,9 +415,11 @@ class QuicSession(asyncio.DatagramProtocol):
         now = self._clock()
         timer_at = self.quic.get_timer()
         if timer_at is not None and timer_at - now <= _TIMER_GRANULARITY:
-            self._cancel_timer()
-            self._timer_at = timer_at
-            self._handle_timer()
+            armed_at = self._timer_at
+            if armed_at is None or armed_at - now <= _TIMER_GRANULARITY:
+                self._cancel_timer()  # it would run right after this, for nothing
+            # else the armed timer is later: it stays (it re-arms if it fires early)
+            self._run_timer(timer_at)
             return
         self._transmit(now)
 
@@ -492,8 +494,15 @@ class QuicSession(asyncio.DatagramProtocol):
 
     def _arm_timer(self) -> None:
         timer_at = self.quic.get_timer()
-        if timer_at == self._timer_at and self._timer is not None:
-            return
+        armed_at = self._timer_at
+        if self._timer is not None and armed_at is not None:
+            if timer_at == armed_at:
+                return
+            if timer_at is not None and timer_at > armed_at:
+                # Later than the armed timer, which fires early and re-arms: the
+                # engine's timer moves with every packet sent and acknowledged,
+                # and a cancel and a new timer on each transmit cost more.
+                return
         self._cancel_timer()
         if timer_at is None:
             return
@@ -524,9 +533,20 @@ class QuicSession(asyncio.DatagramProtocol):
         self._timer_at = None
 
     def _handle_timer(self) -> None:
-        timer_at = self._timer_at
         self._timer = None
         self._timer_at = None
+        if self.terminated.is_set() and self.closed is not None:
+            return
+        timer_at = self.quic.get_timer()
+        if timer_at is None:
+            return
+        if timer_at - self._clock() > _TIMER_GRANULARITY:
+            self._arm_timer()  # armed for an earlier time the engine's timer moved from
+            return
+        self._run_timer(timer_at)
+
+    def _run_timer(self, timer_at: float) -> None:
+        """Handle the engine's timer due at ``timer_at`` (now, or within the granularity)."""
         if self.terminated.is_set() and self.closed is not None:
             return
         now = self._clock(timer_at)
