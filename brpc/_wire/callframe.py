@@ -418,11 +418,39 @@ class FrameDecoder:
         if self._error is not None:
             raise self._error
         try:
+            if type(data) is bytes and self._kind < 0 and not self._prefix:
+                return self._feed_frames(data)
             return self._feed(data)
         except CallStreamError as exc:
             self._error = exc
             self._parts = []
             raise
+
+    def _feed_frames(self, data: bytes) -> list[FrameEvent]:
+        """:meth:`_feed` of a chunk that starts a frame: whole frames are sliced
+        out in a tight loop (a call's frames usually arrive in one chunk); a
+        frame the chunk ends inside goes the general way."""
+        events: list[FrameEvent] = []
+        size = len(data)
+        pos = 0
+        max_message = self._max_message
+        unpack = _UNPACK_PREFIX_FROM
+        while size - pos >= FRAME_PREFIX_SIZE:
+            kind, length = unpack(data, pos)
+            if kind != _MESSAGE or length > max_message:
+                self._check(kind, length)
+            end = pos + FRAME_PREFIX_SIZE + length
+            if end > size:
+                break
+            body = data[pos + FRAME_PREFIX_SIZE : end]
+            pos = end
+            if kind == _MESSAGE:
+                events.append(MessageReceived(body))
+            else:
+                events.append(_block_event(kind, body))
+        if pos < size:
+            events.extend(self._feed(data[pos:]))
+        return events
 
     def _feed(self, chunk: bytes | bytearray | memoryview) -> list[FrameEvent]:
         events: list[FrameEvent] = []
