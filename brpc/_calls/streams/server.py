@@ -227,6 +227,11 @@ class ServerCallStream(ServerStream[Any, Any]):
         self.user_agent = user_agent
         self.peer = Peer(cast(Any, protocol.transport))
 
+    @property
+    def call_connection(self) -> CallConnection:
+        """The connection the call arrived on (see ``brpc._calls.base.connection_of``)."""
+        return self._protocol.connection
+
     async def recv_message(self) -> Any:
         event = await self._protocol.next_event()
         if event is None:
