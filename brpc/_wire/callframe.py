@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError
 from grpclib.const import Status
@@ -263,10 +263,36 @@ def encode_request_headers(
     ``timeout`` is in seconds (``None`` for none). Raises
     :class:`~brpc._wire.metadata.MetadataError` for metadata that may not be sent.
     """
-    block = pb.RequestHeaders(path=path, timeout_us=timeout_to_us(timeout), user_agent=user_agent)
-    if metadata:
-        add_proto_metadata(block.metadata, metadata)
-    return _block_frame(_REQUEST_HEADERS, block.SerializeToString())
+    key = (path, user_agent)
+    body = _REQUEST_BASES.get(key)
+    if body is None:
+        body = pb.RequestHeaders(path=path, user_agent=user_agent).SerializeToString()
+        if len(body) <= _CACHED_BLOCK_LIMIT:
+            _remember(_REQUEST_BASES, key, body)
+    timeout_us = timeout_to_us(timeout)
+    if timeout_us or metadata:
+        # Serialized blocks concatenated are one block with the fields of both.
+        rest = pb.RequestHeaders(timeout_us=timeout_us)
+        if metadata:
+            add_proto_metadata(rest.metadata, metadata)
+        body += rest.SerializeToString()
+    return _block_frame(_REQUEST_HEADERS, body)
+
+
+#: Bound of the caches of header blocks (a cache that fills up starts afresh).
+_CACHE_LIMIT = 1024
+#: Largest block remembered (each cache holds at most 256 KiB of them).
+_CACHED_BLOCK_LIMIT = 256
+#: (path, user agent) -> the request header block with those two fields.
+_REQUEST_BASES: dict[tuple[str, str], bytes] = {}
+#: A received request header block without metadata or timeout -> (path, user agent).
+_RECEIVED_REQUESTS: dict[bytes, tuple[str, str]] = {}
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
 
 
 def encode_response_headers(metadata: MetadataLike | None = None) -> bytes:
@@ -337,14 +363,20 @@ def _block_event(kind: int, body: bytes) -> FrameEvent:
             return TrailersReceived(0, "", None, [])
         return ResponseHeadersReceived([])
     if kind == _REQUEST_HEADERS:
+        known = _RECEIVED_REQUESTS.get(body)
+        if known is not None:
+            return RequestHeadersReceived(known[0], [], None, known[1])
         request = _parse_block(pb.RequestHeaders(), body)
-        if not request.path.startswith("/"):
+        path = request.path
+        if not path.startswith("/"):
             raise _protocol_error(
-                f"received request headers with path {request.path[:200]!r}, "
-                "not '/package.Service/Method'"
+                f"received request headers with path {path[:200]!r}, not '/package.Service/Method'"
             )
+        if not request.metadata and not request.timeout_us and len(body) <= _CACHED_BLOCK_LIMIT:
+            # The same bytes on every such call of a method: parse them once.
+            _remember(_RECEIVED_REQUESTS, body, (path, request.user_agent))
         return RequestHeadersReceived(
-            request.path,
+            path,
             _metadata(request),
             timeout_from_us(request.timeout_us),
             request.user_agent,
