@@ -38,7 +38,14 @@ from ..._wire.callframe import (
 )
 from ..._wire.callstate import CalleeReceiveState
 from ..._wire.metadata import MetadataError
-from .._grpclib import GRPC_CONTENT_TYPE, Metadata, MetadataLike, Peer, ServerStream
+from .._grpclib import (
+    GRPC_CONTENT_TYPE,
+    EventDispatch,
+    Metadata,
+    MetadataLike,
+    Peer,
+    ServerStream,
+)
 from ._protocol import CallStreamProtocol
 
 if TYPE_CHECKING:
@@ -143,15 +150,20 @@ class CalleeProtocol(CallStreamProtocol):
         self, stream: ServerCallStream, method: Handler, headers: RequestHeadersReceived
     ) -> None:
         """grpclib's RecvRequest event, then the handler."""
-        stream.metadata, method_func = await self._serving.dispatch.recv_request(
-            cast(Metadata, MultiDict(headers.metadata)),
-            method.func,
-            method_name=headers.path,
-            deadline=stream.deadline,
-            content_type=GRPC_CONTENT_TYPE,
-            user_agent=stream.user_agent,
-            peer=stream.peer,
-        )
+        metadata = cast(Metadata, MultiDict(headers.metadata))
+        method_func = method.func
+        dispatch = self._serving.dispatch
+        if dispatch.listened("recv_request"):
+            metadata, method_func = await dispatch.recv_request(
+                metadata,
+                method_func,
+                method_name=headers.path,
+                deadline=stream.deadline,
+                content_type=GRPC_CONTENT_TYPE,
+                user_agent=stream.user_agent,
+                peer=stream.peer,
+            )
+        stream.metadata = metadata
         await method_func(stream)
 
     async def _serve(
@@ -203,6 +215,8 @@ class CalleeProtocol(CallStreamProtocol):
 class ServerCallStream(ServerStream[Any, Any]):
     """One incoming call, with grpclib's server ``Stream`` API."""
 
+    _dispatch: EventDispatch
+
     def __init__(
         self,
         protocol: CalleeProtocol,
@@ -237,14 +251,19 @@ class ServerCallStream(ServerStream[Any, Any]):
         if event is None:
             return None
         message = self._codec.decode(cast(MessageReceived, event).data, self._recv_type)
-        (message,) = await self._dispatch.recv_message(message)
+        dispatch = self._dispatch
+        if dispatch.listened("recv_message"):
+            (message,) = await dispatch.recv_message(message)
         self._messages_received += 1
         return message
 
     async def send_initial_metadata(self, *, metadata: MetadataLike | None = None) -> None:
         if self._send_initial_metadata_done:
             raise ProtocolError("Initial metadata was already sent")
-        (sent,) = await self._dispatch.send_initial_metadata(MultiDict(metadata or ()))
+        sent: MetadataLike | None = metadata
+        dispatch = self._dispatch
+        if dispatch.listened("send_initial_metadata"):
+            (sent,) = await dispatch.send_initial_metadata(MultiDict(metadata or ()))
         if sent:
             try:
                 frame = encode_response_headers(sent)
@@ -260,7 +279,9 @@ class ServerCallStream(ServerStream[Any, Any]):
             await self.send_initial_metadata()
         if not self._cardinality.server_streaming and self._send_message_done:
             raise ProtocolError("Message was already sent")
-        (message,) = await self._dispatch.send_message(message)
+        dispatch = self._dispatch
+        if dispatch.listened("send_message"):
+            (message,) = await dispatch.send_message(message)
         data = self._codec.encode(message, self._send_type)
         protocol = self._protocol
         if len(data) <= _JOIN_LIMIT:
@@ -294,12 +315,15 @@ class ServerCallStream(ServerStream[Any, Any]):
         codec = self._status_details_codec
         if status_details is not None and codec is not None:
             details = codec.encode(status, status_message, status_details)
-        (sent,) = await self._dispatch.send_trailing_metadata(
-            MultiDict(metadata or ()),
-            status=status,
-            status_message=status_message,
-            status_details=status_details,
-        )
+        sent: MetadataLike | None = metadata
+        dispatch = self._dispatch
+        if dispatch.listened("send_trailing_metadata"):
+            (sent,) = await dispatch.send_trailing_metadata(
+                MultiDict(metadata or ()),
+                status=status,
+                status_message=status_message,
+                status_details=status_details,
+            )
         try:
             frame = encode_trailers(status, status_message, details, sent)
         except MetadataError as exc:
