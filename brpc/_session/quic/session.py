@@ -403,18 +403,29 @@ class QuicSession(asyncio.DatagramProtocol):
     # -- sending -------------------------------------------------------------------
 
     def transmit(self) -> None:
-        """Send what the engine has to send, and arm its timer.
+        """Send what the engine has to send, and arm its timer."""
+        if self._transmit_deferred:
+            return
+        self._flush_handle = None
+        self._transmit(self._clock())
+
+    def _flush(self) -> None:
+        """The transmit :meth:`_flush_soon` scheduled.
 
         An engine timer due within :data:`_TIMER_GRANULARITY` (an acknowledgement
         held back for its delay, say) is handled first, so that what it sends
         shares the datagrams of this transmit instead of following on its own.
+        Not once closed (an engine that closes for a reason of its own is
+        reported closed as soon as it did, see ``_check_closing``): qh3 handles a
+        closing connection's timer by ending it, and the CONNECTION_CLOSE must
+        leave first, as :meth:`transmit` sends it.
         """
         if self._transmit_deferred:
             return
         self._flush_handle = None
         now = self._clock()
         timer_at = self.quic.get_timer()
-        if timer_at is not None and timer_at - now <= _TIMER_GRANULARITY:
+        if timer_at is not None and timer_at - now <= _TIMER_GRANULARITY and self.closed is None:
             armed_at = self._timer_at
             if armed_at is None or armed_at - now <= _TIMER_GRANULARITY:
                 self._cancel_timer()  # it would run right after this, for nothing
@@ -1013,7 +1024,7 @@ class QuicSession(asyncio.DatagramProtocol):
         acknowledgement leave together, in one datagram for a small call.
         """
         if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self.transmit)
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
     def _check_closing(self) -> None:
         if self.closed is None:
