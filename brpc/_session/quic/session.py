@@ -1017,7 +1017,7 @@ class QuicSession(asyncio.DatagramProtocol):
         self._timers.append(loop.call_later(delay, callback))
 
     def _flush_soon(self) -> None:
-        """Transmit later in this loop iteration, once what is ready to run has run.
+        """Transmit soon (``call_soon``): after the callbacks already scheduled have run.
 
         After datagrams arrive, this is what lets the tasks they woke (a call's
         handler, a caller waiting for its reply) write first: their data and the
