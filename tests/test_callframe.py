@@ -102,6 +102,21 @@ def test_request_headers_without_timeout_or_user_agent() -> None:
     assert event == RequestHeadersReceived("/a.B/C", [], None, "")
 
 
+def test_repeated_request_headers_decode_alike_whatever_else_came_between() -> None:
+    """Blocks are remembered by their bytes on both sides: the same call again, and
+    the same method with metadata or a timeout, still encode and decode exactly."""
+    plain = encode_request_headers("/a.B/C", None, None, "ua")
+    timed = encode_request_headers("/a.B/C", [("k", "v")], 0.5, "ua")
+    first, again = decode_all(plain), decode_all(plain)
+    assert first == again == [RequestHeadersReceived("/a.B/C", [], None, "ua")]
+    assert first[0].metadata is not again[0].metadata  # each event its own list
+    assert decode_all(timed) == [RequestHeadersReceived("/a.B/C", [("k", "v")], 0.5, "ua")]
+    assert encode_request_headers("/a.B/C", None, None, "ua") == plain
+    assert decode_all(encode_request_headers("/a.B/D", None, None, "ua")) == [
+        RequestHeadersReceived("/a.B/D", [], None, "ua")
+    ]
+
+
 @pytest.mark.parametrize("metadata", METADATA_SHAPES)
 def test_response_headers_round_trip(metadata: Any) -> None:
     wire = encode_response_headers(metadata)

@@ -98,6 +98,35 @@ def test_one_dispatcher_takes_channel_and_server_events() -> None:
     assert issubclass(EventDispatch, grpclib.events._DispatchChannelEvents)
 
 
+async def test_dispatch_says_which_events_are_listened_to() -> None:
+    """The streams layer skips grpclib's dispatch methods nobody listens to: a
+    method is listened to exactly once a listener for its event was added."""
+    dispatch = EventDispatch()
+
+    async def callback(event: Any) -> None:
+        pass
+
+    class Target:
+        __dispatch__ = dispatch
+
+    names = dict(EventDispatch.__dispatch_methods__)
+    assert set(names.values()) >= {
+        "send_request",
+        "send_message",
+        "recv_message",
+        "recv_initial_metadata",
+        "recv_trailing_metadata",
+        "recv_request",
+        "send_initial_metadata",
+        "send_trailing_metadata",
+    }
+    assert not any(dispatch.listened(name) for name in names.values())
+    # Unlistened, a method hands back its arguments: skipping it changes nothing.
+    assert await dispatch.send_message("m") == ("m",)
+    listen(Target(), SendRequest, callback)
+    assert [name for name in names.values() if dispatch.listened(name)] == ["send_request"]
+
+
 class _Capture(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()

@@ -42,7 +42,7 @@ from grpclib.client import Stream as ClientStream
 from grpclib.config import Configuration
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.encoding.base import GRPC_CONTENT_TYPE
-from grpclib.events import _DispatchChannelEvents, _DispatchServerEvents
+from grpclib.events import _DispatchChannelEvents, _DispatchServerEvents, _ident
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.metadata import USER_AGENT, Deadline, _Metadata, _MetadataLike
 from grpclib.protocol import AbstractHandler, Connection, EventsProcessor, H2Protocol, Peer
@@ -108,6 +108,13 @@ class EventDispatch(_DispatchServerEvents, _DispatchChannelEvents):
     server events (RecvRequest, SendTrailingMetadata, ...). SendMessage and
     RecvMessage fire for messages this side sends and receives, either way.
     """
+
+    def listened(self, method: str) -> bool:
+        """Whether a listener waits for the event ``method`` (``"send_message"``, ...)
+        dispatches. Without one the method only returns its arguments (grpclib
+        binds it to an identity coroutine until a listener is added), and a call
+        layer may skip it."""
+        return self.__dict__.get(method) is not _ident
 
 
 class _LimitedStream(H2Stream):

@@ -184,12 +184,20 @@ _CONNECTION_OF: weakref.WeakKeyDictionary[object, CallConnection] = weakref.Weak
 
 
 def remember_connection(stream: object, connection: CallConnection) -> None:
-    """Note that the server-side ``stream`` is a call that arrived on ``connection``."""
-    _CONNECTION_OF[stream] = connection
+    """Note that the server-side ``stream`` is a call that arrived on ``connection``.
+
+    A stream with a ``call_connection`` attribute (a call layer's own) that names
+    it already needs no note.
+    """
+    if getattr(stream, "call_connection", None) is not connection:
+        _CONNECTION_OF[stream] = connection
 
 
 def connection_of(stream: object) -> CallConnection | None:
     """The connection an incoming call's server-side stream arrived on, if brpc served it."""
+    connection: CallConnection | None = getattr(stream, "call_connection", None)
+    if connection is not None:
+        return connection
     return _CONNECTION_OF.get(stream)
 
 

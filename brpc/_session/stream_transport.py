@@ -121,6 +121,26 @@ class StreamCounters:
 class StreamTransport(asyncio.Transport):
     """asyncio transport for one bidirectional stream of a session."""
 
+    # One per call on the streams layer: slots make it smaller and quicker to set up.
+    __slots__ = (
+        "_context",
+        "_flush_handle",
+        "_half_closed",
+        "_held",
+        "_held_bytes",
+        "_high_water",
+        "_lost",
+        "_low_water",
+        "_paused",
+        "_protocol",
+        "_read_closed",
+        "_reading_paused",
+        "_session",
+        "_write_closed",
+        "counters",
+        "stream_id",
+    )
+
     def __init__(
         self,
         session: StreamHost,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError
 from grpclib.const import Status
@@ -276,10 +276,36 @@ def encode_request_headers(
     ``timeout`` is in seconds (``None`` for none). Raises
     :class:`~brpc._wire.metadata.MetadataError` for metadata that may not be sent.
     """
-    block = pb.RequestHeaders(path=path, timeout_us=timeout_to_us(timeout), user_agent=user_agent)
-    if metadata:
-        add_proto_metadata(block.metadata, metadata)
-    return _block_frame(_REQUEST_HEADERS, block.SerializeToString())
+    key = (path, user_agent)
+    body = _REQUEST_BASES.get(key)
+    if body is None:
+        body = pb.RequestHeaders(path=path, user_agent=user_agent).SerializeToString()
+        if len(body) <= _CACHED_BLOCK_LIMIT:
+            _remember(_REQUEST_BASES, key, body)
+    timeout_us = timeout_to_us(timeout)
+    if timeout_us or metadata:
+        # Serialized blocks concatenated are one block with the fields of both.
+        rest = pb.RequestHeaders(timeout_us=timeout_us)
+        if metadata:
+            add_proto_metadata(rest.metadata, metadata)
+        body += rest.SerializeToString()
+    return _block_frame(_REQUEST_HEADERS, body)
+
+
+#: Bound of the caches of header blocks (a cache that fills up starts afresh).
+_CACHE_LIMIT = 1024
+#: Largest block remembered (each cache holds at most 256 KiB of them).
+_CACHED_BLOCK_LIMIT = 256
+#: (path, user agent) -> the request header block with those two fields.
+_REQUEST_BASES: dict[tuple[str, str], bytes] = {}
+#: A received request header block without metadata or timeout -> (path, user agent).
+_RECEIVED_REQUESTS: dict[bytes, tuple[str, str]] = {}
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
 
 
 def encode_response_headers(metadata: MetadataLike | None = None) -> bytes:
@@ -344,15 +370,26 @@ def _metadata(block: pb.RequestHeaders | pb.ResponseHeaders | pb.Trailers) -> Me
 
 
 def _block_event(kind: int, body: bytes) -> FrameEvent:
+    if not body and kind != _REQUEST_HEADERS:
+        # An empty block is every field's default (OK trailers, for one): no parse.
+        if kind == _TRAILERS:
+            return TrailersReceived(0, "", None, [])
+        return ResponseHeadersReceived([])
     if kind == _REQUEST_HEADERS:
+        known = _RECEIVED_REQUESTS.get(body)
+        if known is not None:
+            return RequestHeadersReceived(known[0], [], None, known[1])
         request = _parse_block(pb.RequestHeaders(), body)
-        if not request.path.startswith("/"):
+        path = request.path
+        if not path.startswith("/"):
             raise _protocol_error(
-                f"received request headers with path {request.path[:200]!r}, "
-                "not '/package.Service/Method'"
+                f"received request headers with path {path[:200]!r}, not '/package.Service/Method'"
             )
+        if not request.metadata and not request.timeout_us and len(body) <= _CACHED_BLOCK_LIMIT:
+            # The same bytes on every such call of a method: parse them once.
+            _remember(_RECEIVED_REQUESTS, body, (path, request.user_agent))
         return RequestHeadersReceived(
-            request.path,
+            path,
             _metadata(request),
             timeout_from_us(request.timeout_us),
             request.user_agent,
@@ -426,11 +463,39 @@ class FrameDecoder:
         if self._error is not None:
             raise self._error
         try:
+            if type(data) is bytes and self._kind < 0 and not self._prefix:
+                return self._feed_frames(data)
             return self._feed(data)
         except CallStreamError as exc:
             self._error = exc
             self._parts = []
             raise
+
+    def _feed_frames(self, data: bytes) -> list[FrameEvent]:
+        """:meth:`_feed` of a chunk that starts a frame: whole frames are sliced
+        out in a tight loop (a call's frames usually arrive in one chunk); a
+        frame the chunk ends inside goes the general way."""
+        events: list[FrameEvent] = []
+        size = len(data)
+        pos = 0
+        max_message = self._max_message
+        unpack = _UNPACK_PREFIX_FROM
+        while size - pos >= FRAME_PREFIX_SIZE:
+            kind, length = unpack(data, pos)
+            if kind != _MESSAGE or length > max_message:
+                self._check(kind, length)
+            end = pos + FRAME_PREFIX_SIZE + length
+            if end > size:
+                break
+            body = data[pos + FRAME_PREFIX_SIZE : end]
+            pos = end
+            if kind == _MESSAGE:
+                events.append(MessageReceived(body))
+            else:
+                events.append(_block_event(kind, body))
+        if pos < size:
+            events.extend(self._feed(data[pos:]))
+        return events
 
     def _feed(self, chunk: bytes | bytearray | memoryview) -> list[FrameEvent]:
         events: list[FrameEvent] = []

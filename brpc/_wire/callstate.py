@@ -49,6 +49,10 @@ class ReceiveState(enum.Enum):
     #: The peer's FIN arrived after everything it had to send.
     CLOSED = enum.auto()
 
+    # Members are singletons: hash them by identity, in C (Enum hashes the name
+    # in Python, once per frame received).
+    __hash__ = object.__hash__
+
 
 class EndedWithoutStatus(CallStreamError):
     """The callee ended its side of the stream (FIN) without sending trailers.

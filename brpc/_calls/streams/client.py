@@ -135,11 +135,11 @@ class _CallerProtocol(CallStreamProtocol):
         return GRPCError(Status.UNAVAILABLE, self.connection.loss_reason())
 
 
+_STATUSES = {status.value: status for status in Status}
+
+
 def _status(value: int) -> Status:
-    try:
-        return Status(value)
-    except ValueError:
-        return Status.UNKNOWN
+    return _STATUSES.get(value, Status.UNKNOWN)
 
 
 class ClientCallStream(ClientStream[SendType, RecvType]):
@@ -155,6 +155,7 @@ class ClientCallStream(ClientStream[SendType, RecvType]):
 
     #: Set before the call starts: the call fails with it instead of sending its request.
     refused: GRPCError | None = None
+    _dispatch: EventDispatch
 
     def __init__(
         self,
@@ -203,12 +204,15 @@ class ClientCallStream(ClientStream[SendType, RecvType]):
                 "Unary request requires a message to be sent before ending outgoing stream"
             )
         self._check_deadline()
-        (metadata,) = await self._dispatch.send_request(
-            self._metadata,
-            method_name=self._method_name,
-            deadline=self._deadline,
-            content_type=GRPC_CONTENT_TYPE,
-        )
+        dispatch = self._dispatch
+        metadata = self._metadata
+        if dispatch.listened("send_request"):
+            (metadata,) = await dispatch.send_request(
+                metadata,
+                method_name=self._method_name,
+                deadline=self._deadline,
+                content_type=GRPC_CONTENT_TYPE,
+            )
         connection = await self._acquire()
         deadline = self._deadline
         try:
@@ -263,7 +267,9 @@ class ClientCallStream(ClientStream[SendType, RecvType]):
             raise ProtocolError("Stream is ended")
         protocol = self._protocol
         assert protocol is not None
-        (message,) = await self._dispatch.send_message(message)
+        dispatch = self._dispatch
+        if dispatch.listened("send_message"):
+            (message,) = await dispatch.send_message(message)
         try:
             data = self._codec.encode(message, self._send_type)
         finally:
@@ -312,7 +318,10 @@ class ClientCallStream(ClientStream[SendType, RecvType]):
             metadata = cast(Metadata, MultiDict(event.metadata))
         else:
             metadata = cast(Metadata, MultiDict())
-        (self.initial_metadata,) = await self._dispatch.recv_initial_metadata(metadata)
+        dispatch = self._dispatch
+        if dispatch.listened("recv_initial_metadata"):
+            (metadata,) = await dispatch.recv_initial_metadata(metadata)
+        self.initial_metadata = metadata
         if type(event) is MessageReceived:
             self._peeked = event
         elif type(event) is TrailersReceived:
@@ -333,7 +342,9 @@ class ClientCallStream(ClientStream[SendType, RecvType]):
             event = await self._next()
         if type(event) is MessageReceived:
             message = self._codec.decode(event.data, self._recv_type)
-            (message,) = await self._dispatch.recv_message(message)
+            dispatch = self._dispatch
+            if dispatch.listened("recv_message"):
+                (message,) = await dispatch.recv_message(message)
             self._messages_received += 1
             return cast(RecvType, message)
         if type(event) is TrailersReceived:
@@ -376,12 +387,13 @@ class ClientCallStream(ClientStream[SendType, RecvType]):
             codec = self._status_details_codec
             if trailers.details and codec is not None:
                 details = codec.decode(status, message, trailers.details)
-        (self.trailing_metadata,) = await self._dispatch.recv_trailing_metadata(
-            cast(Metadata, MultiDict(trailers.metadata)),
-            status=status,
-            status_message=message,
-            status_details=details,
-        )
+        metadata = cast(Metadata, MultiDict(trailers.metadata))
+        dispatch = self._dispatch
+        if dispatch.listened("recv_trailing_metadata"):
+            (metadata,) = await dispatch.recv_trailing_metadata(
+                metadata, status=status, status_message=message, status_details=details
+            )
+        self.trailing_metadata = metadata
         if status is not Status.OK:
             raise GRPCError(status, message, details)
 

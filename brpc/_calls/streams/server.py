@@ -17,9 +17,7 @@ are turned into statuses as grpclib's server does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -43,7 +41,14 @@ from ..._wire.callframe import (
 )
 from ..._wire.callstate import CalleeReceiveState
 from ..._wire.metadata import MetadataError
-from .._grpclib import GRPC_CONTENT_TYPE, Metadata, MetadataLike, Peer, ServerStream
+from .._grpclib import (
+    GRPC_CONTENT_TYPE,
+    EventDispatch,
+    Metadata,
+    MetadataLike,
+    Peer,
+    ServerStream,
+)
 from ..base import RefusedBeforeStart
 from ._protocol import CallStreamProtocol
 
@@ -145,29 +150,42 @@ class CalleeProtocol(CallStreamProtocol):
         if not self.lost:
             transport.stop_reading(self.stop_code if stop_code is None else stop_code)
 
+    async def _run(
+        self, stream: ServerCallStream, method: Handler, headers: RequestHeadersReceived
+    ) -> None:
+        """grpclib's RecvRequest event, then the handler."""
+        metadata = cast(Metadata, MultiDict(headers.metadata))
+        method_func = method.func
+        dispatch = self._serving.dispatch
+        if dispatch.listened("recv_request"):
+            metadata, method_func = await dispatch.recv_request(
+                metadata,
+                method_func,
+                method_name=headers.path,
+                deadline=stream.deadline,
+                content_type=GRPC_CONTENT_TYPE,
+                user_agent=stream.user_agent,
+                peer=stream.peer,
+            )
+        stream.metadata = metadata
+        await method_func(stream)
+
     async def _serve(
         self, stream: ServerCallStream, method: Handler, headers: RequestHeadersReceived
     ) -> None:
-        serving = self._serving
         deadline = stream.deadline
         try:
             async with stream:
-                timeout = deadline.time_remaining() if deadline is not None else None
-                scope = asyncio.timeout(timeout) if timeout is not None else _no_timeout()
+                scope: asyncio.Timeout | None = None
                 try:
-                    async with scope:
-                        stream.metadata, method_func = await serving.dispatch.recv_request(
-                            cast(Metadata, MultiDict(headers.metadata)),
-                            method.func,
-                            method_name=headers.path,
-                            deadline=deadline,
-                            content_type=GRPC_CONTENT_TYPE,
-                            user_agent=stream.user_agent,
-                            peer=stream.peer,
-                        )
-                        await method_func(stream)
+                    if deadline is None:
+                        await self._run(stream, method, headers)
+                    else:
+                        scope = asyncio.timeout(deadline.time_remaining())
+                        async with scope:
+                            await self._run(stream, method, headers)
                 except TimeoutError:
-                    if timeout is not None and cast(asyncio.Timeout, scope).expired():
+                    if scope is not None and scope.expired():
                         log.info("Deadline exceeded")
                         self.stop_code = StreamError.DEADLINE_EXCEEDED
                         raise GRPCError(Status.DEADLINE_EXCEEDED) from None
@@ -198,13 +216,10 @@ class CalleeProtocol(CallStreamProtocol):
                     transport.abort(StreamError.INTERNAL)
 
 
-@contextlib.asynccontextmanager
-async def _no_timeout() -> Any:
-    yield
-
-
 class ServerCallStream(ServerStream[Any, Any]):
     """One incoming call, with grpclib's server ``Stream`` API."""
+
+    _dispatch: EventDispatch
 
     def __init__(
         self,
@@ -230,22 +245,34 @@ class ServerCallStream(ServerStream[Any, Any]):
         self.user_agent = user_agent
         self.peer = Peer(cast(Any, protocol.transport))
 
+    @property
+    def call_connection(self) -> CallConnection:
+        """The connection the call arrived on (see ``brpc._calls.base.connection_of``)."""
+        return self._protocol.connection
+
     async def recv_message(self) -> Any:
         event = await self._protocol.next_event()
         if event is None:
             return None
         message = self._codec.decode(cast(MessageReceived, event).data, self._recv_type)
-        (message,) = await self._dispatch.recv_message(message)
+        dispatch = self._dispatch
+        if dispatch.listened("recv_message"):
+            (message,) = await dispatch.recv_message(message)
         self._messages_received += 1
         return message
 
     async def send_initial_metadata(self, *, metadata: MetadataLike | None = None) -> None:
         if self._send_initial_metadata_done:
             raise ProtocolError("Initial metadata was already sent")
-        (sent,) = await self._dispatch.send_initial_metadata(MultiDict(metadata or ()))
+        sent: MetadataLike | None = metadata
+        dispatch = self._dispatch
+        if dispatch.listened("send_initial_metadata"):
+            (sent,) = await dispatch.send_initial_metadata(MultiDict(metadata or ()))
         if sent:
-            with _metadata_errors():
+            try:
                 frame = encode_response_headers(sent)
+            except MetadataError as exc:
+                raise ValueError(str(exc)) from None
             self._protocol.write(frame)
         # Without metadata the frame is optional: the first message or the
         # trailers say as much, in fewer bytes.
@@ -256,7 +283,9 @@ class ServerCallStream(ServerStream[Any, Any]):
             await self.send_initial_metadata()
         if not self._cardinality.server_streaming and self._send_message_done:
             raise ProtocolError("Message was already sent")
-        (message,) = await self._dispatch.send_message(message)
+        dispatch = self._dispatch
+        if dispatch.listened("send_message"):
+            (message,) = await dispatch.send_message(message)
         data = self._codec.encode(message, self._send_type)
         protocol = self._protocol
         if len(data) <= _JOIN_LIMIT:
@@ -290,14 +319,19 @@ class ServerCallStream(ServerStream[Any, Any]):
         codec = self._status_details_codec
         if status_details is not None and codec is not None:
             details = codec.encode(status, status_message, status_details)
-        (sent,) = await self._dispatch.send_trailing_metadata(
-            MultiDict(metadata or ()),
-            status=status,
-            status_message=status_message,
-            status_details=status_details,
-        )
-        with _metadata_errors():
+        sent: MetadataLike | None = metadata
+        dispatch = self._dispatch
+        if dispatch.listened("send_trailing_metadata"):
+            (sent,) = await dispatch.send_trailing_metadata(
+                MultiDict(metadata or ()),
+                status=status,
+                status_message=status_message,
+                status_details=status_details,
+            )
+        try:
             frame = encode_trailers(status, status_message, details, sent)
+        except MetadataError as exc:
+            raise ValueError(str(exc)) from None
         self._send_trailing_metadata_done = True
         self._protocol.finish(frame)
 
@@ -357,11 +391,3 @@ class ServerCallStream(ServerStream[Any, Any]):
         if protocol_error is not None:
             raise ProtocolError(protocol_error)
         return True
-
-
-@contextlib.contextmanager
-def _metadata_errors() -> Iterator[None]:
-    try:
-        yield
-    except MetadataError as exc:
-        raise ValueError(str(exc)) from None

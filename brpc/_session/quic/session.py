@@ -32,6 +32,10 @@ on QUIC. It knows streams, not gRPC:
 - it transmits stream data that has waited behind other work for a few
   milliseconds at the next write, not only at the end of the loop iteration
   (see ``flush.py``: otherwise busy peers take turns idling);
+- after datagrams arrive it transmits once the callbacks they made ready have
+  run (a handler started, a caller woken), and handles an engine timer that is
+  due anyway (a delayed acknowledgement) in the same transmit: a small call's
+  reply leaves with the acknowledgement of its request, in one datagram;
 - on aioquic it probes the path for bigger datagrams (``PathMtuProber``) up to
   ``QuicOptions.max_probed_datagram_size``.
 """
@@ -268,14 +272,14 @@ class QuicSession(asyncio.DatagramProtocol):
             return
         if self._transmit_deferred:
             return  # the batch flushes
-        self.transmit()
+        self._flush_soon()
         self._after_receive()
 
     def flush_batch(self) -> None:
-        """Transmit what the datagrams of a batch called for."""
+        """Transmit what the datagrams of a batch called for (see :meth:`_flush_soon`)."""
         if self._transmit_deferred:
             self._transmit_deferred = False
-            self.transmit()
+            self._flush_soon()
             self._after_receive()
 
     def _receive_batch(self, data: bytes | str, addr: Any, drain: socket.socket) -> None:
@@ -405,6 +409,31 @@ class QuicSession(asyncio.DatagramProtocol):
         self._flush_handle = None
         self._transmit(self._clock())
 
+    def _flush(self) -> None:
+        """The transmit :meth:`_flush_soon` scheduled.
+
+        An engine timer due within :data:`_TIMER_GRANULARITY` (an acknowledgement
+        held back for its delay, say) is handled first, so that what it sends
+        shares the datagrams of this transmit instead of following on its own.
+        Not once closed (an engine that closes for a reason of its own is
+        reported closed as soon as it did, see ``_check_closing``): qh3 handles a
+        closing connection's timer by ending it, and the CONNECTION_CLOSE must
+        leave first, as :meth:`transmit` sends it.
+        """
+        if self._transmit_deferred:
+            return
+        self._flush_handle = None
+        now = self._clock()
+        timer_at = self.quic.get_timer()
+        if timer_at is not None and timer_at - now <= _TIMER_GRANULARITY and self.closed is None:
+            armed_at = self._timer_at
+            if armed_at is None or armed_at - now <= _TIMER_GRANULARITY:
+                self._cancel_timer()  # it would run right after this, for nothing
+            # else the armed timer is later: it stays (it re-arms if it fires early)
+            self._run_timer(timer_at)
+            return
+        self._transmit(now)
+
     def _transmit(self, now: float) -> None:
         self._early_flush.transmitted()
         udp = self._udp
@@ -476,8 +505,15 @@ class QuicSession(asyncio.DatagramProtocol):
 
     def _arm_timer(self) -> None:
         timer_at = self.quic.get_timer()
-        if timer_at == self._timer_at and self._timer is not None:
-            return
+        armed_at = self._timer_at
+        if self._timer is not None and armed_at is not None:
+            if timer_at == armed_at:
+                return
+            if timer_at is not None and timer_at > armed_at:
+                # Later than the armed timer, which fires early and re-arms: the
+                # engine's timer moves with every packet sent and acknowledged,
+                # and a cancel and a new timer on each transmit cost more.
+                return
         self._cancel_timer()
         if timer_at is None:
             return
@@ -508,9 +544,20 @@ class QuicSession(asyncio.DatagramProtocol):
         self._timer_at = None
 
     def _handle_timer(self) -> None:
-        timer_at = self._timer_at
         self._timer = None
         self._timer_at = None
+        if self.terminated.is_set() and self.closed is not None:
+            return
+        timer_at = self.quic.get_timer()
+        if timer_at is None:
+            return
+        if timer_at - self._clock() > _TIMER_GRANULARITY:
+            self._arm_timer()  # armed for an earlier time the engine's timer moved from
+            return
+        self._run_timer(timer_at)
+
+    def _run_timer(self, timer_at: float) -> None:
+        """Handle the engine's timer due at ``timer_at`` (now, or within the granularity)."""
         if self.terminated.is_set() and self.closed is not None:
             return
         now = self._clock(timer_at)
@@ -970,8 +1017,14 @@ class QuicSession(asyncio.DatagramProtocol):
         self._timers.append(loop.call_later(delay, callback))
 
     def _flush_soon(self) -> None:
+        """Transmit soon (``call_soon``): after the callbacks already scheduled have run.
+
+        After datagrams arrive, this is what lets the tasks they woke (a call's
+        handler, a caller waiting for its reply) write first: their data and the
+        acknowledgement leave together, in one datagram for a small call.
+        """
         if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self.transmit)
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
     def _check_closing(self) -> None:
         if self.closed is None:

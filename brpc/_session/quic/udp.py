@@ -120,6 +120,11 @@ def gro_segment_size(ancdata: Sequence[tuple[int, int, bytes]]) -> int | None:
     return None
 
 
+#: As a plain int: ``socket.MSG_TRUNC`` is an IntFlag, and ``int & IntFlag`` runs
+#: the enum's Python code, once per ``recvmsg``.
+_MSG_TRUNC = int(socket.MSG_TRUNC)
+
+
 def gro_datagrams(
     data: bytes, ancdata: Sequence[tuple[int, int, bytes]], flags: int = 0
 ) -> list[bytes]:
@@ -128,7 +133,7 @@ def gro_datagrams(
     size, the last possibly shorter; without, ``data`` is one datagram. A buffer
     the kernel cut short (``MSG_TRUNC``) loses its incomplete last datagram."""
     datagrams = split_gro_buffer(data, gro_segment_size(ancdata))
-    if flags & socket.MSG_TRUNC:
+    if flags & _MSG_TRUNC:
         datagrams.pop()
     return datagrams
 
