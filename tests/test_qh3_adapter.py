@@ -202,6 +202,41 @@ def test_the_client_cap_can_be_raised(certs: Any) -> None:
     assert 8000 < server_to_client_sizes(p) <= 9000
 
 
+def test_a_server_connection_can_start_at_its_own_datagram_size(certs: Any) -> None:
+    """One server connection bigger than its (shared) configuration says; the
+    core still keeps to what the client announces it can receive."""
+
+    def client_hook(quic: Any) -> None:
+        _qh3.set_max_udp_payload_size(quic, 65_527)
+
+    def server_hook(quic: Any) -> None:
+        _qh3.set_peer_bidi_stream_limit(quic, 200)  # both edits of the core apply
+        _qh3.set_initial_datagram_size(quic, 9000)
+
+    p = pair(certs, client_hook=client_hook, server_hook=server_hook)
+    assert p.server is not None and p.server._core is not None
+    assert p.server_cfg.max_datagram_size <= 1280  # qh3's default, unchanged
+    assert _qh3.path_datagram_size(p.server) == 9000
+    assert p.server._core.stream_limits is not None
+    assert 8000 < server_to_client_sizes(p) <= 9000
+    with pytest.raises(RuntimeError):
+        _qh3.set_initial_datagram_size(p.server, 9000)
+
+
+def test_a_server_connection_keeps_to_the_client_max_udp_payload_size(certs: Any) -> None:
+    p = pair(certs, server_hook=lambda quic: _qh3.set_initial_datagram_size(quic, 9000))
+    assert p.server is not None
+    assert _qh3.path_datagram_size(p.server) == 1472  # the qh3 client's own announcement
+    assert server_to_client_sizes(p) <= 1472
+
+
+def test_path_datagram_size_before_the_connection_starts(certs: Any) -> None:
+    p = Qh3Pair(certs.ca, certs.server_cert, certs.server_key, connect=False)
+    assert _qh3.path_datagram_size(p.client) is None
+    with pytest.raises(ValueError):
+        _qh3.set_initial_datagram_size(p.client, 1000)
+
+
 def test_close_event_of_a_tls_failure_names_this_side(certs: Any, tmp_path: Any) -> None:
     from brpc.certs import write_dev_certificates
 

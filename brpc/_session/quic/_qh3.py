@@ -44,6 +44,7 @@ __all__ = [
     "exporter_secret",
     "install_exporter",
     "is_stream_known",
+    "path_datagram_size",
     "peer_address",
     "peer_bidi_stream_credit",
     "peer_certificate",
@@ -52,6 +53,7 @@ __all__ = [
     "send_buffer_size",
     "send_probe",
     "set_address_validation_token",
+    "set_initial_datagram_size",
     "set_max_datagram_size",
     "set_max_udp_payload_size",
     "set_peer_bidi_stream_limit",
@@ -64,6 +66,8 @@ QH3_DEFAULT_PEER_BIDI_STREAMS = 100
 # (see qh3/_hazmat.pyi and QuicConnection._create_core).
 _CORE_LOCAL_MAX_STREAMS_BIDI = 21
 _CORE_PEER_ADDRESS_VALIDATED = 6
+_CORE_MAX_DATAGRAM_SIZE = 8
+_ARGUMENTS_MOVED = "qh3's QuicConnectionCore arguments moved: update brpc's qh3 adapter"
 
 # QuicConnection._create_core looks QuicConnectionCore up in its module when it runs.
 _connection_module: Any = __import__("qh3.quic.connection", fromlist=["QuicConnectionCore"])
@@ -148,37 +152,73 @@ def set_peer_bidi_stream_limit(
     """
     if limit < 1:
         raise ValueError("the bidirectional stream limit must be at least 1")
+
+    def edit(values: list[Any]) -> None:
+        if values[_CORE_LOCAL_MAX_STREAMS_BIDI] != QH3_DEFAULT_PEER_BIDI_STREAMS:
+            raise RuntimeError(_ARGUMENTS_MOVED)
+        values[_CORE_LOCAL_MAX_STREAMS_BIDI] = limit
+        if amplification_limited_by_caller:
+            if not isinstance(values[_CORE_PEER_ADDRESS_VALIDATED], bool):
+                raise RuntimeError(_ARGUMENTS_MOVED)
+            values[_CORE_PEER_ADDRESS_VALIDATED] = True
+
+    _edit_core_arguments(quic, edit)
+    _edit_transport_parameters(quic, "initial_max_streams_bidi", limit)
+
+
+def set_initial_datagram_size(quic: QuicConnection, size: int) -> None:
+    """Create ``quic``'s packet core with datagrams of up to ``size`` bytes instead
+    of ``QuicConfiguration.max_datagram_size``, for this connection only (a
+    server's configuration is shared by all its connections).
+
+    The size is an argument of the Rust core (``QuicConnection._create_core``,
+    position 8) and fixed once it exists. The core still sends no datagram bigger
+    than the peer's ``max_udp_payload_size`` transport parameter once the
+    handshake brings it, and keeps handshake datagrams small by itself. Call
+    right after the connection object is made.
+    """
+    if not 1200 <= size <= 65_527:
+        raise ValueError("the datagram size must be within 1200..65527")
     if quic._core is not None:
-        raise RuntimeError("set the stream limit before the connection starts")
+        raise RuntimeError("set the datagram size before the connection starts")
+    configured = quic.configuration.max_datagram_size
+
+    def edit(values: list[Any]) -> None:
+        if values[_CORE_MAX_DATAGRAM_SIZE] != configured:
+            raise RuntimeError(_ARGUMENTS_MOVED)
+        values[_CORE_MAX_DATAGRAM_SIZE] = size
+
+    _edit_core_arguments(quic, edit)
+
+
+def _edit_core_arguments(quic: QuicConnection, edit: Callable[[list[Any]], None]) -> None:
+    """Make the Rust core of ``quic`` be created with arguments ``edit`` changes.
+
+    The core is made lazily by the private ``QuicConnection._create_core``
+    (``connect`` on a client, the first datagram on a server), which looks
+    ``QuicConnectionCore`` up in its module: this wraps the factory on this
+    connection and swaps the class for the duration of that one synchronous
+    call. Wrappers compose (each edits the arguments the next one passes on).
+    """
+    if quic._core is not None:
+        raise RuntimeError("change the core's arguments before the connection starts")
     create_core = quic._create_core
 
     def _create_core(remote_addr: NetworkAddress, initial_dcid: bytes, now: float) -> None:
         core_class = _connection_module.QuicConnectionCore
 
-        def core_with_limit(*args: Any) -> Any:
+        def edited_core(*args: Any) -> Any:
             values = list(args)
-            if values[_CORE_LOCAL_MAX_STREAMS_BIDI] != QH3_DEFAULT_PEER_BIDI_STREAMS:
-                raise RuntimeError(
-                    "qh3's QuicConnectionCore arguments moved: update brpc's qh3 adapter"
-                )
-            values[_CORE_LOCAL_MAX_STREAMS_BIDI] = limit
-            if amplification_limited_by_caller:
-                if not isinstance(values[_CORE_PEER_ADDRESS_VALIDATED], bool):
-                    raise RuntimeError(
-                        "qh3's QuicConnectionCore arguments moved: update brpc's qh3 adapter"
-                    )
-                values[_CORE_PEER_ADDRESS_VALIDATED] = True
+            edit(values)
             return core_class(*values)
 
-        # Swapped for the duration of this synchronous call only.
-        _connection_module.QuicConnectionCore = core_with_limit
+        _connection_module.QuicConnectionCore = edited_core
         try:
             create_core(remote_addr, initial_dcid, now)
         finally:
             _connection_module.QuicConnectionCore = core_class
 
     quic._create_core = _create_core  # type: ignore[method-assign]
-    _edit_transport_parameters(quic, "initial_max_streams_bidi", limit)
 
 
 def set_max_udp_payload_size(quic: QuicConnection, size: int) -> None:
@@ -360,6 +400,18 @@ def peer_address(quic: QuicConnection) -> NetworkAddress | None:
         return None
     remote: NetworkAddress = core.active_path[2]
     return remote
+
+
+def path_datagram_size(quic: QuicConnection) -> int | None:
+    """The largest datagram the connection sends on its current path: its own
+    size, lowered to the peer's ``max_udp_payload_size`` once known. Read from
+    the Rust core's ``active_path`` (its sixth item). None before the connection
+    has started."""
+    core = quic._core
+    if core is None:
+        return None
+    size: int = core.active_path[5]
+    return size
 
 
 def configure(

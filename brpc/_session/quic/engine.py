@@ -109,7 +109,11 @@ class Engine:
         reset_token: Callable[[bytes], bytes] | None = None,
         session_ticket_fetcher: Callable[[bytes], Any] | None = None,
         session_ticket_handler: Callable[[Any], None] | None = None,
+        datagram_size: int | None = None,
     ) -> Connection:
+        """A connection for a client's first Initial. ``datagram_size``: the size
+        to send this client datagrams at instead of the configuration's, given
+        only to engines that cannot probe (``probes_datagram_size`` false)."""
         raise NotImplementedError
 
     def datagrams_to_send(self, quic: Connection, now: float) -> list[tuple[bytes, Any]]:
@@ -222,7 +226,9 @@ class AioquicEngine(Engine):
         reset_token: Callable[[bytes], bytes] | None = None,
         session_ticket_fetcher: Callable[[bytes], Any] | None = None,
         session_ticket_handler: Callable[[Any], None] | None = None,
+        datagram_size: int | None = None,
     ) -> Connection:
+        # datagram_size is for engines that cannot probe: aioquic probes the path.
         quic = QuicConnection(
             configuration=configuration,
             original_destination_connection_id=original_destination_connection_id,
