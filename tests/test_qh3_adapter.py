@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from qh3 import tls as qh3_tls
 from qh3.quic.events import ConnectionTerminated, HandshakeCompleted, StreamDataReceived
+from qh3.quic.tls_bridge import QuicTlsBridgeError
 from qh3pair import CLIENT_ADDR, SERVER_ADDR, Qh3Pair
 
 from brpc._session.quic import _qh3
@@ -235,6 +237,42 @@ def test_path_datagram_size_before_the_connection_starts(certs: Any) -> None:
     assert _qh3.path_datagram_size(p.client) is None
     with pytest.raises(ValueError):
         _qh3.set_initial_datagram_size(p.client, 1000)
+
+
+def test_a_server_releases_its_handshake_state_and_keeps_working(certs: Any) -> None:
+    def install(quic: Any) -> None:
+        _qh3.install_exporter(quic)
+
+    p = pair(certs, client_hook=install, server_hook=install)
+    assert p.server is not None and p.server._tls is not None
+    context = p.server._tls.tls
+    assert context.state is qh3_tls.State.SERVER_POST_HANDSHAKE
+    # The names the release clears are where qh3 keeps them.
+    assert context.key_schedule is not None and context.received_extensions
+    assert context._x25519_kyber_768_private_key is not None or context._x25519_private_key
+    assert p.server._tls.remote_transport_parameters is not None
+    assert p.server._applied_transport_parameters is p.server._tls.remote_transport_parameters
+    exported = _qh3.exporter_secret(p.client, b"EXPORTER-test", 32)
+
+    _qh3.release_handshake_state(p.server)
+    _qh3.release_handshake_state(p.client)  # clients keep theirs (tickets come later)
+    assert context.key_schedule is None and context.received_extensions == []
+    assert context._x25519_kyber_768_private_key is None and context._x25519_private_key is None
+    assert p.server._tls.remote_transport_parameters is None
+    assert p.client._tls is not None and p.client._tls.tls.key_schedule is not None
+
+    assert _qh3.exporter_secret(p.server, b"EXPORTER-test", 32) == exported
+    assert _qh3.peer_certificate(p.server) is None
+    p.server_events.clear()
+    p.client.send_stream_data(0, b"after", end_stream=True)
+    p.server.send_stream_data(1, b"x" * 50_000, end_stream=True)
+    p.pump(rounds=200)
+    got = b"".join(e.data for e in p.server_events if isinstance(e, StreamDataReceived))
+    assert got == b"after"
+    assert p.server._core is not None and p.server._core.state == "connected"
+    # A handshake message after the handshake still gets an alert, not a crash.
+    with pytest.raises(QuicTlsBridgeError):
+        p.server._tls.receive_crypto(qh3_tls.Epoch.ONE_RTT, b"\x14\x00\x00\x00")
 
 
 def test_close_event_of_a_tls_failure_names_this_side(certs: Any, tmp_path: Any) -> None:

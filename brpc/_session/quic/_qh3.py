@@ -49,6 +49,7 @@ __all__ = [
     "peer_bidi_stream_credit",
     "peer_certificate",
     "peer_certificate_chain",
+    "release_handshake_state",
     "request_client_certificate",
     "send_buffer_size",
     "send_probe",
@@ -467,6 +468,67 @@ def send_probe(quic: QuicConnection, size: int, uid: int) -> None:
         f"qh3 cannot send a {size}-byte path MTU probe; its own probing "
         "(QuicConfiguration.probe_datagram_size) is the only one it supports"
     )
+
+
+# What a qh3 server's TLS context (``qh3.tls.Context``) holds only for the
+# handshake: the key schedule, key shares, randoms and verify data, the
+# ClientHello's extensions and its own per-connection lists of what it offers.
+_SERVER_HANDSHAKE_ONLY = (
+    "key_schedule",
+    "client_random",
+    "server_random",
+    "legacy_session_id",
+    "_expected_verify_data",
+    "_enc_key",
+    "_dec_key",
+    "_next_dec_key",
+    "_x25519_private_key",
+    "_x25519_kyber_768_private_key",
+    "_ec_p256_private_key",
+    "_ec_p384_private_key",
+    "_ec_p521_private_key",
+)
+_SERVER_HANDSHAKE_ONLY_LISTS = (
+    "received_extensions",
+    "handshake_extensions",
+    "_cipher_suites",
+    "_signature_algorithms",
+    "_supported_groups",
+    "_supported_versions",
+    "_psk_key_exchange_modes",
+    "_legacy_compression_methods",
+)
+
+
+def release_handshake_state(quic: QuicConnection) -> None:
+    """Drop what a server connection's TLS kept for its finished handshake.
+
+    The TLS context (``bridge.tls`` of the private ``QuicConnection._tls``) in
+    state ``SERVER_POST_HANDSHAKE`` answers any further handshake message with
+    an alert (``Context.handle_message``) and reads none of the attributes in
+    ``_SERVER_HANDSHAKE_ONLY*``; the session ticket, if any, was issued when the
+    client's Finished arrived, and the exporter secret was taken at the first
+    1-RTT key (:func:`install_exporter`). The peer's transport parameters were
+    applied to the core: the bridge's ``remote_transport_parameters`` and the
+    connection's ``_applied_transport_parameters`` (compared by identity in
+    ``QuicConnection._drain_tls``) are dropped together. Clients keep theirs
+    (a session ticket after the handshake needs the key schedule).
+    """
+    bridge = quic._tls
+    if bridge is None or quic.configuration.is_client:
+        return
+    context = bridge.tls
+    if context.state is not qh3_tls.State.SERVER_POST_HANDSHAKE:
+        return
+    for name in _SERVER_HANDSHAKE_ONLY:
+        if name in context.__dict__:
+            setattr(context, name, None)
+    for name in _SERVER_HANDSHAKE_ONLY_LISTS:
+        if name in context.__dict__:
+            setattr(context, name, [])
+    if quic._applied_transport_parameters is bridge.remote_transport_parameters:
+        bridge.remote_transport_parameters = None
+        quic._applied_transport_parameters = None
 
 
 def break_cycles(quic: QuicConnection) -> None:

@@ -120,5 +120,8 @@ class Qh3Engine(Engine):
     def break_cycles(self, quic: Connection) -> None:
         _qh3.break_cycles(quic)
 
+    def handshake_completed(self, quic: Connection) -> None:
+        _qh3.release_handshake_state(quic)
+
     def stream_credit(self, quic: Connection) -> int | None:
         return _qh3.peer_bidi_stream_credit(quic)
