@@ -259,7 +259,10 @@ def test_a_server_releases_its_handshake_state_and_keeps_working(certs: Any) -> 
     assert context.key_schedule is None and context.received_extensions == []
     assert context._x25519_kyber_768_private_key is None and context._x25519_private_key is None
     assert p.server._tls.remote_transport_parameters is None
+    assert "_create_core" not in vars(p.server) and "_create_tls" not in vars(p.server)
+    assert context.update_traffic_key_cb is None
     assert p.client._tls is not None and p.client._tls.tls.key_schedule is not None
+    assert "_create_tls" in vars(p.client)
 
     assert _qh3.exporter_secret(p.server, b"EXPORTER-test", 32) == exported
     assert _qh3.peer_certificate(p.server) is None

@@ -511,8 +511,11 @@ def release_handshake_state(quic: QuicConnection) -> None:
     1-RTT key (:func:`install_exporter`). The peer's transport parameters were
     applied to the core: the bridge's ``remote_transport_parameters`` and the
     connection's ``_applied_transport_parameters`` (compared by identity in
-    ``QuicConnection._drain_tls``) are dropped together. Clients keep theirs
-    (a session ticket after the handshake needs the key schedule).
+    ``QuicConnection._drain_tls``) are dropped together. brpc's per-connection
+    overrides and the TLS callbacks go too, as :func:`break_cycles` drops them:
+    a server makes its core and TLS once, before the handshake, and changes
+    version only during it. Clients keep all of it (a session ticket after the
+    handshake needs the key schedule; a Retry makes a new core).
     """
     bridge = quic._tls
     if bridge is None or quic.configuration.is_client:
@@ -529,6 +532,7 @@ def release_handshake_state(quic: QuicConnection) -> None:
     if quic._applied_transport_parameters is bridge.remote_transport_parameters:
         bridge.remote_transport_parameters = None
         quic._applied_transport_parameters = None
+    break_cycles(quic)
 
 
 def break_cycles(quic: QuicConnection) -> None:
@@ -540,7 +544,8 @@ def break_cycles(quic: QuicConnection) -> None:
     ``serialize_transport_parameters`` (brpc's closure over the connection) and
     the TLS context's callbacks each make the connection a reference cycle,
     freed only by a full garbage collection. None is used once the connection
-    is terminated. Call only after ``ConnectionTerminated``.
+    is terminated. Call only after ``ConnectionTerminated`` (or, on a server,
+    once its handshake is complete: see :func:`release_handshake_state`).
     """
     for override in ("_create_tls", "_create_core"):
         quic.__dict__.pop(override, None)
