@@ -261,6 +261,19 @@ def test_a_server_releases_its_handshake_state_and_keeps_working(certs: Any) -> 
     assert p.server._tls.remote_transport_parameters is None
     assert "_create_core" not in vars(p.server) and "_create_tls" not in vars(p.server)
     assert context.update_traffic_key_cb is None
+    bridge = p.server._tls
+    assert (bridge.next_event(), bridge.next_crypto_data(), bridge.next_traffic_secret()) == (
+        None,
+        None,
+        None,
+    )
+    bridge._events.append("first")
+    bridge._events.append("second")
+    assert [bridge.next_event(), bridge.next_event(), bridge.next_event()] == [
+        "first",
+        "second",
+        None,
+    ]
     assert p.client._tls is not None and p.client._tls.tls.key_schedule is not None
     assert "_create_tls" in vars(p.client)
 

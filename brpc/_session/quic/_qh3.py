@@ -500,6 +500,17 @@ _SERVER_HANDSHAKE_ONLY_LISTS = (
 )
 
 
+class _ShortQueue(list[Any]):
+    """A first-in first-out queue of a few items as a list (56 bytes empty,
+    against a deque's 760): what the TLS bridge calls on its queues (``append``,
+    ``popleft``, truth) and nothing more."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+
 def release_handshake_state(quic: QuicConnection) -> None:
     """Drop what a server connection's TLS kept for its finished handshake.
 
@@ -511,7 +522,10 @@ def release_handshake_state(quic: QuicConnection) -> None:
     1-RTT key (:func:`install_exporter`). The peer's transport parameters were
     applied to the core: the bridge's ``remote_transport_parameters`` and the
     connection's ``_applied_transport_parameters`` (compared by identity in
-    ``QuicConnection._drain_tls``) are dropped together. brpc's per-connection
+    ``QuicConnection._drain_tls``) are dropped together. The bridge's private
+    queues (``_events``, ``_outbound``, ``_traffic_secrets``: deques it only
+    appends to and pops from the left, empty once the handshake is done) become
+    short lists. brpc's per-connection
     overrides and the TLS callbacks go too, as :func:`break_cycles` drops them:
     a server makes its core and TLS once, before the handshake, and changes
     version only during it. Clients keep all of it (a session ticket after the
@@ -533,6 +547,9 @@ def release_handshake_state(quic: QuicConnection) -> None:
         bridge.remote_transport_parameters = None
         quic._applied_transport_parameters = None
     break_cycles(quic)
+    # Its queues stay, but as short lists: an empty deque holds a 760-byte block.
+    for queue in ("_events", "_outbound", "_traffic_secrets"):
+        setattr(bridge, queue, _ShortQueue(getattr(bridge, queue)))
 
 
 def break_cycles(quic: QuicConnection) -> None:
