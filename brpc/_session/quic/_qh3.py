@@ -21,7 +21,7 @@ What qh3 cannot do raises :class:`EngineLimitation` naming the gap:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
 from cryptography import x509
@@ -30,7 +30,6 @@ from qh3._hazmat import Buffer
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import NetworkAddress, QuicConnection, QuicConnectionError
 from qh3.quic.events import ConnectionTerminated
-from qh3.quic.packet import pull_quic_transport_parameters, push_quic_transport_parameters
 
 from brpc._session.quic._exporter import EXPORTER_MASTER_LABEL, tls_exporter
 from brpc._session.quic._limits import EngineLimitation
@@ -72,8 +71,13 @@ _ARGUMENTS_MOVED = "qh3's QuicConnectionCore arguments moved: update brpc's qh3 
 
 # QuicConnection._create_core looks QuicConnectionCore up in its module when it runs.
 _connection_module: Any = __import__("qh3.quic.connection", fromlist=["QuicConnectionCore"])
+# QuicTlsBridge looks push_quic_transport_parameters up in its module when it serializes.
+_bridge_module: Any = __import__("qh3.quic.tls_bridge", fromlist=["QuicTlsBridge"])
+if not callable(getattr(_bridge_module, "push_quic_transport_parameters", None)):
+    raise ImportError("qh3's TLS bridge moved its transport parameter encoder: update brpc")
 
-_TRANSPORT_PARAMETERS = qh3_tls.ExtensionType.QUIC_TRANSPORT_PARAMETERS
+_T = TypeVar("_T")
+
 
 _masters: WeakKeyDictionary[QuicConnection, bytes] = WeakKeyDictionary()
 
@@ -240,32 +244,39 @@ def _edit_transport_parameters(quic: QuicConnection, name: str, value: int) -> N
     """Make the transport parameters ``quic`` sends carry ``name = value``.
 
     The TLS bridge is made lazily by the private ``QuicConnection._create_tls``;
-    it serializes its parameters once in its constructor (into the TLS context's
+    it serializes its parameters in its constructor (into the TLS context's
     ``handshake_extensions``) and again after a version change (its
-    ``serialize_transport_parameters``): both are rewritten.
+    ``serialize_transport_parameters``). Both build a ``QuicTransportParameters``
+    and encode it with ``push_quic_transport_parameters``, looked up in the
+    bridge's module when they run: this swaps in an encoder that edits the
+    parameters first, for the duration of those calls only, so they are encoded
+    once. Edits compose (each one's encoder hands on to the one before).
     """
     if quic._tls is not None:
         raise RuntimeError("change transport parameters before the connection starts")
     create_tls = quic._create_tls
 
+    def edited(serialize: Callable[[], _T]) -> _T:
+        push = _bridge_module.push_quic_transport_parameters
+
+        def push_edited(buf: Buffer, parameters: Any) -> None:
+            setattr(parameters, name, value)
+            push(buf, parameters)
+
+        _bridge_module.push_quic_transport_parameters = push_edited
+        try:
+            return serialize()
+        finally:
+            _bridge_module.push_quic_transport_parameters = push
+
     def _create_tls(remote_source_cid: bytes | None) -> Any:
-        bridge = create_tls(remote_source_cid)
+        bridge = edited(lambda: create_tls(remote_source_cid))
         serialize = bridge.serialize_transport_parameters
 
         def serialize_transport_parameters() -> bytes:
-            encoded = serialize()
-            parameters = pull_quic_transport_parameters(Buffer(data=encoded))
-            setattr(parameters, name, value)
-            buf = Buffer(capacity=len(encoded) + 16)
-            push_quic_transport_parameters(buf, parameters)
-            return bytes(buf.data)
+            return edited(serialize)
 
         bridge.serialize_transport_parameters = serialize_transport_parameters  # type: ignore[method-assign]
-        context = bridge.tls
-        context.handshake_extensions = [
-            (kind, serialize_transport_parameters() if kind == _TRANSPORT_PARAMETERS else data)
-            for kind, data in context.handshake_extensions
-        ]
         return bridge
 
     quic._create_tls = _create_tls  # type: ignore[method-assign]
