@@ -286,6 +286,7 @@ def test_a_server_releases_its_handshake_state_and_keeps_working(certs: Any) -> 
     got = b"".join(e.data for e in p.server_events if isinstance(e, StreamDataReceived))
     assert got == b"after"
     assert p.server._core is not None and p.server._core.state == "connected"
+    assert type(p.server._events) is not type(p.client._events)  # the short queue
     # A handshake message after the handshake still gets an alert, not a crash.
     with pytest.raises(QuicTlsBridgeError):
         p.server._tls.receive_crypto(qh3_tls.Epoch.ONE_RTT, b"\x14\x00\x00\x00")

@@ -536,7 +536,9 @@ def release_handshake_state(quic: QuicConnection) -> None:
     ``QuicConnection._drain_tls``) are dropped together. The bridge's private
     queues (``_events``, ``_outbound``, ``_traffic_secrets``: deques it only
     appends to and pops from the left, empty once the handshake is done) become
-    short lists. brpc's per-connection
+    short lists, and so does the connection's event queue (``_events``, also
+    only appended to and popped from the left, and drained by brpc after every
+    datagram or batch). brpc's per-connection
     overrides and the TLS callbacks go too, as :func:`break_cycles` drops them:
     a server makes its core and TLS once, before the handshake, and changes
     version only during it. Clients keep all of it (a session ticket after the
@@ -561,6 +563,7 @@ def release_handshake_state(quic: QuicConnection) -> None:
     # Its queues stay, but as short lists: an empty deque holds a 760-byte block.
     for queue in ("_events", "_outbound", "_traffic_secrets"):
         setattr(bridge, queue, _ShortQueue(getattr(bridge, queue)))
+    setattr(quic, "_events", _ShortQueue(quic._events))  # noqa: B010 (typed as a deque)
 
 
 def break_cycles(quic: QuicConnection) -> None:
