@@ -234,6 +234,7 @@ class QuicListener:
         self._udp: asyncio.DatagramTransport | None = None
         self._endpoint: _Endpoint | None = None
         self._gso: UdpBatching | None = None
+        self._loopback_datagram_size: int | None = None
         self._reset_window = 0.0
         self._resets_in_window = 0
         #: Counters: Initials dropped over ``max_half_open``, Retries and stateless resets sent.
@@ -405,13 +406,17 @@ class QuicListener:
         size: int = self._quic_options.max_datagram_size
         if not is_loopback(addr[0]) or self._udp is None:
             return size
-        family = self._udp.get_extra_info("socket").family
-        return loopback_datagram_size(
-            addr[0],
-            route_mtu_to(family, addr),
-            size=size,
-            ceiling=self._quic_options.max_probed_datagram_size,
-        )
+        if self._loopback_datagram_size is None:
+            # Every loopback address routes through the loopback interface: its
+            # MTU, asked once, holds for all of them.
+            family = self._udp.get_extra_info("socket").family
+            self._loopback_datagram_size = loopback_datagram_size(
+                addr[0],
+                route_mtu_to(family, addr),
+                size=size,
+                ceiling=self._quic_options.max_probed_datagram_size,
+            )
+        return self._loopback_datagram_size
 
     def _new_session(self, quic: Any) -> QuicSession:
         refuse: tuple[int, str] | None = None
