@@ -13,7 +13,8 @@ each engine's private details stay in its adapter module (``_aioquic.py``,
   paths in Rust. Its TLS server cannot ask for a client certificate (brpc then
   authenticates clients with a signature over the TLS exporter secret, see
   SECURITY.md); it cannot change its datagram size once running (no probing by
-  brpc; qh3 probes one step to 1,472 bytes on a client by itself); its server
+  brpc, which starts its connections towards a loopback peer at the route's
+  size instead; qh3 probes one step to 1,472 bytes on a client by itself); its server
   cannot issue stateless reset tokens derived from a key (restarts of a qh3
   server are noticed through ICMP or the dead-peer timeout); it grants a sender
   flow-control credit as data arrives rather than as the application reads it,
