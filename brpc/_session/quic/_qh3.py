@@ -538,11 +538,11 @@ def release_handshake_state(quic: QuicConnection) -> None:
     appends to and pops from the left, empty once the handshake is done) become
     short lists, and so does the connection's event queue (``_events``, also
     only appended to and popped from the left, and drained by brpc after every
-    datagram or batch). brpc's per-connection
-    overrides and the TLS callbacks go too, as :func:`break_cycles` drops them:
-    a server makes its core and TLS once, before the handshake, and changes
-    version only during it. Clients keep all of it (a session ticket after the
-    handshake needs the key schedule; a Retry makes a new core).
+    datagram or batch). brpc's per-connection overrides and the TLS callbacks go
+    too, as :func:`break_cycles` drops them: a server makes its core and TLS
+    once, before the handshake, and changes version only during it. Clients keep
+    all of it (a session ticket after the handshake needs the key schedule; a
+    Retry makes a new core).
     """
     bridge = quic._tls
     if bridge is None or quic.configuration.is_client:
