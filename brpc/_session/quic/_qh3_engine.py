@@ -123,5 +123,8 @@ class Qh3Engine(Engine):
     def handshake_completed(self, quic: Connection) -> None:
         _qh3.release_handshake_state(quic)
 
+    def path_datagram_size(self, quic: Connection) -> int | None:
+        return _qh3.path_datagram_size(quic)
+
     def stream_credit(self, quic: Connection) -> int | None:
         return _qh3.peer_bidi_stream_credit(quic)

@@ -175,6 +175,11 @@ class Engine:
     def handshake_completed(self, quic: Connection) -> None:
         """The handshake completed: drop what only it needed (no-op by default)."""
 
+    def path_datagram_size(self, quic: Connection) -> int | None:
+        """The largest datagram the connection sends now, as the engine sees it
+        (None: the engine does not say; brpc's prober knows it instead)."""
+        return None
+
     def set_max_datagram_size(self, quic: Connection, size: int) -> None:
         raise EngineLimitation(f"{self.name} cannot change the datagram size of a connection")
 
