@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from conftest import wait_for
 
+from brpc._session.quic import _qh3
 from brpc.testing import EchoService
 from brpc.testing.v1.echo_grpc import EchoStub
 from brpc.testing.v1.echo_pb2 import EchoRequest
@@ -33,3 +35,18 @@ async def test_qh3_clients_start_big_towards_loopback(make_server: Any, connect:
     text = "x" * 200_000
     assert (await EchoStub(conn).Unary(EchoRequest(text=text))).text == text
     assert conn._link.session.datagram_size == 16383
+
+
+@pytest.mark.parametrize("client_engine", ["qh3", "aioquic"])
+async def test_qh3_servers_send_big_datagrams_to_loopback_clients(
+    make_server: Any, connect: Any, client_engine: str
+) -> None:
+    """A qh3 server cannot probe either: towards a loopback client it starts at
+    the route's size (capped), and the client receives 1 MiB in big datagrams."""
+    server = await make_server([EchoService()], engine="qh3")
+    conn = await connect(server, engine=client_engine)
+    text = "x" * (1 << 20)
+    assert (await EchoStub(conn).Unary(EchoRequest(text=text))).text == text
+    (server_session,) = server._listener.sessions
+    assert server_session.datagram_size == 16383
+    assert _qh3.path_datagram_size(server_session.quic) == 16383

@@ -10,6 +10,8 @@ from brpc._session.quic.pmtu import (
     SEARCH_GRANULARITY,
     PathMtuProber,
     ProberState,
+    is_loopback,
+    loopback_datagram_size,
     max_datagram_for_mtu,
 )
 
@@ -140,3 +142,45 @@ def test_max_datagram_for_mtu() -> None:
     assert max_datagram_for_mtu(1500, ipv6=False) == 1472
     assert max_datagram_for_mtu(1500, ipv6=True) == 1452
     assert max_datagram_for_mtu(65_536, ipv6=False) == 65_508
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("10.0.0.1", False),
+        ("192.168.1.20", False),
+        ("::ffff:10.0.0.1", False),
+        ("fe80::1%eth0", False),
+        ("2001:db8::1", False),
+        ("localhost", False),  # a name, not an address: nothing is resolved here
+    ],
+)
+def test_is_loopback(host: str, expected: bool) -> None:
+    assert is_loopback(host) is expected
+
+
+def test_loopback_datagram_size_follows_the_route_up_to_the_ceiling() -> None:
+    size = loopback_datagram_size
+    assert size("127.0.0.1", 65_536, size=1200, ceiling=16_383) == 16_383
+    assert size("::1", 65_536, size=1200, ceiling=16_383) == 16_383
+    assert size("127.0.0.1", 9000, size=1200, ceiling=16_383) == 9000 - 28
+    assert size("::1", 9000, size=1200, ceiling=16_383) == 9000 - 48
+    assert size("::ffff:127.0.0.1", 9000, size=1200, ceiling=16_383) == 9000 - 48
+    assert size("127.0.0.1", 1500, size=1400, ceiling=16_383) == 1472
+    # Never below the configured size, never above the ceiling.
+    assert size("127.0.0.1", 1280, size=1400, ceiling=16_383) == 1400
+    assert size("127.0.0.1", 65_536, size=1200, ceiling=1200) == 1200
+
+
+@pytest.mark.parametrize("host", ["10.0.0.1", "192.0.2.7", "2001:db8::1", "::ffff:10.0.0.1"])
+def test_other_addresses_keep_the_configured_size_whatever_the_route_says(host: str) -> None:
+    assert loopback_datagram_size(host, 65_536, size=1200, ceiling=16_383) == 1200
+    assert loopback_datagram_size(host, 9000, size=1350, ceiling=16_383) == 1350
+
+
+def test_an_unknown_route_mtu_keeps_the_configured_size() -> None:
+    assert loopback_datagram_size("127.0.0.1", None, size=1200, ceiling=16_383) == 1200

@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from qh3 import tls as qh3_tls
 from qh3.quic.events import ConnectionTerminated, HandshakeCompleted, StreamDataReceived
+from qh3.quic.tls_bridge import QuicTlsBridgeError
 from qh3pair import CLIENT_ADDR, SERVER_ADDR, Qh3Pair
 
 from brpc._session.quic import _qh3
@@ -200,6 +202,94 @@ def test_the_client_cap_can_be_raised(certs: Any) -> None:
     assert parameters is not None
     assert (parameters.max_udp_payload_size, parameters.initial_max_streams_bidi) == (9000, 200)
     assert 8000 < server_to_client_sizes(p) <= 9000
+
+
+def test_a_server_connection_can_start_at_its_own_datagram_size(certs: Any) -> None:
+    """One server connection bigger than its (shared) configuration says; the
+    core still keeps to what the client announces it can receive."""
+
+    def client_hook(quic: Any) -> None:
+        _qh3.set_max_udp_payload_size(quic, 65_527)
+
+    def server_hook(quic: Any) -> None:
+        _qh3.set_peer_bidi_stream_limit(quic, 200)  # both edits of the core apply
+        _qh3.set_initial_datagram_size(quic, 9000)
+
+    p = pair(certs, client_hook=client_hook, server_hook=server_hook)
+    assert p.server is not None and p.server._core is not None
+    assert p.server_cfg.max_datagram_size <= 1280  # qh3's default, unchanged
+    assert _qh3.path_datagram_size(p.server) == 9000
+    assert _qh3.peer_bidi_stream_credit(p.client) == 200
+    assert 8000 < server_to_client_sizes(p) <= 9000
+    with pytest.raises(RuntimeError):
+        _qh3.set_initial_datagram_size(p.server, 9000)
+
+
+def test_a_server_connection_keeps_to_the_client_max_udp_payload_size(certs: Any) -> None:
+    p = pair(certs, server_hook=lambda quic: _qh3.set_initial_datagram_size(quic, 9000))
+    assert p.server is not None
+    assert _qh3.path_datagram_size(p.server) == 1472  # the qh3 client's own announcement
+    assert server_to_client_sizes(p) <= 1472
+
+
+def test_path_datagram_size_before_the_connection_starts(certs: Any) -> None:
+    p = Qh3Pair(certs.ca, certs.server_cert, certs.server_key, connect=False)
+    assert _qh3.path_datagram_size(p.client) is None
+    with pytest.raises(ValueError):
+        _qh3.set_initial_datagram_size(p.client, 1000)
+
+
+def test_a_server_releases_its_handshake_state_and_keeps_working(certs: Any) -> None:
+    def install(quic: Any) -> None:
+        _qh3.install_exporter(quic)
+
+    p = pair(certs, client_hook=install, server_hook=install)
+    assert p.server is not None and p.server._tls is not None
+    context = p.server._tls.tls
+    assert context.state is qh3_tls.State.SERVER_POST_HANDSHAKE
+    # The names the release clears are where qh3 keeps them.
+    assert context.key_schedule is not None and context.received_extensions
+    assert context._x25519_kyber_768_private_key is not None or context._x25519_private_key
+    assert p.server._tls.remote_transport_parameters is not None
+    assert p.server._applied_transport_parameters is p.server._tls.remote_transport_parameters
+    exported = _qh3.exporter_secret(p.client, b"EXPORTER-test", 32)
+
+    _qh3.release_handshake_state(p.server)
+    _qh3.release_handshake_state(p.client)  # clients keep theirs (tickets come later)
+    assert context.key_schedule is None and context.received_extensions == []
+    assert context._x25519_kyber_768_private_key is None and context._x25519_private_key is None
+    assert p.server._tls.remote_transport_parameters is None
+    assert "_create_core" not in vars(p.server) and "_create_tls" not in vars(p.server)
+    assert context.update_traffic_key_cb is None
+    bridge = p.server._tls
+    assert (bridge.next_event(), bridge.next_crypto_data(), bridge.next_traffic_secret()) == (
+        None,
+        None,
+        None,
+    )
+    bridge._events.append("first")
+    bridge._events.append("second")
+    assert [bridge.next_event(), bridge.next_event(), bridge.next_event()] == [
+        "first",
+        "second",
+        None,
+    ]
+    assert p.client._tls is not None and p.client._tls.tls.key_schedule is not None
+    assert "_create_tls" in vars(p.client)
+
+    assert _qh3.exporter_secret(p.server, b"EXPORTER-test", 32) == exported
+    assert _qh3.peer_certificate(p.server) is None
+    p.server_events.clear()
+    p.client.send_stream_data(0, b"after", end_stream=True)
+    p.server.send_stream_data(1, b"x" * 50_000, end_stream=True)
+    p.pump(rounds=200)
+    got = b"".join(e.data for e in p.server_events if isinstance(e, StreamDataReceived))
+    assert got == b"after"
+    assert p.server._core is not None and p.server._core.state == "connected"
+    assert type(p.server._events) is not type(p.client._events)  # the short queue
+    # A handshake message after the handshake still gets an alert, not a crash.
+    with pytest.raises(QuicTlsBridgeError):
+        p.server._tls.receive_crypto(qh3_tls.Epoch.ONE_RTT, b"\x14\x00\x00\x00")
 
 
 def test_close_event_of_a_tls_failure_names_this_side(certs: Any, tmp_path: Any) -> None:

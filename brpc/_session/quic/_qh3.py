@@ -21,7 +21,7 @@ What qh3 cannot do raises :class:`EngineLimitation` naming the gap:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
 from cryptography import x509
@@ -30,7 +30,6 @@ from qh3._hazmat import Buffer
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import NetworkAddress, QuicConnection, QuicConnectionError
 from qh3.quic.events import ConnectionTerminated
-from qh3.quic.packet import pull_quic_transport_parameters, push_quic_transport_parameters
 
 from brpc._session.quic._exporter import EXPORTER_MASTER_LABEL, tls_exporter
 from brpc._session.quic._limits import EngineLimitation
@@ -44,14 +43,17 @@ __all__ = [
     "exporter_secret",
     "install_exporter",
     "is_stream_known",
+    "path_datagram_size",
     "peer_address",
     "peer_bidi_stream_credit",
     "peer_certificate",
     "peer_certificate_chain",
+    "release_handshake_state",
     "request_client_certificate",
     "send_buffer_size",
     "send_probe",
     "set_address_validation_token",
+    "set_initial_datagram_size",
     "set_max_datagram_size",
     "set_max_udp_payload_size",
     "set_peer_bidi_stream_limit",
@@ -64,11 +66,18 @@ QH3_DEFAULT_PEER_BIDI_STREAMS = 100
 # (see qh3/_hazmat.pyi and QuicConnection._create_core).
 _CORE_LOCAL_MAX_STREAMS_BIDI = 21
 _CORE_PEER_ADDRESS_VALIDATED = 6
+_CORE_MAX_DATAGRAM_SIZE = 8
+_ARGUMENTS_MOVED = "qh3's QuicConnectionCore arguments moved: update brpc's qh3 adapter"
 
 # QuicConnection._create_core looks QuicConnectionCore up in its module when it runs.
 _connection_module: Any = __import__("qh3.quic.connection", fromlist=["QuicConnectionCore"])
+# QuicTlsBridge looks push_quic_transport_parameters up in its module when it serializes.
+_bridge_module: Any = __import__("qh3.quic.tls_bridge", fromlist=["QuicTlsBridge"])
+if not callable(getattr(_bridge_module, "push_quic_transport_parameters", None)):
+    raise ImportError("qh3's TLS bridge moved its transport parameter encoder: update brpc")
 
-_TRANSPORT_PARAMETERS = qh3_tls.ExtensionType.QUIC_TRANSPORT_PARAMETERS
+_T = TypeVar("_T")
+
 
 _masters: WeakKeyDictionary[QuicConnection, bytes] = WeakKeyDictionary()
 
@@ -148,37 +157,73 @@ def set_peer_bidi_stream_limit(
     """
     if limit < 1:
         raise ValueError("the bidirectional stream limit must be at least 1")
+
+    def edit(values: list[Any]) -> None:
+        if values[_CORE_LOCAL_MAX_STREAMS_BIDI] != QH3_DEFAULT_PEER_BIDI_STREAMS:
+            raise RuntimeError(_ARGUMENTS_MOVED)
+        values[_CORE_LOCAL_MAX_STREAMS_BIDI] = limit
+        if amplification_limited_by_caller:
+            if not isinstance(values[_CORE_PEER_ADDRESS_VALIDATED], bool):
+                raise RuntimeError(_ARGUMENTS_MOVED)
+            values[_CORE_PEER_ADDRESS_VALIDATED] = True
+
+    _edit_core_arguments(quic, edit)
+    _edit_transport_parameters(quic, "initial_max_streams_bidi", limit)
+
+
+def set_initial_datagram_size(quic: QuicConnection, size: int) -> None:
+    """Create ``quic``'s packet core with datagrams of up to ``size`` bytes instead
+    of ``QuicConfiguration.max_datagram_size``, for this connection only (a
+    server's configuration is shared by all its connections).
+
+    The size is an argument of the Rust core (``QuicConnection._create_core``,
+    position 8) and fixed once it exists. The core still sends no datagram bigger
+    than the peer's ``max_udp_payload_size`` transport parameter once the
+    handshake brings it, and keeps handshake datagrams small by itself. Call
+    right after the connection object is made.
+    """
+    if not 1200 <= size <= 65_527:
+        raise ValueError("the datagram size must be within 1200..65527")
     if quic._core is not None:
-        raise RuntimeError("set the stream limit before the connection starts")
+        raise RuntimeError("set the datagram size before the connection starts")
+    configured = quic.configuration.max_datagram_size
+
+    def edit(values: list[Any]) -> None:
+        if values[_CORE_MAX_DATAGRAM_SIZE] != configured:
+            raise RuntimeError(_ARGUMENTS_MOVED)
+        values[_CORE_MAX_DATAGRAM_SIZE] = size
+
+    _edit_core_arguments(quic, edit)
+
+
+def _edit_core_arguments(quic: QuicConnection, edit: Callable[[list[Any]], None]) -> None:
+    """Make the Rust core of ``quic`` be created with arguments ``edit`` changes.
+
+    The core is made lazily by the private ``QuicConnection._create_core``
+    (``connect`` on a client, the first datagram on a server), which looks
+    ``QuicConnectionCore`` up in its module: this wraps the factory on this
+    connection and swaps the class for the duration of that one synchronous
+    call. Wrappers compose (each edits the arguments the next one passes on).
+    """
+    if quic._core is not None:
+        raise RuntimeError("change the core's arguments before the connection starts")
     create_core = quic._create_core
 
     def _create_core(remote_addr: NetworkAddress, initial_dcid: bytes, now: float) -> None:
         core_class = _connection_module.QuicConnectionCore
 
-        def core_with_limit(*args: Any) -> Any:
+        def edited_core(*args: Any) -> Any:
             values = list(args)
-            if values[_CORE_LOCAL_MAX_STREAMS_BIDI] != QH3_DEFAULT_PEER_BIDI_STREAMS:
-                raise RuntimeError(
-                    "qh3's QuicConnectionCore arguments moved: update brpc's qh3 adapter"
-                )
-            values[_CORE_LOCAL_MAX_STREAMS_BIDI] = limit
-            if amplification_limited_by_caller:
-                if not isinstance(values[_CORE_PEER_ADDRESS_VALIDATED], bool):
-                    raise RuntimeError(
-                        "qh3's QuicConnectionCore arguments moved: update brpc's qh3 adapter"
-                    )
-                values[_CORE_PEER_ADDRESS_VALIDATED] = True
+            edit(values)
             return core_class(*values)
 
-        # Swapped for the duration of this synchronous call only.
-        _connection_module.QuicConnectionCore = core_with_limit
+        _connection_module.QuicConnectionCore = edited_core
         try:
             create_core(remote_addr, initial_dcid, now)
         finally:
             _connection_module.QuicConnectionCore = core_class
 
     quic._create_core = _create_core  # type: ignore[method-assign]
-    _edit_transport_parameters(quic, "initial_max_streams_bidi", limit)
 
 
 def set_max_udp_payload_size(quic: QuicConnection, size: int) -> None:
@@ -199,32 +244,39 @@ def _edit_transport_parameters(quic: QuicConnection, name: str, value: int) -> N
     """Make the transport parameters ``quic`` sends carry ``name = value``.
 
     The TLS bridge is made lazily by the private ``QuicConnection._create_tls``;
-    it serializes its parameters once in its constructor (into the TLS context's
+    it serializes its parameters in its constructor (into the TLS context's
     ``handshake_extensions``) and again after a version change (its
-    ``serialize_transport_parameters``): both are rewritten.
+    ``serialize_transport_parameters``). Both build a ``QuicTransportParameters``
+    and encode it with ``push_quic_transport_parameters``, looked up in the
+    bridge's module when they run: this swaps in an encoder that edits the
+    parameters first, for the duration of those calls only, so they are encoded
+    once. Edits compose (each one's encoder hands on to the one before).
     """
     if quic._tls is not None:
         raise RuntimeError("change transport parameters before the connection starts")
     create_tls = quic._create_tls
 
+    def edited(serialize: Callable[[], _T]) -> _T:
+        push = _bridge_module.push_quic_transport_parameters
+
+        def push_edited(buf: Buffer, parameters: Any) -> None:
+            setattr(parameters, name, value)
+            push(buf, parameters)
+
+        _bridge_module.push_quic_transport_parameters = push_edited
+        try:
+            return serialize()
+        finally:
+            _bridge_module.push_quic_transport_parameters = push
+
     def _create_tls(remote_source_cid: bytes | None) -> Any:
-        bridge = create_tls(remote_source_cid)
+        bridge = edited(lambda: create_tls(remote_source_cid))
         serialize = bridge.serialize_transport_parameters
 
         def serialize_transport_parameters() -> bytes:
-            encoded = serialize()
-            parameters = pull_quic_transport_parameters(Buffer(data=encoded))
-            setattr(parameters, name, value)
-            buf = Buffer(capacity=len(encoded) + 16)
-            push_quic_transport_parameters(buf, parameters)
-            return bytes(buf.data)
+            return edited(serialize)
 
         bridge.serialize_transport_parameters = serialize_transport_parameters  # type: ignore[method-assign]
-        context = bridge.tls
-        context.handshake_extensions = [
-            (kind, serialize_transport_parameters() if kind == _TRANSPORT_PARAMETERS else data)
-            for kind, data in context.handshake_extensions
-        ]
         return bridge
 
     quic._create_tls = _create_tls  # type: ignore[method-assign]
@@ -362,6 +414,18 @@ def peer_address(quic: QuicConnection) -> NetworkAddress | None:
     return remote
 
 
+def path_datagram_size(quic: QuicConnection) -> int | None:
+    """The largest datagram the connection sends on its current path: its own
+    size, lowered to the peer's ``max_udp_payload_size`` once known. Read from
+    the Rust core's ``active_path`` (its sixth item). None before the connection
+    has started."""
+    core = quic._core
+    if core is None:
+        return None
+    size: int = core.active_path[5]
+    return size
+
+
 def configure(
     configuration: QuicConfiguration, *, congestion_control_algorithm: str | None = None
 ) -> QuicConfiguration:
@@ -417,6 +481,91 @@ def send_probe(quic: QuicConnection, size: int, uid: int) -> None:
     )
 
 
+# What a qh3 server's TLS context (``qh3.tls.Context``) holds only for the
+# handshake: the key schedule, key shares, randoms and verify data, the
+# ClientHello's extensions and its own per-connection lists of what it offers.
+_SERVER_HANDSHAKE_ONLY = (
+    "key_schedule",
+    "client_random",
+    "server_random",
+    "legacy_session_id",
+    "_expected_verify_data",
+    "_enc_key",
+    "_dec_key",
+    "_next_dec_key",
+    "_x25519_private_key",
+    "_x25519_kyber_768_private_key",
+    "_ec_p256_private_key",
+    "_ec_p384_private_key",
+    "_ec_p521_private_key",
+)
+_SERVER_HANDSHAKE_ONLY_LISTS = (
+    "received_extensions",
+    "handshake_extensions",
+    "_cipher_suites",
+    "_signature_algorithms",
+    "_supported_groups",
+    "_supported_versions",
+    "_psk_key_exchange_modes",
+    "_legacy_compression_methods",
+)
+
+
+class _ShortQueue(list[Any]):
+    """A first-in first-out queue of a few items as a list (56 bytes empty,
+    against a deque's 760): what the TLS bridge calls on its queues (``append``,
+    ``popleft``, truth) and nothing more."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+
+def release_handshake_state(quic: QuicConnection) -> None:
+    """Drop what a server connection's TLS kept for its finished handshake.
+
+    The TLS context (``bridge.tls`` of the private ``QuicConnection._tls``) in
+    state ``SERVER_POST_HANDSHAKE`` answers any further handshake message with
+    an alert (``Context.handle_message``) and reads none of the attributes in
+    ``_SERVER_HANDSHAKE_ONLY*``; the session ticket, if any, was issued when the
+    client's Finished arrived, and the exporter secret was taken at the first
+    1-RTT key (:func:`install_exporter`). The peer's transport parameters were
+    applied to the core: the bridge's ``remote_transport_parameters`` and the
+    connection's ``_applied_transport_parameters`` (compared by identity in
+    ``QuicConnection._drain_tls``) are dropped together. The bridge's private
+    queues (``_events``, ``_outbound``, ``_traffic_secrets``: deques it only
+    appends to and pops from the left, empty once the handshake is done) become
+    short lists, and so does the connection's event queue (``_events``, also
+    only appended to and popped from the left, and drained by brpc after every
+    datagram or batch). brpc's per-connection overrides and the TLS callbacks go
+    too, as :func:`break_cycles` drops them: a server makes its core and TLS
+    once, before the handshake, and changes version only during it. Clients keep
+    all of it (a session ticket after the handshake needs the key schedule; a
+    Retry makes a new core).
+    """
+    bridge = quic._tls
+    if bridge is None or quic.configuration.is_client:
+        return
+    context = bridge.tls
+    if context.state is not qh3_tls.State.SERVER_POST_HANDSHAKE:
+        return
+    for name in _SERVER_HANDSHAKE_ONLY:
+        if name in context.__dict__:
+            setattr(context, name, None)
+    for name in _SERVER_HANDSHAKE_ONLY_LISTS:
+        if name in context.__dict__:
+            setattr(context, name, [])
+    if quic._applied_transport_parameters is bridge.remote_transport_parameters:
+        bridge.remote_transport_parameters = None
+        quic._applied_transport_parameters = None
+    break_cycles(quic)
+    # Its queues stay, but as short lists: an empty deque holds a 760-byte block.
+    for queue in ("_events", "_outbound", "_traffic_secrets"):
+        setattr(bridge, queue, _ShortQueue(getattr(bridge, queue)))
+    setattr(quic, "_events", _ShortQueue(quic._events))  # noqa: B010 (typed as a deque)
+
+
 def break_cycles(quic: QuicConnection) -> None:
     """Drop the references from a terminated connection's parts back to it.
 
@@ -426,7 +575,8 @@ def break_cycles(quic: QuicConnection) -> None:
     ``serialize_transport_parameters`` (brpc's closure over the connection) and
     the TLS context's callbacks each make the connection a reference cycle,
     freed only by a full garbage collection. None is used once the connection
-    is terminated. Call only after ``ConnectionTerminated``.
+    is terminated. Call only after ``ConnectionTerminated`` (or, on a server,
+    once its handshake is complete: see :func:`release_handshake_state`).
     """
     for override in ("_create_tls", "_create_core"):
         quic.__dict__.pop(override, None)

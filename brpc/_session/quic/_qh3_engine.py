@@ -65,6 +65,7 @@ class Qh3Engine(Engine):
         reset_token: Callable[[bytes], bytes] | None = None,
         session_ticket_fetcher: Callable[[bytes], Any] | None = None,
         session_ticket_handler: Callable[[Any], None] | None = None,
+        datagram_size: int | None = None,
     ) -> Connection:
         quic = QuicConnection(
             configuration=configuration,
@@ -80,6 +81,8 @@ class Qh3Engine(Engine):
         _qh3.set_peer_bidi_stream_limit(
             quic, peer_stream_limit, amplification_limited_by_caller=True
         )
+        if datagram_size is not None and datagram_size != configuration.max_datagram_size:
+            _qh3.set_initial_datagram_size(quic, datagram_size)
         return quic
 
     def datagrams_to_send(self, quic: Connection, now: float) -> list[tuple[bytes, Any]]:
@@ -116,6 +119,12 @@ class Qh3Engine(Engine):
 
     def break_cycles(self, quic: Connection) -> None:
         _qh3.break_cycles(quic)
+
+    def handshake_completed(self, quic: Connection) -> None:
+        _qh3.release_handshake_state(quic)
+
+    def path_datagram_size(self, quic: Connection) -> int | None:
+        return _qh3.path_datagram_size(quic)
 
     def stream_credit(self, quic: Connection) -> int | None:
         return _qh3.peer_bidi_stream_credit(quic)

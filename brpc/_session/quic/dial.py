@@ -18,10 +18,10 @@ from ..._wire.control import ALPN
 from ...errors import ConnectError, HandshakeError
 from ..base import Session, SessionClosed, SessionHandler
 from .engine import Engine
-from .pmtu import max_datagram_for_mtu
+from .pmtu import loopback_datagram_size
 from .session import QuicSession
 from .tls import describe_handshake_failure, is_tls_failure
-from .udp import forbid_fragmentation
+from .udp import forbid_fragmentation, route_mtu
 
 if TYPE_CHECKING:
     from ..._security.tickets import TicketBox
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from .options import QuicOptions
 
 __all__ = ["dial_quic"]
-
-_IP_MTU = 14  # linux/in.h: the route MTU of a connected socket
 
 
 class _Dialing:
@@ -59,20 +57,6 @@ class _Dialing:
         changed = getattr(self._handler, "address_changed", None)
         if changed is not None:
             changed(session, address)
-
-
-def _loopback_datagram_size(sock: socket.socket, address: Any, size: int, ceiling: int) -> int:
-    """The datagram size for an engine brpc cannot probe with: bigger than ``size``
-    only towards a loopback address, where the path is this host and the route's
-    MTU is the whole story."""
-    try:
-        loopback = ipaddress.ip_address(address[0]).is_loopback
-        mtu = int(sock.getsockopt(socket.IPPROTO_IP, _IP_MTU))
-    except (OSError, ValueError):
-        return size
-    if not loopback:
-        return size
-    return max(size, min(ceiling, max_datagram_for_mtu(mtu, ipv6=sock.family == socket.AF_INET6)))
 
 
 async def _resolve(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[Any]:
@@ -118,8 +102,13 @@ async def dial_quic(
         raise ConnectError(f"could not reach {target}: {exc}") from exc
 
     if not engine.probes_datagram_size:
-        configuration.max_datagram_size = _loopback_datagram_size(
-            sock, address, configuration.max_datagram_size, quic_options.max_probed_datagram_size
+        # The engine cannot probe: towards a loopback address the route's MTU
+        # is the path's, so start there (elsewhere stay at the configured size).
+        configuration.max_datagram_size = loopback_datagram_size(
+            address[0],
+            route_mtu(sock),
+            size=configuration.max_datagram_size,
+            ceiling=quic_options.max_probed_datagram_size,
         )
     if tickets is not None:
         configuration.session_ticket = tickets.ticket

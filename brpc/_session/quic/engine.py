@@ -13,7 +13,8 @@ each engine's private details stay in its adapter module (``_aioquic.py``,
   paths in Rust. Its TLS server cannot ask for a client certificate (brpc then
   authenticates clients with a signature over the TLS exporter secret, see
   SECURITY.md); it cannot change its datagram size once running (no probing by
-  brpc; qh3 probes one step to 1,472 bytes on a client by itself); its server
+  brpc, which starts its connections towards a loopback peer at the route's
+  size instead; qh3 probes one step to 1,472 bytes on a client by itself); its server
   cannot issue stateless reset tokens derived from a key (restarts of a qh3
   server are noticed through ICMP or the dead-peer timeout); it grants a sender
   flow-control credit as data arrives rather than as the application reads it,
@@ -109,7 +110,11 @@ class Engine:
         reset_token: Callable[[bytes], bytes] | None = None,
         session_ticket_fetcher: Callable[[bytes], Any] | None = None,
         session_ticket_handler: Callable[[Any], None] | None = None,
+        datagram_size: int | None = None,
     ) -> Connection:
+        """A connection for a client's first Initial. ``datagram_size``: the size
+        to send this client datagrams at instead of the configuration's, given
+        only to engines that cannot probe (``probes_datagram_size`` false)."""
         raise NotImplementedError
 
     def datagrams_to_send(self, quic: Connection, now: float) -> list[tuple[bytes, Any]]:
@@ -170,6 +175,11 @@ class Engine:
     def handshake_completed(self, quic: Connection) -> None:
         """The handshake completed: drop what only it needed (no-op by default)."""
 
+    def path_datagram_size(self, quic: Connection) -> int | None:
+        """The largest datagram the connection sends now, as the engine sees it
+        (None: the engine does not say; brpc's prober knows it instead)."""
+        return None
+
     def set_max_datagram_size(self, quic: Connection, size: int) -> None:
         raise EngineLimitation(f"{self.name} cannot change the datagram size of a connection")
 
@@ -222,7 +232,9 @@ class AioquicEngine(Engine):
         reset_token: Callable[[bytes], bytes] | None = None,
         session_ticket_fetcher: Callable[[bytes], Any] | None = None,
         session_ticket_handler: Callable[[Any], None] | None = None,
+        datagram_size: int | None = None,
     ) -> Connection:
+        # datagram_size is for engines that cannot probe: aioquic probes the path.
         quic = QuicConnection(
             configuration=configuration,
             original_destination_connection_id=original_destination_connection_id,

@@ -50,8 +50,9 @@ from ..._wire.control import ALPN
 from ..base import Session, SessionClosed, SessionHandler
 from .batching import DatagramBatch, GroReader, drain_socket, dup_socket
 from .engine import Engine
+from .pmtu import is_loopback, loopback_datagram_size
 from .session import QuicSession
-from .udp import UdpBatching, forbid_fragmentation
+from .udp import UdpBatching, forbid_fragmentation, route_mtu_to
 
 if TYPE_CHECKING:
     from ..._security.tickets import TicketStore
@@ -233,6 +234,7 @@ class QuicListener:
         self._udp: asyncio.DatagramTransport | None = None
         self._endpoint: _Endpoint | None = None
         self._gso: UdpBatching | None = None
+        self._loopback_datagram_size: int | None = None
         self._reset_window = 0.0
         self._resets_in_window = 0
         #: Counters: Initials dropped over ``max_half_open``, Retries and stateless resets sent.
@@ -372,6 +374,7 @@ class QuicListener:
             self.retries_sent += 1
             return
         tickets = self._tickets
+        datagram_size = self._datagram_size(addr)
         quic = self._engine.server_connection(
             self._configuration,
             original_destination_connection_id=original_dcid,
@@ -381,13 +384,39 @@ class QuicListener:
             reset_token=self.reset_token,
             session_ticket_fetcher=tickets.pop if tickets is not None else None,
             session_ticket_handler=tickets.add if tickets is not None else None,
+            datagram_size=datagram_size,
         )
         session = self._new_session(quic)
+        if datagram_size is not None:
+            session.datagram_size = datagram_size
         self.connection_id_issued(session, header.destination_cid)
         self.connection_id_issued(session, quic.host_cid)
         assert self._udp is not None
         session.connection_made(self._udp)
         session.datagram_received(data, addr)
+
+    def _datagram_size(self, addr: Any) -> int | None:
+        """The datagram size to send a new client at, for an engine brpc cannot
+        probe with (None: the engine's own, which probes). Bigger than the
+        configured size only towards a loopback address, where the path is this
+        host and the route's MTU is the whole story; the engine then also keeps
+        to the client's ``max_udp_payload_size``."""
+        if self._engine.probes_datagram_size:
+            return None
+        size: int = self._quic_options.max_datagram_size
+        if not is_loopback(addr[0]) or self._udp is None:
+            return size
+        if self._loopback_datagram_size is None:
+            # Every loopback address routes through the loopback interface: its
+            # MTU, asked once, holds for all of them.
+            family = self._udp.get_extra_info("socket").family
+            self._loopback_datagram_size = loopback_datagram_size(
+                addr[0],
+                route_mtu_to(family, addr),
+                size=size,
+                ceiling=self._quic_options.max_probed_datagram_size,
+            )
+        return self._loopback_datagram_size
 
     def _new_session(self, quic: Any) -> QuicSession:
         refuse: tuple[int, str] | None = None

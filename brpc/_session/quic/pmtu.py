@@ -28,6 +28,7 @@ and the packet breaks. A UDP payload can be at most 65,507 bytes over IPv4 and
 from __future__ import annotations
 
 import enum
+import ipaddress
 from dataclasses import dataclass
 
 __all__ = [
@@ -39,6 +40,8 @@ __all__ = [
     "UDP_MAX_PAYLOAD_IPV6",
     "PathMtuProber",
     "ProberState",
+    "is_loopback",
+    "loopback_datagram_size",
     "max_datagram_for_mtu",
 ]
 
@@ -54,6 +57,34 @@ SEARCH_GRANULARITY = 16  # stop bisecting when the ceiling is this close
 def max_datagram_for_mtu(mtu: int, *, ipv6: bool) -> int:
     """The largest UDP payload in one packet on an interface with this MTU."""
     return mtu - (40 if ipv6 else 20) - 8
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (IPv4-mapped IPv6 included)."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def loopback_datagram_size(host: str, route_mtu: int | None, *, size: int, ceiling: int) -> int:
+    """The datagram size to start at towards ``host`` without probing the path.
+
+    Bigger than ``size`` only when ``host`` is a loopback address (IPv4-mapped
+    included): the path is then this host and the route's MTU (``route_mtu``, as
+    the kernel reports it; None when unknown) is the whole story. The result is
+    at most ``ceiling`` (the frame-encoding limit, or what the options allow)
+    and never below ``size``. Any other address keeps ``size``: nothing shows
+    that the path carries more. The peer's ``max_udp_payload_size`` transport
+    parameter is applied by the engine once the handshake brings it.
+    """
+    if route_mtu is None or not is_loopback(host):
+        return size
+    ipv6 = ":" in host  # an IPv4-mapped address travels as IPv4: counting IPv6 is the safe side
+    return max(size, min(ceiling, max_datagram_for_mtu(route_mtu, ipv6=ipv6)))
 
 
 class ProberState(enum.Enum):

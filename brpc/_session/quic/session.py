@@ -877,6 +877,9 @@ class QuicSession(asyncio.DatagramProtocol):
     def _handshake_completed(self, event: Any) -> None:
         self.handshake_done = True
         self.engine.handshake_completed(self.quic)
+        # An engine that sizes datagrams itself has now heard the peer's
+        # max_udp_payload_size, which may be below the size it started at.
+        self.datagram_size = self.engine.path_datagram_size(self.quic) or self.datagram_size
         self.alpn_protocol = event.alpn_protocol
         self.session_resumed = event.session_resumed
         wanted = self._alpn

@@ -44,6 +44,8 @@ __all__ = [
     "gro_datagrams",
     "gro_segment_size",
     "gso_runs",
+    "route_mtu",
+    "route_mtu_to",
     "split_gro_buffer",
 ]
 
@@ -288,6 +290,7 @@ def connected_sendto(transport: asyncio.DatagramTransport) -> asyncio.DatagramTr
 # -- path MTU ------------------------------------------------------------------------
 
 _IP_MTU_DISCOVER = 10  # linux/in.h
+_IP_MTU = 14  # linux/in.h: the route MTU of a connected socket (IPv6 sockets too)
 _IPV6_MTU_DISCOVER = 23  # linux/in6.h
 _PMTUDISC_PROBE = 3  # set DF, never fragment, ignore the cached path MTU
 
@@ -304,3 +307,23 @@ def forbid_fragmentation(sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _PMTUDISC_PROBE)
     except (OSError, AttributeError):
         logger.debug("could not set DF on the UDP socket", exc_info=True)
+
+
+def route_mtu(sock: socket.socket) -> int | None:
+    """The MTU of the kernel's route for a connected socket (Linux), else None."""
+    try:
+        return int(sock.getsockopt(socket.IPPROTO_IP, _IP_MTU))
+    except (OSError, AttributeError):
+        return None
+
+
+def route_mtu_to(family: int, address: Address) -> int | None:
+    """The MTU of the kernel's route to ``address``, asked through a short-lived
+    connected UDP socket (connecting sends nothing), for a shared server socket
+    that has no route of its own. None if the kernel does not say."""
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(address)
+            return route_mtu(probe)
+    except OSError:
+        return None
