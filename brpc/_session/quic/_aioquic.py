@@ -377,12 +377,20 @@ class _StreamQueue:
         return [streams[stream_id] for _, stream_id in keyed]
 
     def served(
-        self, visited: list[QuicStream], sent: list[QuicStream], discarded: set[QuicStream]
+        self,
+        visited: list[QuicStream],
+        sent: list[QuicStream],
+        discarded: set[QuicStream],
+        filled_by: QuicStream | None,
     ) -> list[QuicStream]:
         """After a packet: the streams that sent new data take the last turns
         (in the order they were served), discarded ones are forgotten, and
         those left with nothing to send are no longer pending. Returns the
-        streams to visit for the next packet, in queue order."""
+        streams to visit for the next packet, in queue order.
+
+        The streams after ``filled_by`` (whose frame left no room for another)
+        were not offered the packet: they stay pending unchecked, which is
+        always safe (the next packet checks them)."""
         turns = self.turns
         pending = self.pending
         for stream in sent:
@@ -390,16 +398,19 @@ class _StreamQueue:
             self._next_turn += 1
         moved = set(sent)
         left: list[QuicStream] = []
+        checking = True
         for stream in visited:
             stream_id = cast(int, stream.stream_id)
             if stream in discarded:
                 del turns[stream_id]
                 pending.discard(stream_id)
                 self.limits_due.discard(stream_id)
-            elif not _has_output(stream):
+            elif checking and not _has_output(stream):
                 pending.discard(stream_id)
             elif stream not in moved:
                 left.append(stream)
+            if stream is filled_by:
+                checking = False
         left.extend(stream for stream in sent if stream.stream_id in pending)
         return left
 
@@ -627,8 +638,10 @@ class _StreamSchedulingConnection(QuicConnection):
             # brpc: a list, in the order served.
             sent: list[QuicStream] = []
             discarded: set[QuicStream] = set()
-            # brpc: whether the packet has no room left for a stream frame.
+            # brpc: whether the packet has no room left for a stream frame,
+            # and the stream whose frame filled it.
             full = False
+            filled_by: QuicStream | None = None
             try:
                 for stream in visit:
                     # if the stream is finished, discard it
@@ -666,12 +679,14 @@ class _StreamSchedulingConnection(QuicConnection):
                         self._remote_max_data_used += used
                         if used > 0:
                             sent.append(stream)
-                        full = builder.remaining_flight_space < _MIN_STREAM_FRAME_SIZE
+                        if builder.remaining_flight_space < _MIN_STREAM_FRAME_SIZE:
+                            full = True
+                            filled_by = stream
 
             finally:
                 # brpc: the served streams take the last turns, and the next
                 # packet visits the streams still pending.
-                visit = queue.served(visit, sent, discarded)
+                visit = queue.served(visit, sent, discarded, filled_by)
 
             if builder.packet_is_empty:
                 # Discarded streams may let the peer open new ones, which the next
