@@ -427,7 +427,8 @@ def test_stream_scheduling_canary_overrides_match_aioquic_signatures() -> None:
         for name in (
             "_write_application",
             "_get_or_create_stream",
-            "_get_or_create_stream_for_send",
+            "send_stream_data",
+            "reset_stream",
             "stop_stream",
             "_on_max_stream_data_delivery",
             "_write_stream_limits",
@@ -437,9 +438,11 @@ def test_stream_scheduling_canary_overrides_match_aioquic_signatures() -> None:
     pairs += [(_TrackedSender.__base__, _TrackedSender, "on_reset_delivery")]
     pairs += [(_TrackedReceiver.__base__, _TrackedReceiver, "on_stop_sending_delivery")]
     for base, ours, name in pairs:
-        theirs = inspect.signature(getattr(base, name)).parameters
-        mine = inspect.signature(getattr(ours, name)).parameters
-        assert list(theirs) == list(mine), (base.__name__, name)
+        theirs = inspect.signature(getattr(base, name)).parameters.values()
+        mine = inspect.signature(getattr(ours, name)).parameters.values()
+        assert [(p.name, p.kind, p.default) for p in theirs] == [
+            (p.name, p.kind, p.default) for p in mine
+        ], (base.__name__, name)
 
 
 def test_stream_scheduling_canary_queue_and_stream_layout(certs: Any) -> None:
