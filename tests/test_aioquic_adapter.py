@@ -4,10 +4,14 @@ real QuicConnection objects: an aioquic upgrade that moves one fails here."""
 from __future__ import annotations
 
 import gc
+import hashlib
+import inspect
+import re
 import weakref
 from typing import Any
 
 import pytest
+from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, StreamDataReceived
 from quicpair import QuicPair
 
@@ -336,3 +340,147 @@ def test_a_client_offers_one_key_share_and_still_connects(certs: Any) -> None:
     assert p.server is not None
     with pytest.raises(ValueError):
         _aioquic.offer_one_key_share(p.server)
+
+
+# -- stream scheduling (schedule_pending_streams) ----------------------------------------
+
+#: What the stream scheduling was checked against (aioquic 1.7.2): the method it
+#: replaces (``_write_application``), every ``QuicConnection`` method that reads
+#: or changes what a stream has to send, and the stream classes. sha256 of each
+#: one's source, first 16 hex digits. When one changes, compare the new aioquic
+#: code with ``_StreamSchedulingConnection`` (its copy of ``_write_application``
+#: and the list of watched points in its docstring) before updating the digest.
+STREAM_SCHEDULING_SOURCES = {
+    "QuicConnection._get_or_create_stream": "aee09c84cd0da114",
+    "QuicConnection._get_or_create_stream_for_send": "b68479a29862b421",
+    "QuicConnection._handle_crypto_frame": "e77f8695d9acaf8e",
+    "QuicConnection._handle_max_stream_data_frame": "c94e4873026aaa68",
+    "QuicConnection._handle_reset_stream_frame": "0a1801842064e9dd",
+    "QuicConnection._handle_stop_sending_frame": "57b0b54a8467ecb5",
+    "QuicConnection._handle_stream_data_blocked_frame": "84c6344ea010c0c4",
+    "QuicConnection._handle_stream_frame": "8c79348a854e307d",
+    "QuicConnection._handshake_data_stranded": "691675aa1708ccaf",
+    "QuicConnection._on_max_stream_data_delivery": "76e906ea95ee03fe",
+    "QuicConnection._push_crypto_data": "9e47f41010324bf6",
+    "QuicConnection._unblock_streams": "cfde0b0287e2a38d",
+    "QuicConnection._write_application": "c37bf64378f72b2f",
+    "QuicConnection._write_crypto_frame": "54828990b464ca94",
+    "QuicConnection._write_handshake": "0e6a413ccb165864",
+    "QuicConnection._write_reset_stream_frame": "72c28abb1c9bb5e0",
+    "QuicConnection._write_stop_sending_frame": "057f50750f9f51ba",
+    "QuicConnection._write_stream_frame": "9bc0be962394a322",
+    "QuicConnection._write_stream_limits": "398d4a898f7c580f",
+    "QuicConnection.reset_stream": "f5a5e1ff5935b8a1",
+    "QuicConnection.send_stream_data": "d10cbdd766b528a6",
+    "QuicConnection.stop_stream": "c48810656a6b518a",
+    "QuicStream": "e8b366bbfb2316f4",
+    "QuicStreamSender": "f14fb859f32d053a",
+    "QuicStreamReceiver": "78596a9b1406685c",
+}
+
+#: Names a method that reads or changes a stream's send state mentions.
+_STREAM_STATE = re.compile(
+    r"\.sender\.|\.receiver\.|_streams_queue|max_stream_data_local|is_blocked|_get_or_create_stream"
+)
+
+
+def _source_digest(obj: Any) -> str:
+    return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()[:16]
+
+
+def test_stream_scheduling_canary_sources_are_the_ones_checked() -> None:
+    from aioquic.quic import stream
+
+    found = {
+        name: _source_digest(getattr(QuicConnection, name.removeprefix("QuicConnection.")))
+        for name in STREAM_SCHEDULING_SOURCES
+        if name.startswith("QuicConnection.")
+    }
+    for kind in (stream.QuicStream, stream.QuicStreamSender, stream.QuicStreamReceiver):
+        found[kind.__name__] = _source_digest(kind)
+    changed = sorted(
+        name for name, digest in found.items() if digest != STREAM_SCHEDULING_SOURCES[name]
+    )
+    assert not changed, f"aioquic changed code the stream scheduling relies on: {changed}"
+
+
+def test_stream_scheduling_canary_no_other_method_touches_stream_state() -> None:
+    touching = {
+        f"QuicConnection.{name}"
+        for name, function in vars(QuicConnection).items()
+        if inspect.isfunction(function) and _STREAM_STATE.search(inspect.getsource(function))
+    }
+    known = {name for name in STREAM_SCHEDULING_SOURCES if name.startswith("QuicConnection.")}
+    # __init__ makes the empty queue (checked below), nothing else.
+    assert touching - {"QuicConnection.__init__"} == known
+
+
+def test_stream_scheduling_canary_overrides_match_aioquic_signatures() -> None:
+    from brpc._session.quic._aioquic import (
+        _StreamSchedulingConnection,
+        _TrackedReceiver,
+        _TrackedSender,
+    )
+
+    pairs = [
+        (QuicConnection, _StreamSchedulingConnection, name)
+        for name in (
+            "_write_application",
+            "_get_or_create_stream",
+            "send_stream_data",
+            "reset_stream",
+            "stop_stream",
+            "_on_max_stream_data_delivery",
+            "_write_stream_limits",
+        )
+    ]
+    pairs += [(_TrackedSender.__base__, _TrackedSender, "on_data_delivery")]
+    pairs += [(_TrackedSender.__base__, _TrackedSender, "on_reset_delivery")]
+    pairs += [(_TrackedReceiver.__base__, _TrackedReceiver, "on_stop_sending_delivery")]
+    for base, ours, name in pairs:
+        theirs = inspect.signature(getattr(base, name)).parameters.values()
+        mine = inspect.signature(getattr(ours, name)).parameters.values()
+        assert [(p.name, p.kind, p.default) for p in theirs] == [
+            (p.name, p.kind, p.default) for p in mine
+        ], (base.__name__, name)
+
+
+def test_stream_scheduling_canary_queue_and_stream_layout(certs: Any) -> None:
+    """The queue aioquic appends new streams to, and the stream attributes the
+    scheduling reads, are where it expects them; stream parts can be retyped."""
+    from aioquic.quic.stream import QuicStream
+
+    from brpc._session.quic._aioquic import _TrackedReceiver, _TrackedSender
+
+    p = pair(certs)
+    fresh = QuicConnection(configuration=p.client.configuration)
+    assert type(fresh._streams_queue) is list and not fresh._streams_queue
+    _aioquic.schedule_pending_streams(fresh)
+    assert type(fresh).__name__ == "_StreamSchedulingConnection"
+    fresh.send_stream_data(0, b"x")
+    created = fresh._streams[0]
+    assert type(created) is QuicStream
+    assert type(created.sender) is _TrackedSender and type(created.receiver) is _TrackedReceiver
+    for name in ("buffer_is_empty", "reset_pending", "is_finished", "_stream_id"):
+        assert hasattr(created.sender, name), name
+    for name in ("stop_pending", "is_finished", "_stream_id"):
+        assert hasattr(created.receiver, name), name
+    for name in ("max_stream_data_local", "max_stream_data_local_sent", "is_blocked"):
+        assert hasattr(created, name), name
+
+
+def test_engine_connections_are_scheduled_with_consumption_credit() -> None:
+    from aioquic.quic.configuration import QuicConfiguration
+
+    from brpc._session.quic._aioquic import (
+        _ConsumptionCreditConnection,
+        _StreamSchedulingConnection,
+    )
+    from brpc._session.quic.engine import resolve_engine
+
+    engine = resolve_engine("aioquic", server=False)
+    quic = engine.client_connection(
+        QuicConfiguration(is_client=True, alpn_protocols=["brpc/1"]), peer_stream_limit=10
+    )
+    assert isinstance(quic, _StreamSchedulingConnection)
+    assert isinstance(quic, _ConsumptionCreditConnection)

@@ -218,6 +218,7 @@ class AioquicEngine(Engine):
         _aioquic_exporter.install_exporter(quic)
         _aioquic.set_peer_bidi_stream_limit(quic, peer_stream_limit)
         _aioquic.enable_consumption_credit(quic)
+        _aioquic.schedule_pending_streams(quic)
         _aioquic.slim_frame_handlers(quic)
         return quic
 
@@ -249,6 +250,7 @@ class AioquicEngine(Engine):
         if reset_token is not None:
             _aioquic.derive_reset_tokens(quic, reset_token)
         _aioquic.enable_consumption_credit(quic)
+        _aioquic.schedule_pending_streams(quic)
         _aioquic.slim_frame_handlers(quic)
         return quic
 
