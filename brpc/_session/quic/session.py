@@ -420,9 +420,9 @@ class QuicSession(asyncio.DatagramProtocol):
         closing connection's timer by ending it, and the CONNECTION_CLOSE must
         leave first, as :meth:`transmit` sends it.
         """
+        self._flush_handle = None  # first: a deferred batch schedules it again
         if self._transmit_deferred:
             return
-        self._flush_handle = None
         now = self._clock()
         timer_at = self.quic.get_timer()
         if timer_at is not None and timer_at - now <= _TIMER_GRANULARITY and self.closed is None:
