@@ -126,7 +126,8 @@ class _LimitedStream(H2Stream):
     size, before any of the body is buffered.
 
     A call whose whole response (headers, messages, trailers, end of stream)
-    has arrived is not failed when its lane ends before the caller read it:
+    has arrived is not failed when its lane ends before the caller read it
+    (a reset of the call's own stream still ends it, also a caller still sending):
     the peer's last reply and its close can arrive together, and the reply
     is all there.
     """
@@ -134,8 +135,8 @@ class _LimitedStream(H2Stream):
     _limit: int
 
     def __terminated__(self, reason: str) -> None:
-        if _arrived_whole(self):
-            return  # a calling side's response that arrived whole: let it be read
+        if cast(_LimitedConnection, self.connection).lost and _arrived_whole(self):
+            return  # the lane ended after a whole response arrived: let it be read
         super().__terminated__(reason)
 
     async def recv_data(self, size: int) -> bytes:
@@ -159,6 +160,8 @@ class _LimitedConnection(Connection):
     def __init__(self, *args: Any, max_message_size: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._max_message_size = max_message_size
+        #: The lane's stream ended (a stream reset still terminates its call).
+        self.lost = False
 
     def create_stream(
         self, *, stream_id: int | None = None, wrapper: Wrapper | None = None
@@ -253,6 +256,7 @@ class LaneProtocol(H2Protocol):
             transport.abort()
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        cast(_LimitedConnection, self.connection).lost = True
         super().connection_lost(exc)
         # A writer waiting for a paused lane would wait forever: nothing
         # resumes a lost transport. Wake it; its next write fails or goes
